@@ -1,0 +1,206 @@
+//! The per-service activity state machine. Pure: it is fed inputs and `now`, and returns
+//! the actions to take. It never reads a clock and does no I/O, so every transition is
+//! unit-tested with made-up instants.
+//!
+//! ```text
+//!            Demand                 Ready
+//!   Parked ---------> Waking ----------------> Awake <------------------+
+//!     ^                 | wakeTimeout            | idleTimeout (and     | Demand or
+//!     |                 v                        | minWarm) with no     | Activity
+//!     +------------- (failed)                    v activity             |
+//!     +---------------------------------------- Parking ----------------+
+//!        ACKed by every Envoy and one idle sample after it, or parkAckTimeout
+//! ```
+//!
+//! Parking is two-phase: `PublishHolder` first, and only once every Envoy has ACKed that
+//! assignment (and a fresh stats sample shows nothing still open on the old upstream) does
+//! the machine say `ScaleDown`. A connection that arrives in between lands in the holder,
+//! shows up as `Demand`, and cancels the park.
+
+use std::time::{Duration, Instant};
+
+/// Timing policy of one service (a subset of the config's `Policy`, kept here so this
+/// module depends on nothing else).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub idle_timeout: Duration,
+    pub min_warm: Duration,
+    pub wake_timeout: Duration,
+    pub park_ack_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Scaled to zero; the holder is the endpoint.
+    Parked,
+    /// Scale-up requested at `since`; waiting for ready endpoints.
+    Waking { since: Instant },
+    /// Real endpoints published. `since` is when it became ready.
+    Awake {
+        since: Instant,
+        last_active: Instant,
+    },
+    /// Holder published again at `since`; waiting for ACKs before scaling to zero.
+    Parking {
+        since: Instant,
+        woke: Instant,
+        acked_at: Option<Instant>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// The holder has connections waiting for this service.
+    Demand,
+    /// A stats sample arrived (summed over Envoy nodes): `active` if a connection or request
+    /// is open or a counter moved since that node's previous sample.
+    Sample { active: bool },
+    /// The backend reports ready endpoints.
+    Ready,
+    /// The backend gave up on the wake (the command exited, the API refused, ...).
+    WakeFailed,
+    /// Every connected Envoy subscribed to the service's assignment has ACKed the holder.
+    Acked,
+    /// Time passed.
+    Tick,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Ask the backend for replicas.
+    ScaleUp,
+    /// Publish the ready upstream endpoints to Envoy (and the holder).
+    PublishUpstream,
+    /// Publish the holder as the only endpoint.
+    PublishHolder,
+    /// Ask the backend to go to zero.
+    ScaleDown,
+}
+
+/// Why a wake ended, for the wake-duration histogram's `outcome` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WakeOutcome {
+    Ready,
+    Failed,
+    TimedOut,
+}
+
+/// What a step did, besides the new state: the actions, and a finished wake if any.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub actions: Vec<Action>,
+    /// A wake that ended in this step: its outcome and how long it took.
+    pub wake: Option<(WakeOutcome, Duration)>,
+}
+
+impl Step {
+    fn act(actions: &[Action]) -> Self {
+        Step {
+            actions: actions.to_vec(),
+            wake: None,
+        }
+    }
+}
+
+/// One transition. Inputs that mean nothing in a state leave it unchanged with no action.
+pub fn step(state: State, input: Input, now: Instant, t: &Timing) -> (State, Step) {
+    use Action::*;
+    use State::*;
+    match (state, input) {
+        (Parked, Input::Demand) => (Waking { since: now }, Step::act(&[ScaleUp])),
+
+        (Waking { since }, Input::Ready) => (
+            Awake {
+                since: now,
+                last_active: now,
+            },
+            Step {
+                actions: vec![PublishUpstream],
+                wake: Some((WakeOutcome::Ready, now.saturating_duration_since(since))),
+            },
+        ),
+        (Waking { since }, Input::WakeFailed) => (
+            Parked,
+            Step {
+                actions: vec![ScaleDown],
+                wake: Some((WakeOutcome::Failed, now.saturating_duration_since(since))),
+            },
+        ),
+        (Waking { since }, Input::Tick)
+            if now.saturating_duration_since(since) >= t.wake_timeout =>
+        {
+            (
+                Parked,
+                Step {
+                    actions: vec![ScaleDown],
+                    wake: Some((WakeOutcome::TimedOut, now.saturating_duration_since(since))),
+                },
+            )
+        }
+
+        (Awake { since, .. }, Input::Demand | Input::Sample { active: true }) => (
+            Awake {
+                since,
+                last_active: now,
+            },
+            Step::default(),
+        ),
+        (Awake { since, last_active }, Input::Tick)
+            if now.saturating_duration_since(last_active) >= t.idle_timeout
+                && now.saturating_duration_since(since) >= t.min_warm =>
+        {
+            (
+                Parking {
+                    since: now,
+                    woke: since,
+                    acked_at: None,
+                },
+                Step::act(&[PublishHolder]),
+            )
+        }
+
+        // A connection (held, or still open on the old upstream) cancels the park.
+        (Parking { woke, .. }, Input::Demand | Input::Sample { active: true }) => (
+            Awake {
+                since: woke,
+                last_active: now,
+            },
+            Step::act(&[PublishUpstream]),
+        ),
+        (
+            Parking {
+                since,
+                woke,
+                acked_at: None,
+            },
+            Input::Acked,
+        ) => (
+            Parking {
+                since,
+                woke,
+                acked_at: Some(now),
+            },
+            Step::default(),
+        ),
+        // Every Envoy sends new connections to the holder now; a sample taken after that
+        // shows nothing open on the upstream, so nothing is lost by stopping it.
+        (
+            Parking {
+                acked_at: Some(acked),
+                ..
+            },
+            Input::Sample { active: false },
+        ) if now > acked => (Parked, Step::act(&[ScaleDown])),
+        // Bounded: an Envoy that never ACKs (or no stats at all) does not keep the service up.
+        (Parking { since, .. }, Input::Tick)
+            if now.saturating_duration_since(since) >= t.park_ack_timeout =>
+        {
+            (Parked, Step::act(&[ScaleDown]))
+        }
+
+        (s, _) => (s, Step::default()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

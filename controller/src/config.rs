@@ -1,0 +1,459 @@
+//! The zenvoy YAML configuration: schema, defaults and validation.
+//!
+//! ```text
+//! YAML text --serde_norway--> raw::Config --validate--> Config
+//!            (shape: types,     (Options, durations    (defaults applied, every
+//!             unknown keys)      as strings)            value checked)
+//! ```
+//!
+//! Two layers: `raw` mirrors the YAML (camelCase keys, `deny_unknown_fields`, every
+//! optional field an `Option`, durations as strings), so serde rejects typos and wrong
+//! types with a path and a line. The validation layer turns it into the types below and
+//! reports each rule it enforces as [`ConfigError::Invalid`] naming the field path
+//! (`services[1].idleTimeout`) and the offending value; the first broken rule is reported.
+//! Every [`Config`] returned by [`Config::from_yaml`] satisfies all the rules.
+//!
+//! Pure apart from [`Config::load`], which reads a file. The reference is
+//! `docs/config.md`; a commented example is `examples/zenvoy.yaml`.
+
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+/// gRPC address of the controller: ADS (xDS) and the Envoy `MetricsService` sink.
+pub const DEFAULT_CONTROLLER_LISTEN: SocketAddr = localhost(18000);
+/// HTTP address of the controller: `/metrics`, `/healthz`, `/readyz`.
+pub const DEFAULT_CONTROLLER_ADMIN: SocketAddr = localhost(18001);
+/// Where Envoy sends held connections (PROXY protocol v2).
+pub const DEFAULT_HOLDER_ADDRESS: SocketAddr = localhost(15001);
+/// No activity for this long parks a service.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// A held connection waits at most this long for the upstream.
+pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(30);
+/// After a wake, a service stays awake at least this long.
+pub const DEFAULT_MIN_WARM: Duration = Duration::ZERO;
+/// A wake that is not ready by then fails.
+pub const DEFAULT_WAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Park phase 1 waits at most this long for Envoy to ACK the holder endpoint.
+pub const DEFAULT_PARK_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Held connections per service in the holder.
+pub const DEFAULT_MAX_PENDING: u32 = 1000;
+/// Longest service name (a DNS subdomain, RFC 1123).
+pub const MAX_NAME_LEN: usize = 253;
+
+const fn localhost(port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub controller: ControllerConfig,
+    pub holder: HolderConfig,
+    /// At least one; names and non-zero `listen` addresses are unique.
+    pub services: Vec<ServiceConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControllerConfig {
+    /// gRPC: ADS and `MetricsService`.
+    pub listen: SocketAddr,
+    /// HTTP: `/metrics`, `/healthz`, `/readyz`.
+    pub admin: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HolderConfig {
+    /// Where Envoy sends held connections (PROXY protocol v2).
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    /// `[a-z0-9]([a-z0-9.-]*[a-z0-9])?`, at most [`MAX_NAME_LEN`] bytes.
+    pub name: String,
+    /// Envoy listener address; port 0 lets the OS pick.
+    pub listen: SocketAddr,
+    /// Where the woken service listens; port is never 0.
+    pub upstream: SocketAddr,
+    /// Program and arguments for the process backend; non-empty, `command[0]` non-empty.
+    pub command: Vec<String>,
+    /// `defaults` with this service's overrides applied.
+    pub policy: Policy,
+}
+
+/// Timeouts and limits of one service. Every duration except `min_warm` is > 0, and
+/// `max_pending` >= 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub idle_timeout: Duration,
+    pub hold_timeout: Duration,
+    pub min_warm: Duration,
+    pub wake_timeout: Duration,
+    pub park_ack_timeout: Duration,
+    pub max_pending: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            hold_timeout: DEFAULT_HOLD_TIMEOUT,
+            min_warm: DEFAULT_MIN_WARM,
+            wake_timeout: DEFAULT_WAKE_TIMEOUT,
+            park_ack_timeout: DEFAULT_PARK_ACK_TIMEOUT,
+            max_pending: DEFAULT_MAX_PENDING,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not YAML, or not the schema's shape (unknown key, wrong type, missing field).
+    /// The message is serde's and names the path and line.
+    #[error("config is not valid YAML for the schema: {0}")]
+    Syntax(String),
+    /// The shape is right but a value breaks a rule.
+    #[error("{field}: {reason} (got {value:?})")]
+    Invalid {
+        /// Path in the document, e.g. `services[1].idleTimeout`.
+        field: String,
+        value: String,
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Parses and validates a YAML document.
+    ///
+    /// # Errors
+    /// [`ConfigError::Syntax`] if the text is not YAML of the schema's shape,
+    /// [`ConfigError::Invalid`] for the first value that breaks a rule.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let raw: raw::Config = serde_norway::from_str(text).map_err(syntax)?;
+        raw.validate()
+    }
+
+    /// Reads `path` and parses it with [`Config::from_yaml`].
+    ///
+    /// # Errors
+    /// [`ConfigError::Io`] naming `path` if it cannot be read, else as `from_yaml`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text)
+    }
+}
+
+/// `serde_norway` leaves out the position when it is line 1 column 1 (e.g. an unknown
+/// top-level key on the first line); add it so every message says where.
+fn syntax(e: serde_norway::Error) -> ConfigError {
+    let msg = e.to_string();
+    match e.location() {
+        Some(loc) if !msg.contains(" at line ") => ConfigError::Syntax(format!(
+            "{msg} at line {} column {}",
+            loc.line(),
+            loc.column()
+        )),
+        _ => ConfigError::Syntax(msg),
+    }
+}
+
+fn invalid(
+    field: impl Into<String>,
+    value: impl Into<String>,
+    reason: impl Into<String>,
+) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        value: value.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The YAML as written. Nothing here is checked beyond its shape.
+mod raw {
+    use serde::Deserialize;
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct Config {
+        pub controller: Option<Controller>,
+        pub holder: Option<Holder>,
+        pub defaults: Option<Policy>,
+        #[serde(default)]
+        pub services: Vec<Service>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct Controller {
+        pub listen: Option<String>,
+        pub admin: Option<String>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct Holder {
+        pub address: Option<String>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct Policy {
+        pub idle_timeout: Option<String>,
+        pub hold_timeout: Option<String>,
+        pub min_warm: Option<String>,
+        pub wake_timeout: Option<String>,
+        pub park_ack_timeout: Option<String>,
+        pub max_pending: Option<u32>,
+    }
+
+    /// The policy fields are repeated rather than `#[serde(flatten)]`ed: serde does not
+    /// support `flatten` together with `deny_unknown_fields`.
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct Service {
+        pub name: String,
+        pub listen: String,
+        pub upstream: String,
+        pub command: Vec<String>,
+        pub idle_timeout: Option<String>,
+        pub hold_timeout: Option<String>,
+        pub min_warm: Option<String>,
+        pub wake_timeout: Option<String>,
+        pub park_ack_timeout: Option<String>,
+        pub max_pending: Option<u32>,
+    }
+}
+
+impl raw::Config {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let c = self.controller.unwrap_or_default();
+        let controller = ControllerConfig {
+            listen: addr_or("controller.listen", c.listen, DEFAULT_CONTROLLER_LISTEN)?,
+            admin: addr_or("controller.admin", c.admin, DEFAULT_CONTROLLER_ADMIN)?,
+        };
+        let h = self.holder.unwrap_or_default();
+        let holder = HolderConfig {
+            address: addr_or("holder.address", h.address, DEFAULT_HOLDER_ADDRESS)?,
+        };
+        let defaults = Policy::default().apply("defaults", self.defaults.unwrap_or_default())?;
+
+        if self.services.is_empty() {
+            return Err(invalid(
+                "services",
+                "[]",
+                "at least one service is required",
+            ));
+        }
+        let services = self
+            .services
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| s.validate(&format!("services[{i}]"), defaults))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        for (i, s) in services.iter().enumerate() {
+            if let Some(first) = names.insert(&s.name, i) {
+                return Err(invalid(
+                    format!("services[{i}].name"),
+                    s.name.clone(),
+                    format!("duplicate of services[{first}].name"),
+                ));
+            }
+        }
+
+        // Every address something binds must be distinct. Port 0 binds a fresh port,
+        // so it cannot collide.
+        let mut bound: HashMap<SocketAddr, String> = HashMap::new();
+        let fixed = [
+            ("controller.listen".to_owned(), controller.listen),
+            ("controller.admin".to_owned(), controller.admin),
+            ("holder.address".to_owned(), holder.address),
+        ];
+        let listens = services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("services[{i}].listen"), s.listen));
+        for (field, addr) in fixed.into_iter().chain(listens) {
+            if addr.port() == 0 {
+                continue;
+            }
+            if let Some(first) = bound.get(&addr) {
+                return Err(invalid(
+                    field,
+                    addr.to_string(),
+                    format!("same address as {first}"),
+                ));
+            }
+            bound.insert(addr, field);
+        }
+
+        Ok(Config {
+            controller,
+            holder,
+            services,
+        })
+    }
+}
+
+impl raw::Service {
+    fn validate(self, at: &str, defaults: Policy) -> Result<ServiceConfig, ConfigError> {
+        let raw::Service {
+            name,
+            listen,
+            upstream,
+            command,
+            idle_timeout,
+            hold_timeout,
+            min_warm,
+            wake_timeout,
+            park_ack_timeout,
+            max_pending,
+        } = self;
+        check_name(&format!("{at}.name"), &name)?;
+        let listen = parse_addr(&format!("{at}.listen"), &listen)?;
+        let upstream_field = format!("{at}.upstream");
+        let upstream = parse_addr(&upstream_field, &upstream)?;
+        if upstream.port() == 0 {
+            return Err(invalid(
+                upstream_field,
+                upstream.to_string(),
+                "port must not be 0",
+            ));
+        }
+        let command_field = format!("{at}.command");
+        match command.first().map(String::as_str) {
+            None => return Err(invalid(command_field, "[]", "must name a program")),
+            Some("") => return Err(invalid(command_field + "[0]", "", "must not be empty")),
+            Some(_) => {}
+        }
+        let overrides = raw::Policy {
+            idle_timeout,
+            hold_timeout,
+            min_warm,
+            wake_timeout,
+            park_ack_timeout,
+            max_pending,
+        };
+        Ok(ServiceConfig {
+            name,
+            listen,
+            upstream,
+            command,
+            policy: defaults.apply(at, overrides)?,
+        })
+    }
+}
+
+impl Policy {
+    /// `self` with each field present in `raw` replaced; `at` prefixes field paths.
+    fn apply(self, at: &str, raw: raw::Policy) -> Result<Self, ConfigError> {
+        use Zero::{Allowed, Rejected};
+        let dur = |name: &str, raw: Option<String>, current: Duration, zero: Zero| {
+            duration_or(&format!("{at}.{name}"), raw, current, zero)
+        };
+        let max_pending = match raw.max_pending {
+            Some(0) => {
+                return Err(invalid(
+                    format!("{at}.maxPending"),
+                    "0",
+                    "must be at least 1",
+                ))
+            }
+            Some(n) => n,
+            None => self.max_pending,
+        };
+        Ok(Self {
+            idle_timeout: dur("idleTimeout", raw.idle_timeout, self.idle_timeout, Rejected)?,
+            hold_timeout: dur("holdTimeout", raw.hold_timeout, self.hold_timeout, Rejected)?,
+            min_warm: dur("minWarm", raw.min_warm, self.min_warm, Allowed)?,
+            wake_timeout: dur("wakeTimeout", raw.wake_timeout, self.wake_timeout, Rejected)?,
+            park_ack_timeout: dur(
+                "parkAckTimeout",
+                raw.park_ack_timeout,
+                self.park_ack_timeout,
+                Rejected,
+            )?,
+            max_pending,
+        })
+    }
+}
+
+/// Whether a duration field may be zero.
+#[derive(Clone, Copy, PartialEq)]
+enum Zero {
+    Allowed,
+    Rejected,
+}
+
+fn duration_or(
+    field: &str,
+    raw: Option<String>,
+    default: Duration,
+    zero: Zero,
+) -> Result<Duration, ConfigError> {
+    let Some(text) = raw else { return Ok(default) };
+    let d = humantime::parse_duration(&text).map_err(|e| {
+        invalid(
+            field,
+            text.as_str(),
+            format!("not a duration like \"30s\", \"5m\" or \"1h 30m\": {e}"),
+        )
+    })?;
+    if zero == Zero::Rejected && d.is_zero() {
+        return Err(invalid(field, text, "must be greater than zero"));
+    }
+    Ok(d)
+}
+
+fn addr_or(
+    field: &str,
+    raw: Option<String>,
+    default: SocketAddr,
+) -> Result<SocketAddr, ConfigError> {
+    raw.map_or(Ok(default), |text| parse_addr(field, &text))
+}
+
+fn parse_addr(field: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse().map_err(|e| {
+        invalid(
+            field,
+            text,
+            format!("not an ip:port address like \"127.0.0.1:8080\" or \"[::1]:8080\": {e}"),
+        )
+    })
+}
+
+/// RFC 1123 subdomain shape: the name becomes an Envoy cluster name, a metric label and
+/// (in Kubernetes) an object name.
+fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-';
+    let alnum = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let bytes = name.as_bytes();
+    let reason = if name.len() > MAX_NAME_LEN {
+        format!("must be at most {MAX_NAME_LEN} characters")
+    } else if !bytes.iter().all(|&b| allowed(b)) || !alnum(bytes.first()) || !alnum(bytes.last()) {
+        "must be lowercase letters, digits, '.' and '-', starting and ending with a letter or digit"
+            .to_owned()
+    } else {
+        return Ok(());
+    };
+    Err(invalid(field, name, reason))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,465 @@
+use super::*;
+
+const EXAMPLE: &str = include_str!("../../../examples/zenvoy.yaml");
+
+/// One valid service; tests append keys to it or put sections before it.
+const SERVICE: &str = "
+services:
+  - name: echo
+    listen: 127.0.0.1:10000
+    upstream: 127.0.0.1:18080
+    command: [echo-server]
+";
+
+#[track_caller]
+fn ok(yaml: &str) -> Config {
+    match Config::from_yaml(yaml) {
+        Ok(c) => c,
+        Err(e) => panic!("expected a valid config, got: {e}\n{yaml}"),
+    }
+}
+
+/// Asserts `yaml` is rejected by the validation layer and returns (field, value, message).
+#[track_caller]
+fn invalid(yaml: &str) -> (String, String, String) {
+    match Config::from_yaml(yaml) {
+        Err(e @ ConfigError::Invalid { .. }) => {
+            let msg = e.to_string();
+            let ConfigError::Invalid { field, value, .. } = e else {
+                unreachable!()
+            };
+            (field, value, msg)
+        }
+        other => panic!("expected ConfigError::Invalid, got {other:?}\n{yaml}"),
+    }
+}
+
+#[track_caller]
+fn syntax(yaml: &str) -> String {
+    match Config::from_yaml(yaml) {
+        Err(ConfigError::Syntax(msg)) => msg,
+        other => panic!("expected ConfigError::Syntax, got {other:?}\n{yaml}"),
+    }
+}
+
+/// SERVICE with `extra` (indented service keys) appended to the service.
+fn service_with(extra: &str) -> String {
+    format!("{SERVICE}    {extra}\n")
+}
+
+#[test]
+fn example_file_parses() {
+    let c = ok(EXAMPLE);
+    assert_eq!(c.controller.listen, DEFAULT_CONTROLLER_LISTEN);
+    assert_eq!(c.controller.admin, DEFAULT_CONTROLLER_ADMIN);
+    assert_eq!(c.holder.address, DEFAULT_HOLDER_ADDRESS);
+    let names: Vec<_> = c.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["echo", "files"]);
+    let echo = &c.services[0];
+    assert_eq!(echo.listen.to_string(), "127.0.0.1:10000");
+    assert_eq!(echo.upstream.port(), 18080);
+    assert_eq!(echo.command[..3], ["python3", "-m", "http.server"]);
+    // The example's `defaults` section spells out the built-in defaults.
+    assert_eq!(echo.policy, Policy::default());
+    let files = &c.services[1].policy;
+    assert_eq!(files.idle_timeout, Duration::from_secs(15));
+    assert_eq!(files.min_warm, Duration::from_secs(60));
+    assert_eq!(files.max_pending, 100);
+    assert_eq!(files.hold_timeout, DEFAULT_HOLD_TIMEOUT);
+}
+
+#[test]
+fn built_in_defaults() {
+    let c = ok(SERVICE);
+    assert_eq!(c.controller.listen.to_string(), "127.0.0.1:18000");
+    assert_eq!(c.controller.admin.to_string(), "127.0.0.1:18001");
+    assert_eq!(c.holder.address.to_string(), "127.0.0.1:15001");
+    let p = Policy::default();
+    assert_eq!(c.services[0].policy, p);
+    assert_eq!(
+        (
+            p.idle_timeout,
+            p.hold_timeout,
+            p.min_warm,
+            p.wake_timeout,
+            p.park_ack_timeout,
+            p.max_pending
+        ),
+        (
+            Duration::from_secs(300),
+            Duration::from_secs(30),
+            Duration::ZERO,
+            Duration::from_secs(60),
+            Duration::from_secs(5),
+            1000
+        )
+    );
+}
+
+#[test]
+fn empty_sections_mean_defaults() {
+    let c = ok(&format!("controller:\nholder: {{}}\ndefaults:\n{SERVICE}"));
+    assert_eq!(c, ok(SERVICE));
+}
+
+#[test]
+fn service_overrides_beat_defaults_section_which_beats_built_ins() {
+    let c = ok("
+controller: {listen: '[::1]:9000', admin: 0.0.0.0:9001}
+holder: {address: 10.0.0.1:7000}
+defaults:
+  idleTimeout: 10m
+  maxPending: 5
+services:
+  - name: a
+    listen: 127.0.0.1:1
+    upstream: 127.0.0.1:2
+    command: [a]
+    idleTimeout: 1h 30m
+    holdTimeout: 250ms
+    minWarm: 2s
+    wakeTimeout: 2m
+    parkAckTimeout: 1s
+    maxPending: 7
+  - name: b
+    listen: 127.0.0.1:3
+    upstream: 127.0.0.1:4
+    command: [b, --flag, '']
+");
+    assert_eq!(c.controller.listen.to_string(), "[::1]:9000");
+    assert_eq!(c.controller.admin.to_string(), "0.0.0.0:9001");
+    assert_eq!(c.holder.address.to_string(), "10.0.0.1:7000");
+    assert_eq!(
+        c.services[0].policy,
+        Policy {
+            idle_timeout: Duration::from_secs(90 * 60),
+            hold_timeout: Duration::from_millis(250),
+            min_warm: Duration::from_secs(2),
+            wake_timeout: Duration::from_secs(120),
+            park_ack_timeout: Duration::from_secs(1),
+            max_pending: 7,
+        }
+    );
+    assert_eq!(
+        c.services[1].policy,
+        Policy {
+            idle_timeout: Duration::from_secs(600),
+            max_pending: 5,
+            ..Policy::default()
+        }
+    );
+    assert_eq!(c.services[1].command, ["b", "--flag", ""]);
+}
+
+#[test]
+fn unparsable_duration_names_field_and_value() {
+    let (field, value, msg) = invalid(&service_with("idleTimeout: 5 minutes please"));
+    assert_eq!(field, "services[0].idleTimeout");
+    assert_eq!(value, "5 minutes please");
+    assert!(
+        msg.starts_with("services[0].idleTimeout: not a duration"),
+        "{msg}"
+    );
+    assert!(msg.ends_with("(got \"5 minutes please\")"), "{msg}");
+
+    // A bare number has no unit; YAML reads it as a string all the same.
+    let (field, value, _) = invalid(&format!("defaults:\n  holdTimeout: 30\n{SERVICE}"));
+    assert_eq!(
+        (field.as_str(), value.as_str()),
+        ("defaults.holdTimeout", "30")
+    );
+}
+
+#[test]
+fn zero_durations_rejected_except_min_warm() {
+    for key in [
+        "idleTimeout",
+        "holdTimeout",
+        "wakeTimeout",
+        "parkAckTimeout",
+    ] {
+        let (field, value, msg) = invalid(&service_with(&format!("{key}: 0s")));
+        assert_eq!(field, format!("services[0].{key}"));
+        assert_eq!(value, "0s");
+        assert!(msg.contains("must be greater than zero"), "{msg}");
+
+        let (field, _, _) = invalid(&format!("defaults:\n  {key}: 0ms\n{SERVICE}"));
+        assert_eq!(field, format!("defaults.{key}"));
+    }
+    let c = ok(&service_with("minWarm: 0s"));
+    assert_eq!(c.services[0].policy.min_warm, Duration::ZERO);
+}
+
+#[test]
+fn max_pending_at_least_one() {
+    let (field, value, _) = invalid(&format!("defaults:\n  maxPending: 0\n{SERVICE}"));
+    assert_eq!(
+        (field.as_str(), value.as_str()),
+        ("defaults.maxPending", "0")
+    );
+    let (field, _, _) = invalid(&service_with("maxPending: 0"));
+    assert_eq!(field, "services[0].maxPending");
+    assert_eq!(
+        ok(&service_with("maxPending: 1")).services[0]
+            .policy
+            .max_pending,
+        1
+    );
+    // Negative or non-numeric is a type error from serde, with the path.
+    let msg = syntax(&service_with("maxPending: -1"));
+    assert!(
+        msg.contains("services[0].maxPending") && msg.contains("line 7"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn service_names() {
+    let named = |name: &str| SERVICE.replace("name: echo", &format!("name: '{name}'"));
+    for good in ["a", "0", "echo-1", "a.b-c.d9", &"a".repeat(MAX_NAME_LEN)] {
+        assert_eq!(ok(&named(good)).services[0].name, good);
+    }
+    let long = "a".repeat(MAX_NAME_LEN + 1);
+    for bad in [
+        "",
+        "Echo",
+        "-a",
+        "a-",
+        ".a",
+        "a.",
+        "a_b",
+        "a b",
+        "é",
+        long.as_str(),
+    ] {
+        let (field, value, msg) = invalid(&named(bad));
+        assert_eq!(field, "services[0].name");
+        assert_eq!(value, bad);
+        assert!(msg.contains("must be"), "{msg}");
+    }
+}
+
+#[test]
+fn duplicate_names() {
+    let yaml = format!(
+        "{SERVICE}  - name: echo\n    listen: 127.0.0.1:10001\n    upstream: 127.0.0.1:18081\n    command: [x]\n"
+    );
+    let (field, value, msg) = invalid(&yaml);
+    assert_eq!(
+        (field.as_str(), value.as_str()),
+        ("services[1].name", "echo")
+    );
+    assert!(msg.contains("duplicate of services[0].name"), "{msg}");
+}
+
+#[test]
+fn addresses_must_parse() {
+    for (yaml, path) in [
+        (
+            SERVICE.replace("listen: 127.0.0.1:10000", "listen: localhost:10000"),
+            "services[0].listen",
+        ),
+        (
+            SERVICE.replace("upstream: 127.0.0.1:18080", "upstream: 127.0.0.1"),
+            "services[0].upstream",
+        ),
+        (
+            format!("controller:\n  listen: 18000\n{SERVICE}"),
+            "controller.listen",
+        ),
+        (
+            format!("controller:\n  admin: ::1:80\n{SERVICE}"),
+            "controller.admin",
+        ),
+        (
+            format!("holder:\n  address: 127.0.0.1:99999\n{SERVICE}"),
+            "holder.address",
+        ),
+    ] {
+        let (field, value, msg) = invalid(&yaml);
+        assert_eq!(field, path);
+        assert!(!value.is_empty());
+        assert!(msg.contains("not an ip:port address"), "{msg}");
+    }
+}
+
+#[test]
+fn upstream_port_zero_rejected_listen_port_zero_allowed() {
+    let (field, value, _) = invalid(&SERVICE.replace("127.0.0.1:18080", "127.0.0.1:0"));
+    assert_eq!(
+        (field.as_str(), value.as_str()),
+        ("services[0].upstream", "127.0.0.1:0")
+    );
+
+    // Two services on port 0 get different ports from the OS, so they do not collide.
+    let yaml = SERVICE.replace("127.0.0.1:10000", "127.0.0.1:0")
+        + "  - name: two\n    listen: 127.0.0.1:0\n    upstream: 127.0.0.1:1\n    command: [x]\n";
+    assert_eq!(ok(&yaml).services[1].listen.port(), 0);
+}
+
+#[test]
+fn bound_addresses_unique() {
+    let two = |listen: &str| {
+        format!("{SERVICE}  - name: two\n    listen: {listen}\n    upstream: 127.0.0.1:1\n    command: [x]\n")
+    };
+    let cases = [
+        (
+            two("127.0.0.1:10000"),
+            "services[1].listen",
+            "services[0].listen",
+        ),
+        (
+            two("127.0.0.1:18000"),
+            "services[1].listen",
+            "controller.listen",
+        ),
+        (
+            two("127.0.0.1:18001"),
+            "services[1].listen",
+            "controller.admin",
+        ),
+        (
+            two("127.0.0.1:15001"),
+            "services[1].listen",
+            "holder.address",
+        ),
+        (
+            format!("controller:\n  admin: 127.0.0.1:18000\n{SERVICE}"),
+            "controller.admin",
+            "controller.listen",
+        ),
+    ];
+    for (yaml, path, first) in cases {
+        let (field, _, msg) = invalid(&yaml);
+        assert_eq!(field, path);
+        assert!(msg.contains(&format!("same address as {first}")), "{msg}");
+    }
+    // The upstream is the service's own port, not one zenvoy binds.
+    ok(&SERVICE.replace("127.0.0.1:18080", "127.0.0.1:15001"));
+}
+
+#[test]
+fn command_needs_a_program() {
+    let (field, value, _) = invalid(&SERVICE.replace("[echo-server]", "[]"));
+    assert_eq!(
+        (field.as_str(), value.as_str()),
+        ("services[0].command", "[]")
+    );
+    let (field, _, _) = invalid(&SERVICE.replace("[echo-server]", "['', x]"));
+    assert_eq!(field, "services[0].command[0]");
+}
+
+#[test]
+fn services_required() {
+    for yaml in [
+        "",
+        "# nothing\n",
+        "services: []\n",
+        "defaults:\n  idleTimeout: 1m\n",
+    ] {
+        let (field, _, msg) = invalid(yaml);
+        assert_eq!(field, "services", "{yaml:?}");
+        assert!(msg.contains("at least one service"), "{msg}");
+    }
+}
+
+#[test]
+fn missing_required_service_field() {
+    let fields = [
+        ("name", "echo"),
+        ("listen", "127.0.0.1:10000"),
+        ("upstream", "127.0.0.1:18080"),
+        ("command", "[x]"),
+    ];
+    for (missing, _) in fields {
+        let rest: Vec<_> = fields
+            .iter()
+            .filter(|(k, _)| *k != missing)
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        let msg = syntax(&format!("services:\n  - {}\n", rest.join("\n    ")));
+        assert!(
+            msg.contains(&format!("services[0]: missing field `{missing}`")),
+            "{msg}"
+        );
+        assert!(msg.contains(" at line 2 column 5"), "{msg}");
+    }
+}
+
+#[test]
+fn unknown_keys_are_named_with_their_position() {
+    let msg = syntax(&service_with("idleTimout: 5m"));
+    assert!(
+        msg.contains("services[0]: unknown field `idleTimout`"),
+        "{msg}"
+    );
+    assert!(msg.contains("at line 7 column 5"), "{msg}");
+
+    let msg = syntax(&format!("defaults:\n  maxpending: 3\n{SERVICE}"));
+    assert!(
+        msg.contains("defaults: unknown field `maxpending`"),
+        "{msg}"
+    );
+
+    // serde_norway omits line 1 column 1; we add it back.
+    let msg = syntax(&format!("service:\n  - name: x\n{SERVICE}"));
+    assert!(msg.contains("unknown field `service`"), "{msg}");
+    assert!(msg.contains("at line 1 column 1"), "{msg}");
+    let err = Config::from_yaml(&format!("holder: {{}}\nkube: true\n{SERVICE}"));
+    assert!(err.is_err_and(|e| e.to_string().contains("unknown field `kube`")));
+}
+
+#[test]
+fn wrong_types_are_named_with_their_position() {
+    let msg = syntax(&SERVICE.replace("[echo-server]", "python3 -m http.server"));
+    assert!(
+        msg.contains("services[0].command: invalid type: string"),
+        "{msg}"
+    );
+    assert!(msg.contains("line 6"), "{msg}");
+    let msg = syntax(&format!("controller: [1]\n{SERVICE}"));
+    assert!(msg.contains("controller: invalid type: sequence"), "{msg}");
+    let msg = syntax("services: {name: echo}\n");
+    assert!(
+        msg.contains("services: invalid type: map, expected a sequence"),
+        "{msg}"
+    );
+    let msg = syntax("services: [\n");
+    assert!(msg.contains("line 2"), "{msg}");
+    let err = Config::from_yaml("~").map_err(|e| e.to_string());
+    assert!(err.is_err_and(|e| e.starts_with("config is not valid YAML for the schema: ")));
+}
+
+#[test]
+fn load_reads_a_file_and_names_a_missing_one() {
+    let dir = std::env::temp_dir().join(format!("zenvoy-config-test-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join("zenvoy.yaml");
+    assert!(std::fs::write(&path, EXAMPLE).is_ok());
+    let loaded = Config::load(&path);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(loaded.ok(), Some(ok(EXAMPLE)));
+
+    let missing = dir.join("missing.yaml");
+    match Config::load(&missing) {
+        Err(e @ ConfigError::Io { .. }) => {
+            assert!(
+                e.to_string().contains(&missing.display().to_string()),
+                "{e}"
+            )
+        }
+        other => panic!("expected ConfigError::Io, got {other:?}"),
+    }
+}
+
+#[test]
+fn reference_example_parses() {
+    let doc = include_str!("../../../docs/config.md");
+    let yaml = doc
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next());
+    let c = ok(yaml.unwrap_or_default());
+    assert_eq!(c.services[0].policy.idle_timeout, Duration::from_secs(600));
+    assert_eq!(c.services[1].policy.idle_timeout, Duration::from_secs(30));
+}

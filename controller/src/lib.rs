@@ -1,0 +1,123 @@
+//! zenvoy-controller: Envoy's control plane for scale-to-zero.
+//!
+//! ```text
+//!  Envoy / holder --MetricsService push--> ingest --Event--> runtime (activity::step)
+//!                                                              |            |
+//!                                  backend.wake/park  <--------+            v
+//!  Envoy / holder <-----------------ADS (xds::Cache, one CLA per wake/park)-+
+//! ```
+//!
+//! Pure cores: [`activity`] (the per-service state machine), [`ingest::window`] and
+//! [`ingest::families`] (stats -> activity), [`xds::resources`] (state -> Envoy protos),
+//! [`config`]. Adapters around them: the tonic servers, the process backend, the admin
+//! HTTP server.
+
+pub mod activity;
+pub mod admin;
+pub mod backend;
+pub mod config;
+pub mod ingest;
+pub mod runtime;
+pub mod telemetry;
+pub mod xds;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use envoy_types::pb::envoy::service::metrics::v3::metrics_service_server::MetricsServiceServer;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::info;
+
+use crate::backend::process::ProcessBackend;
+use crate::config::Config;
+use crate::runtime::{Runtime, EVENT_QUEUE};
+use crate::telemetry::Metrics;
+
+/// A metrics push can carry every cluster of a large Envoy; allow more than tonic's 4 MiB.
+const MAX_PUSH_BYTES: usize = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("admin server: {0}")]
+    Admin(#[from] std::io::Error),
+}
+
+/// Run the controller with the process backend on bound listeners until `shutdown`.
+pub async fn run(
+    config: Config,
+    grpc: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let backend = ProcessBackend::new(
+        config
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), s.upstream, s.command.clone())),
+    );
+    run_with(config, Arc::new(backend), grpc, admin, shutdown).await
+}
+
+/// Run the controller with any backend.
+pub async fn run_with<B: Backend>(
+    config: Config,
+    backend: Arc<B>,
+    grpc: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let registry = Arc::new(registry);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    let cache = Arc::new(xds::Cache::default());
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let services: Arc<HashSet<String>> =
+        Arc::new(config.services.iter().map(|s| s.name.clone()).collect());
+    let runtime = Runtime::new(
+        &config,
+        cache.clone(),
+        backend,
+        metrics.clone(),
+        events_tx.clone(),
+    );
+    let runtime = tokio::spawn(runtime.run(events_rx, stopped()));
+
+    let ads = AggregatedDiscoveryServiceServer::new(xds::AdsServer::new(cache, metrics.clone()));
+    let sink = MetricsServiceServer::new(ingest::MetricsSink::new(services, events_tx, metrics))
+        .max_decoding_message_size(MAX_PUSH_BYTES);
+    info!(grpc = ?grpc.local_addr().ok(), admin = ?admin.local_addr().ok(), "controller serving");
+    let grpc = tonic::transport::Server::builder()
+        .add_service(ads)
+        .add_service(sink)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped());
+    let admin = admin::serve(admin, registry, stopped());
+
+    let stopper = async move {
+        shutdown.await;
+        info!("shutting down");
+        let _ = stop_tx.send(true);
+    };
+    let (grpc, admin, ()) = tokio::join!(grpc, admin, stopper);
+    let _ = runtime.await;
+    grpc?;
+    admin?;
+    Ok(())
+}
+
+pub use backend::Backend;

@@ -1,0 +1,299 @@
+//! The runtime: one task that owns every service's state machine. It turns events
+//! (metrics pushes, backend results, ticks) into `activity` inputs, and carries out the
+//! actions: backend calls (spawned, they report back as events) and xDS publications.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::activity::{self, Action, Input, State, Timing, WakeOutcome};
+use crate::backend::Backend;
+use crate::config::Config;
+use crate::ingest::window::{Observation, Windows};
+use crate::telemetry::{Metrics, OutcomeLabel, ServiceLabel, StateValue};
+use crate::xds::resources::{self, Endpoints, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
+use crate::xds::Cache;
+
+/// How often time-based transitions (idle, timeouts, park ACKs) are checked.
+pub const TICK: Duration = Duration::from_millis(100);
+/// Bound of the event queue; senders (metrics streams) wait when it is full.
+pub const EVENT_QUEUE: usize = 4096;
+/// Upstream connect timeout Envoy uses for each service's cluster.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+pub enum Event {
+    Metrics {
+        node: String,
+        observations: Vec<(String, Observation)>,
+    },
+    NodeGone {
+        node: String,
+    },
+    WakeDone {
+        service: String,
+        result: Result<Vec<SocketAddr>, String>,
+    },
+}
+
+struct Service {
+    timing: Timing,
+    state: State,
+    endpoints: Vec<SocketAddr>,
+    /// Version of the holder assignment published when the current park began.
+    holder_version: u64,
+    pending: f64,
+}
+
+fn state_value(s: &State) -> StateValue {
+    match s {
+        State::Parked => StateValue::Parked,
+        State::Waking { .. } => StateValue::Waking,
+        State::Awake { .. } => StateValue::Awake,
+        State::Parking { .. } => StateValue::Parking,
+    }
+}
+
+pub struct Runtime<B> {
+    services: HashMap<String, Service>,
+    holder: SocketAddr,
+    windows: Windows,
+    cache: Arc<Cache>,
+    backend: Arc<B>,
+    metrics: Arc<Metrics>,
+    events: mpsc::Sender<Event>,
+}
+
+impl<B: Backend> Runtime<B> {
+    /// Build the runtime and publish every service parked: Envoy starts with the holder as
+    /// each service's endpoint, so the first connection is held, not refused.
+    pub fn new(
+        config: &Config,
+        cache: Arc<Cache>,
+        backend: Arc<B>,
+        metrics: Arc<Metrics>,
+        events: mpsc::Sender<Event>,
+    ) -> Self {
+        let holder = config.holder.address;
+        let services = config
+            .services
+            .iter()
+            .map(|s| {
+                let timing = Timing {
+                    idle_timeout: s.policy.idle_timeout,
+                    min_warm: s.policy.min_warm,
+                    wake_timeout: s.policy.wake_timeout,
+                    park_ack_timeout: s.policy.park_ack_timeout,
+                };
+                cache.set(
+                    CLUSTER_TYPE,
+                    &s.name,
+                    resources::any(resources::cluster(&s.name, CONNECT_TIMEOUT)),
+                );
+                let holder_version = cache.set(
+                    ENDPOINT_TYPE,
+                    &s.name,
+                    resources::any(resources::load_assignment(
+                        &s.name,
+                        &Endpoints::Holder(holder),
+                    )),
+                );
+                cache.set(
+                    LISTENER_TYPE,
+                    &s.name,
+                    resources::any(resources::listener(&s.name, s.listen)),
+                );
+                metrics.set_state(&s.name, StateValue::Parked);
+                let svc = Service {
+                    timing,
+                    state: State::Parked,
+                    endpoints: Vec::new(),
+                    holder_version,
+                    pending: 0.0,
+                };
+                (s.name.clone(), svc)
+            })
+            .collect();
+        Runtime {
+            services,
+            holder,
+            windows: Windows::default(),
+            cache,
+            backend,
+            metrics,
+            events,
+        }
+    }
+
+    /// Run until `shutdown` resolves, then stop every backend process.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<Event>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                Some(ev) = events.recv() => self.on_event(ev, Instant::now()),
+                _ = tick.tick() => self.on_tick(Instant::now()),
+                () = &mut shutdown => break,
+            }
+        }
+        info!("runtime stopping; stopping backends");
+        self.backend.shutdown().await;
+    }
+
+    fn on_event(&mut self, ev: Event, now: Instant) {
+        match ev {
+            Event::Metrics { node, observations } => {
+                let verdicts = self.windows.observe(&node, observations);
+                for (service, pending) in verdicts.pending {
+                    self.set_pending(&service, pending, now);
+                }
+                for (service, active) in verdicts.samples {
+                    self.apply(&service, Input::Sample { active }, now);
+                }
+            }
+            Event::NodeGone { node } => {
+                for (service, pending) in self.windows.remove_node(&node) {
+                    self.set_pending(&service, pending, now);
+                }
+            }
+            Event::WakeDone { service, result } => match result {
+                Ok(endpoints) => {
+                    if let Some(s) = self.services.get_mut(&service) {
+                        s.endpoints = endpoints;
+                    }
+                    self.apply(&service, Input::Ready, now);
+                }
+                Err(error) => {
+                    warn!(%service, %error, "wake failed");
+                    self.metrics
+                        .scale_errors
+                        .get_or_create(&ServiceLabel {
+                            service: service.clone(),
+                        })
+                        .inc();
+                    self.apply(&service, Input::WakeFailed, now);
+                }
+            },
+        }
+    }
+
+    fn set_pending(&mut self, service: &str, pending: f64, now: Instant) {
+        let Some(s) = self.services.get_mut(service) else {
+            return;
+        };
+        s.pending = pending;
+        if pending > 0.0 {
+            self.apply(service, Input::Demand, now);
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        let names: Vec<String> = self.services.keys().cloned().collect();
+        for name in names {
+            let Some(s) = self.services.get(&name) else {
+                continue;
+            };
+            // Held connections are standing demand: after a failed wake, try again.
+            if s.pending > 0.0 {
+                self.apply(&name, Input::Demand, now);
+            }
+            if let Some(s) = self.services.get(&name) {
+                if matches!(s.state, State::Parking { acked_at: None, .. })
+                    && self.cache.all_acked(&name, s.holder_version)
+                {
+                    self.apply(&name, Input::Acked, now);
+                }
+            }
+            self.apply(&name, Input::Tick, now);
+        }
+    }
+
+    fn apply(&mut self, service: &str, input: Input, now: Instant) {
+        let Some(s) = self.services.get_mut(service) else {
+            return;
+        };
+        let before = s.state;
+        let (after, step) = activity::step(before, input, now.into_std(), &s.timing);
+        s.state = after;
+        if std::mem::discriminant(&before) != std::mem::discriminant(&after) {
+            info!(service, from = ?state_value(&before), to = ?state_value(&after), ?input, "state");
+            self.metrics.set_state(service, state_value(&after));
+        }
+        if let Some((outcome, took)) = step.wake {
+            let outcome = match outcome {
+                WakeOutcome::Ready => "ready",
+                WakeOutcome::Failed => "failed",
+                WakeOutcome::TimedOut => "timed_out",
+            };
+            info!(
+                service,
+                outcome,
+                took_ms = took.as_secs_f64() * 1e3,
+                "wake finished"
+            );
+            self.metrics
+                .wake_duration
+                .get_or_create(&OutcomeLabel { outcome })
+                .observe(took.as_secs_f64());
+        }
+        let label = ServiceLabel {
+            service: service.to_string(),
+        };
+        for action in step.actions {
+            match action {
+                Action::ScaleUp => {
+                    self.metrics.wakes.get_or_create(&label).inc();
+                    let wake = self.backend.wake(service, s.timing.wake_timeout);
+                    let events = self.events.clone();
+                    let service = service.to_string();
+                    tokio::spawn(async move {
+                        let result = wake.await.map_err(|e| e.to_string());
+                        let _ = events.send(Event::WakeDone { service, result }).await;
+                    });
+                }
+                Action::PublishUpstream => {
+                    if matches!(before, State::Parking { .. }) {
+                        self.metrics.parks_cancelled.get_or_create(&label).inc();
+                        info!(service, "park cancelled: a connection arrived");
+                    }
+                    let cla = resources::load_assignment(
+                        service,
+                        &Endpoints::Upstream(s.endpoints.clone()),
+                    );
+                    self.cache.set(ENDPOINT_TYPE, service, resources::any(cla));
+                }
+                Action::PublishHolder => {
+                    let cla = resources::load_assignment(service, &Endpoints::Holder(self.holder));
+                    s.holder_version = self.cache.set(ENDPOINT_TYPE, service, resources::any(cla));
+                }
+                Action::ScaleDown => {
+                    if matches!(before, State::Parking { .. }) {
+                        self.metrics.parks.get_or_create(&label).inc();
+                    }
+                    let park = self.backend.park(service);
+                    let service = service.to_string();
+                    let metrics = self.metrics.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = park.await {
+                            warn!(%service, error = %e, "park failed");
+                            metrics
+                                .scale_errors
+                                .get_or_create(&ServiceLabel { service })
+                                .inc();
+                        }
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The controller's own metrics (prometheus-client), registered in one place.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabel {
+    pub service: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum StateValue {
+    Parked,
+    Waking,
+    Awake,
+    Parking,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub service: String,
+    pub state: StateValue,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabel {
+    pub r#type: &'static str,
+}
+
+impl From<&'static str> for TypeLabel {
+    fn from(t: &'static str) -> Self {
+        TypeLabel { r#type: t }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: &'static str,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    pub service_state: Family<StateLabels, Gauge>,
+    pub wakes: Family<ServiceLabel, Counter>,
+    pub parks: Family<ServiceLabel, Counter>,
+    pub parks_cancelled: Family<ServiceLabel, Counter>,
+    pub wake_duration: Family<OutcomeLabel, Histogram>,
+    pub scale_errors: Family<ServiceLabel, Counter>,
+    pub xds_streams: Gauge,
+    pub xds_push_ack: Family<TypeLabel, Histogram>,
+    pub xds_nacks: Family<TypeLabel, Counter>,
+    pub ingest_samples: Family<SourceLabel, Counter>,
+    pub ingest_errors: Family<SourceLabel, Counter>,
+}
+
+fn seconds_histogram() -> Histogram {
+    // 1 ms .. ~65 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Metrics {
+            service_state: Family::default(),
+            wakes: Family::default(),
+            parks: Family::default(),
+            parks_cancelled: Family::default(),
+            wake_duration: Family::new_with_constructor(seconds_histogram),
+            scale_errors: Family::default(),
+            xds_streams: Gauge::default(),
+            xds_push_ack: Family::new_with_constructor(seconds_histogram),
+            xds_nacks: Family::default(),
+            ingest_samples: Family::default(),
+            ingest_errors: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("zenvoy");
+        r.register(
+            "service_state",
+            "1 for the state each service is in, 0 otherwise",
+            m.service_state.clone(),
+        );
+        r.register("wakes", "Wakes started", m.wakes.clone());
+        r.register("parks", "Parks completed (scaled to zero)", m.parks.clone());
+        r.register(
+            "parks_cancelled",
+            "Parks cancelled by a connection arriving during phase one",
+            m.parks_cancelled.clone(),
+        );
+        r.register(
+            "wake_duration_seconds",
+            "From demand to ready endpoints, by outcome (ready, failed, timed_out)",
+            m.wake_duration.clone(),
+        );
+        r.register(
+            "scale_errors",
+            "Backend scale calls that failed",
+            m.scale_errors.clone(),
+        );
+        r.register(
+            "xds_streams",
+            "ADS streams connected",
+            m.xds_streams.clone(),
+        );
+        r.register(
+            "xds_push_ack_seconds",
+            "From a DiscoveryResponse sent to its ACK, by type",
+            m.xds_push_ack.clone(),
+        );
+        r.register(
+            "xds_nacks",
+            "DiscoveryResponses rejected by a client, by type",
+            m.xds_nacks.clone(),
+        );
+        r.register(
+            "ingest_samples",
+            "Metric pushes received, by source",
+            m.ingest_samples.clone(),
+        );
+        r.register(
+            "ingest_errors",
+            "Metric streams that failed, by source",
+            m.ingest_errors.clone(),
+        );
+        m
+    }
+
+    pub fn observe_ack(&self, r#type: &'static str, d: Duration) {
+        self.xds_push_ack
+            .get_or_create(&r#type.into())
+            .observe(d.as_secs_f64());
+    }
+
+    pub fn set_state(&self, service: &str, state: StateValue) {
+        for s in [
+            StateValue::Parked,
+            StateValue::Waking,
+            StateValue::Awake,
+            StateValue::Parking,
+        ] {
+            let v = i64::from(s == state);
+            self.service_state
+                .get_or_create(&StateLabels {
+                    service: service.to_string(),
+                    state: s,
+                })
+                .set(v);
+        }
+    }
+}

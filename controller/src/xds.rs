@@ -1,0 +1,256 @@
+//! The ADS server (state-of-the-world). Resources live in a [`Cache`]; each connected
+//! stream keeps, per type, what it subscribed to, what it was sent and what it ACKed.
+//!
+//! ```text
+//!  runtime --set()--> Cache --generation watch--> every stream: diff -> DiscoveryResponse
+//!                       ^                                         |
+//!                       +------ ACK/NACK registry <-- requests ---+
+//! ```
+//!
+//! Listeners and Clusters are sent whole (SotW requires it for those types). Endpoints
+//! (ClusterLoadAssignments) are sent per resource: a wake or park changes one CLA and only
+//! that CLA goes on the wire.
+
+pub mod resources;
+mod stream;
+
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::Any;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn, Instrument};
+
+use crate::telemetry::Metrics;
+pub use stream::AdsStream;
+
+/// One resource at the version it last changed.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub version: u64,
+    pub any: Any,
+}
+
+#[derive(Debug, Default)]
+struct TypeState {
+    /// Generation of the last change of any resource of this type.
+    version: u64,
+    resources: BTreeMap<String, Entry>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    generation: u64,
+    types: HashMap<&'static str, TypeState>,
+}
+
+/// What every stream has ACKed, for the two-phase park: stream id -> CLA name -> version.
+type AckRegistry = HashMap<u64, HashMap<String, u64>>;
+
+/// The resources zenvoy serves, shared by the runtime (writer) and every ADS stream.
+#[derive(Debug)]
+pub struct Cache {
+    inner: Mutex<Inner>,
+    changed: watch::Sender<u64>,
+    acks: Mutex<AckRegistry>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave these maps half-written in a way that
+    // matters more than stopping would; keep serving.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache {
+            inner: Mutex::default(),
+            changed: watch::Sender::new(0),
+            acks: Mutex::default(),
+        }
+    }
+}
+
+impl Cache {
+    /// Set a resource. Returns its version; an identical resource keeps its version and
+    /// wakes no stream.
+    pub fn set(&self, type_url: &'static str, name: &str, any: Any) -> u64 {
+        let mut inner = lock(&self.inner);
+        let generation = inner.generation + 1;
+        let ty = inner.types.entry(type_url).or_default();
+        if let Some(e) = ty.resources.get(name) {
+            if e.any == any {
+                return e.version;
+            }
+        }
+        ty.version = generation;
+        ty.resources.insert(
+            name.to_string(),
+            Entry {
+                version: generation,
+                any,
+            },
+        );
+        inner.generation = generation;
+        drop(inner);
+        self.changed.send_replace(generation);
+        generation
+    }
+
+    /// The version of a type and, for each requested name (all when `names` is None),
+    /// its entry.
+    fn read(&self, type_url: &str, names: Option<&[String]>) -> (u64, Vec<(String, Entry)>) {
+        let inner = lock(&self.inner);
+        let Some(ty) = inner.types.get(type_url) else {
+            return (0, Vec::new());
+        };
+        let entries = match names {
+            None => ty
+                .resources
+                .iter()
+                .map(|(n, e)| (n.clone(), e.clone()))
+                .collect(),
+            Some(names) => names
+                .iter()
+                .filter_map(|n| ty.resources.get(n).map(|e| (n.clone(), e.clone())))
+                .collect(),
+        };
+        (ty.version, entries)
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// True when every stream subscribed to ClusterLoadAssignment `name` has ACKed
+    /// `version` or later. Streams not subscribed to it do not count.
+    pub fn all_acked(&self, name: &str, version: u64) -> bool {
+        lock(&self.acks)
+            .values()
+            .filter_map(|names| names.get(name))
+            .all(|acked| *acked >= version)
+    }
+
+    /// Number of ADS streams connected now.
+    pub fn streams(&self) -> usize {
+        lock(&self.acks).len()
+    }
+
+    fn record_acks(&self, stream: u64, subscribed: &[String], acked: &HashMap<String, u64>) {
+        let view = subscribed
+            .iter()
+            .map(|n| (n.clone(), acked.get(n).copied().unwrap_or(0)))
+            .collect();
+        lock(&self.acks).insert(stream, view);
+    }
+
+    fn forget(&self, stream: u64) {
+        lock(&self.acks).remove(&stream);
+    }
+}
+
+/// The tonic service.
+#[derive(Debug, Clone)]
+pub struct AdsServer {
+    cache: Arc<Cache>,
+    metrics: Arc<Metrics>,
+    next_id: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl AdsServer {
+    pub fn new(cache: Arc<Cache>, metrics: Arc<Metrics>) -> Self {
+        AdsServer {
+            cache,
+            metrics,
+            next_id: Arc::default(),
+        }
+    }
+}
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Responses queued per stream before the stream task waits for Envoy to read.
+const STREAM_QUEUE: usize = 16;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for AdsServer {
+    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let peer = request.remote_addr();
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let span = tracing::info_span!("ads", stream = id, peer = ?peer);
+        tokio::spawn(
+            serve_stream(id, self.cache.clone(), self.metrics.clone(), inbound, tx)
+                .instrument(span),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Err(Status::unimplemented(
+            "zenvoy serves state-of-the-world ADS; delta xDS is not implemented yet",
+        ))
+    }
+}
+
+async fn serve_stream(
+    id: u64,
+    cache: Arc<Cache>,
+    metrics: Arc<Metrics>,
+    mut inbound: Streaming<DiscoveryRequest>,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+) {
+    let mut stream = AdsStream::new(id);
+    let mut changed = cache.subscribe();
+    metrics.xds_streams.inc();
+    loop {
+        let responses = tokio::select! {
+            req = inbound.next() => match req {
+                Some(Ok(req)) => stream.on_request(req, &cache, &metrics),
+                Some(Err(status)) => {
+                    debug!(%status, "stream ended with error");
+                    break;
+                }
+                None => break,
+            },
+            res = changed.changed() => {
+                if res.is_err() {
+                    break;
+                }
+                stream.on_change(&cache)
+            }
+            () = tx.closed() => break,
+        };
+        for r in responses {
+            if tx.send(Ok(r)).await.is_err() {
+                break;
+            }
+        }
+    }
+    cache.forget(id);
+    metrics.xds_streams.dec();
+    info!(node = %stream.node(), "ADS stream closed");
+    if let Some(w) = stream.dropped_inflight_warning() {
+        warn!("{w}");
+    }
+}

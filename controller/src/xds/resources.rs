@@ -1,0 +1,290 @@
+//! Domain state -> Envoy resources. Pure functions: no tonic, no I/O, so every resource
+//! zenvoy sends can be checked in a unit test.
+//!
+//! Per service `svc` there are three resources, all named `svc`:
+//! - a Listener on the service's address with a `tcp_proxy` to cluster `svc`;
+//! - an EDS Cluster `svc` whose endpoints come from ADS, with a transport-socket match that
+//!   gives the holder endpoint an upstream PROXY v2 header carrying TLV 0xE0 = `svc`;
+//! - its ClusterLoadAssignment: the holder while parked, the real upstreams while awake.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
+use envoy_types::pb::envoy::config::core::v3::{
+    address, config_source, proxy_protocol_config, socket_address, Address, AggregatedConfigSource,
+    ApiVersion, ConfigSource, Metadata, ProxyProtocolConfig, SocketAddress, TlvEntry,
+    TransportSocket,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
+use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::ProxyProtocolUpstreamTransport;
+use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
+use envoy_types::pb::google::protobuf::{value, Any, Duration, Struct, Value};
+use envoy_types::util::pack_any;
+
+pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+pub const ENDPOINT_TYPE: &str =
+    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+/// PROXY v2 custom TLV type that carries the service name (PP2_TYPE_MIN_CUSTOM).
+pub const TLV_SERVICE: u32 = 0xE0;
+/// Endpoint metadata namespace Envoy reads for `transport_socket_matches`.
+pub const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
+/// Key in that namespace marking the holder endpoint. The holder reads it too, to tell
+/// itself apart from real upstreams in a ClusterLoadAssignment.
+pub const HOLDER_MARK: &str = "zenvoy_holder";
+
+/// What a service's ClusterLoadAssignment points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoints {
+    /// Parked: connections go to the holder, with the PROXY v2 header naming the service.
+    Holder(SocketAddr),
+    /// Awake: connections go straight to these upstreams.
+    Upstream(Vec<SocketAddr>),
+}
+
+fn socket_address(addr: SocketAddr) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: addr.ip().to_string(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(
+                addr.port(),
+            ))),
+            ..Default::default()
+        })),
+    }
+}
+
+fn duration(d: std::time::Duration) -> Duration {
+    Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        // subsec_nanos() < 1e9 always fits in i32.
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn ads() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: ApiVersion::V3 as i32,
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+            AggregatedConfigSource {},
+        )),
+        ..Default::default()
+    }
+}
+
+fn holder_mark() -> Struct {
+    Struct {
+        fields: HashMap::from([(
+            HOLDER_MARK.to_string(),
+            Value {
+                kind: Some(value::Kind::BoolValue(true)),
+            },
+        )]),
+    }
+}
+
+/// The Listener for a service: plain TCP, proxied to the service's cluster.
+pub fn listener(name: &str, listen: SocketAddr) -> Listener {
+    let proxy = TcpProxy {
+        stat_prefix: name.to_string(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(name.to_string())),
+        ..Default::default()
+    };
+    Listener {
+        name: name.to_string(),
+        address: Some(socket_address(listen)),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.tcp_proxy".to_string(),
+                config_type: Some(filter::ConfigType::TypedConfig(pack_any(proxy))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// The EDS Cluster for a service. Endpoints marked as the holder get an upstream PROXY v2
+/// transport socket whose TLV 0xE0 names the service; other endpoints use raw TCP.
+pub fn cluster(name: &str, connect_timeout: std::time::Duration) -> Cluster {
+    let proxy_protocol = ProxyProtocolUpstreamTransport {
+        config: Some(ProxyProtocolConfig {
+            version: proxy_protocol_config::Version::V2 as i32,
+            added_tlvs: vec![TlvEntry {
+                r#type: TLV_SERVICE,
+                value: name.as_bytes().to_vec(),
+                format_string: None,
+            }],
+            ..Default::default()
+        }),
+        transport_socket: Some(raw_buffer()),
+        ..Default::default()
+    };
+    Cluster {
+        name: name.to_string(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Eds as i32,
+        )),
+        eds_cluster_config: Some(cluster::EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: String::new(),
+        }),
+        connect_timeout: Some(duration(connect_timeout)),
+        transport_socket_matches: vec![cluster::TransportSocketMatch {
+            name: "zenvoy-holder".to_string(),
+            r#match: Some(holder_mark()),
+            transport_socket: Some(TransportSocket {
+                name: "envoy.transport_sockets.upstream_proxy_protocol".to_string(),
+                config_type: Some(
+                    envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
+                        pack_any(proxy_protocol),
+                    ),
+                ),
+            }),
+        }],
+        ..Default::default()
+    }
+}
+
+fn raw_buffer() -> TransportSocket {
+    TransportSocket {
+        name: "envoy.transport_sockets.raw_buffer".to_string(),
+        config_type: Some(
+            envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(
+                pack_any(RawBuffer {}),
+            ),
+        ),
+    }
+}
+
+/// The ClusterLoadAssignment for a service in its current state.
+pub fn load_assignment(name: &str, endpoints: &Endpoints) -> ClusterLoadAssignment {
+    let lb_endpoints = match endpoints {
+        Endpoints::Holder(holder) => vec![lb_endpoint_for(
+            *holder,
+            Some(Metadata {
+                filter_metadata: HashMap::from([(
+                    TRANSPORT_SOCKET_MATCH.to_string(),
+                    holder_mark(),
+                )]),
+                ..Default::default()
+            }),
+        )],
+        Endpoints::Upstream(addrs) => addrs.iter().map(|a| lb_endpoint_for(*a, None)).collect(),
+    };
+    ClusterLoadAssignment {
+        cluster_name: name.to_string(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn lb_endpoint_for(addr: SocketAddr, metadata: Option<Metadata>) -> LbEndpoint {
+    LbEndpoint {
+        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+            address: Some(socket_address(addr)),
+            ..Default::default()
+        })),
+        metadata,
+        ..Default::default()
+    }
+}
+
+/// Pack any resource for a DiscoveryResponse.
+pub fn any<T: prost::Name + prost::Message>(resource: T) -> Any {
+    pack_any(resource)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("test address")
+    }
+
+    #[test]
+    fn parked_assignment_marks_the_holder_for_proxy_protocol() {
+        let cla = load_assignment("echo", &Endpoints::Holder(addr("127.0.0.1:15001")));
+        let eps = &cla.endpoints[0].lb_endpoints;
+        assert_eq!(eps.len(), 1);
+        let md = eps[0].metadata.as_ref().expect("holder metadata");
+        let mark = &md.filter_metadata[TRANSPORT_SOCKET_MATCH].fields[HOLDER_MARK];
+        assert_eq!(mark.kind, Some(value::Kind::BoolValue(true)));
+    }
+
+    #[test]
+    fn awake_assignment_lists_upstreams_without_metadata() {
+        let ups = vec![addr("127.0.0.1:8080"), addr("[::1]:8081")];
+        let cla = load_assignment("echo", &Endpoints::Upstream(ups));
+        let eps = &cla.endpoints[0].lb_endpoints;
+        assert_eq!(eps.len(), 2);
+        assert!(eps.iter().all(|e| e.metadata.is_none()));
+        let Some(lb_endpoint::HostIdentifier::Endpoint(ep)) = &eps[1].host_identifier else {
+            panic!("endpoint expected");
+        };
+        let Some(address::Address::SocketAddress(sa)) =
+            ep.address.as_ref().and_then(|a| a.address.as_ref())
+        else {
+            panic!("socket address expected");
+        };
+        assert_eq!(sa.address, "::1");
+        assert_eq!(
+            sa.port_specifier,
+            Some(socket_address::PortSpecifier::PortValue(8081))
+        );
+    }
+
+    #[test]
+    fn cluster_adds_the_service_tlv_for_the_holder_match() {
+        let c = cluster("pg.db", std::time::Duration::from_millis(1500));
+        assert_eq!(
+            c.connect_timeout,
+            Some(Duration {
+                seconds: 1,
+                nanos: 500_000_000
+            })
+        );
+        let m = &c.transport_socket_matches[0];
+        assert_eq!(m.r#match, Some(holder_mark()));
+        let Some(transport_socket::ConfigType::TypedConfig(any)) = m
+            .transport_socket
+            .as_ref()
+            .and_then(|t| t.config_type.clone())
+        else {
+            panic!("typed config expected");
+        };
+        let pp = ProxyProtocolUpstreamTransport::decode(any.value.as_slice()).expect("decodes");
+        let cfg = pp.config.expect("proxy protocol config");
+        assert_eq!(cfg.version, proxy_protocol_config::Version::V2 as i32);
+        assert_eq!(cfg.added_tlvs[0].r#type, 0xE0);
+        assert_eq!(cfg.added_tlvs[0].value, b"pg.db");
+    }
+
+    #[test]
+    fn listener_proxies_to_the_cluster_of_the_same_name() {
+        let l = listener("redis", addr("0.0.0.0:6379"));
+        let Some(filter::ConfigType::TypedConfig(any)) =
+            l.filter_chains[0].filters[0].config_type.clone()
+        else {
+            panic!("typed config expected");
+        };
+        let tp = TcpProxy::decode(any.value.as_slice()).expect("decodes");
+        assert_eq!(
+            tp.cluster_specifier,
+            Some(tcp_proxy::ClusterSpecifier::Cluster("redis".into()))
+        );
+    }
+
+    use envoy_types::pb::envoy::config::core::v3::transport_socket;
+}

@@ -1,0 +1,230 @@
+//! One ADS stream's protocol state, apart from the transport: requests in, responses out.
+//!
+//! Per type it tracks the subscription (wildcard for Listener and Cluster, names for
+//! endpoints), what it sent at which version, and the nonces it is waiting on. A request
+//! whose `response_nonce` matches an outstanding nonce is an ACK, or a NACK when it carries
+//! `error_detail`; a NACK is logged and counted and nothing is re-sent until the resource
+//! changes again, so Envoy keeps its last good config.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::Instant;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use tracing::{debug, info, warn};
+
+use super::resources::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
+use super::Cache;
+use crate::telemetry::Metrics;
+
+/// Outstanding responses remembered per type; older ones are dropped (an Envoy that
+/// never ACKs cannot grow this without bound).
+const MAX_INFLIGHT: usize = 64;
+
+#[derive(Debug)]
+struct Inflight {
+    nonce: String,
+    sent_at: Instant,
+    /// Resource versions in that response.
+    resources: Vec<(String, u64)>,
+}
+
+#[derive(Debug, Default)]
+struct Sub {
+    /// Names subscribed to (endpoints); ignored for wildcard types.
+    names: BTreeSet<String>,
+    /// Version of each resource last sent.
+    sent: HashMap<String, u64>,
+    /// Type version last sent (wildcard types).
+    sent_type_version: Option<u64>,
+    inflight: VecDeque<Inflight>,
+    /// Version of each resource Envoy ACKed.
+    acked: HashMap<String, u64>,
+}
+
+#[derive(Debug)]
+pub struct AdsStream {
+    id: u64,
+    node: String,
+    nonce: u64,
+    subs: HashMap<&'static str, Sub>,
+    dropped_inflight: u64,
+}
+
+fn known_type(type_url: &str) -> Option<&'static str> {
+    [LISTENER_TYPE, CLUSTER_TYPE, ENDPOINT_TYPE]
+        .into_iter()
+        .find(|t| *t == type_url)
+}
+
+fn wildcard(type_url: &str) -> bool {
+    type_url != ENDPOINT_TYPE
+}
+
+fn type_label(type_url: &str) -> &'static str {
+    match type_url {
+        LISTENER_TYPE => "lds",
+        CLUSTER_TYPE => "cds",
+        ENDPOINT_TYPE => "eds",
+        _ => "other",
+    }
+}
+
+impl AdsStream {
+    pub fn new(id: u64) -> Self {
+        AdsStream {
+            id,
+            node: String::new(),
+            nonce: 0,
+            subs: HashMap::new(),
+            dropped_inflight: 0,
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn dropped_inflight_warning(&self) -> Option<String> {
+        (self.dropped_inflight > 0).then(|| {
+            format!(
+                "node {} left {} responses un-ACKed beyond the {MAX_INFLIGHT} remembered",
+                self.node, self.dropped_inflight
+            )
+        })
+    }
+
+    /// Handle one request; returns the responses to send.
+    pub fn on_request(
+        &mut self,
+        req: DiscoveryRequest,
+        cache: &Cache,
+        metrics: &Metrics,
+    ) -> Vec<DiscoveryResponse> {
+        if self.node.is_empty() {
+            if let Some(n) = &req.node {
+                self.node = n.id.clone();
+                info!(node = %self.node, cluster = %n.cluster, "ADS stream opened");
+            }
+        }
+        let Some(type_url) = known_type(&req.type_url) else {
+            warn!(node = %self.node, type_url = %req.type_url, "request for a type zenvoy does not serve");
+            return Vec::new();
+        };
+        let label = type_label(type_url);
+        let sub = self.subs.entry(type_url).or_default();
+
+        if !req.response_nonce.is_empty() {
+            if let Some(pos) = sub
+                .inflight
+                .iter()
+                .position(|f| f.nonce == req.response_nonce)
+            {
+                // Responses are ACKed in order; anything older than this nonce is settled.
+                let done: Vec<Inflight> = sub.inflight.drain(..=pos).collect();
+                let Some(this) = done.into_iter().last() else {
+                    return Vec::new();
+                };
+                match &req.error_detail {
+                    None => {
+                        metrics.observe_ack(label, this.sent_at.elapsed());
+                        for (name, v) in this.resources {
+                            let a = sub.acked.entry(name).or_default();
+                            *a = (*a).max(v);
+                        }
+                        debug!(node = %self.node, r#type = label, version = %req.version_info, "ACK");
+                    }
+                    Some(status) => {
+                        metrics.xds_nacks.get_or_create(&label.into()).inc();
+                        warn!(
+                            node = %self.node, r#type = label, nonce = %req.response_nonce,
+                            kept_version = %req.version_info, error = %status.message,
+                            "Envoy rejected config (NACK); it keeps its last good version"
+                        );
+                    }
+                }
+            }
+        }
+
+        if !wildcard(type_url) {
+            let names: BTreeSet<String> = req.resource_names.iter().cloned().collect();
+            if names != sub.names {
+                sub.sent.retain(|n, _| names.contains(n));
+                sub.acked.retain(|n, _| names.contains(n));
+                sub.names = names;
+            }
+            let subscribed: Vec<String> = sub.names.iter().cloned().collect();
+            cache.record_acks(self.id, &subscribed, &sub.acked);
+        }
+        self.push(type_url, cache)
+    }
+
+    /// The cache changed: send what this stream's subscriptions are missing.
+    pub fn on_change(&mut self, cache: &Cache) -> Vec<DiscoveryResponse> {
+        let types: Vec<&'static str> = self.subs.keys().copied().collect();
+        // Clusters before endpoints and listeners, as Envoy warms them in that order.
+        let mut ordered = types;
+        ordered.sort_by_key(|t| match *t {
+            CLUSTER_TYPE => 0,
+            ENDPOINT_TYPE => 1,
+            _ => 2,
+        });
+        ordered
+            .into_iter()
+            .flat_map(|t| self.push(t, cache))
+            .collect()
+    }
+
+    fn push(&mut self, type_url: &'static str, cache: &Cache) -> Vec<DiscoveryResponse> {
+        let Some(sub) = self.subs.get_mut(type_url) else {
+            return Vec::new();
+        };
+        let (type_version, entries) = if wildcard(type_url) {
+            let (v, entries) = cache.read(type_url, None);
+            if sub.sent_type_version == Some(v) || (v == 0 && sub.sent_type_version.is_some()) {
+                return Vec::new();
+            }
+            sub.sent_type_version = Some(v);
+            (v, entries)
+        } else {
+            let names: Vec<String> = sub.names.iter().cloned().collect();
+            let (v, entries) = cache.read(type_url, Some(&names));
+            let changed: Vec<_> = entries
+                .into_iter()
+                .filter(|(n, e)| sub.sent.get(n) != Some(&e.version))
+                .collect();
+            if changed.is_empty() {
+                return Vec::new();
+            }
+            (v, changed)
+        };
+        self.nonce += 1;
+        let nonce = self.nonce.to_string();
+        let mut resources = Vec::with_capacity(entries.len());
+        let mut versions = Vec::with_capacity(entries.len());
+        for (name, e) in entries {
+            sub.sent.insert(name.clone(), e.version);
+            versions.push((name, e.version));
+            resources.push(e.any);
+        }
+        sub.inflight.push_back(Inflight {
+            nonce: nonce.clone(),
+            sent_at: Instant::now(),
+            resources: versions,
+        });
+        if sub.inflight.len() > MAX_INFLIGHT {
+            sub.inflight.pop_front();
+            self.dropped_inflight += 1;
+        }
+        debug!(node = %self.node, r#type = type_label(type_url), count = resources.len(), version = type_version, "push");
+        vec![DiscoveryResponse {
+            version_info: type_version.to_string(),
+            resources,
+            type_url: type_url.to_string(),
+            nonce,
+            ..Default::default()
+        }]
+    }
+}
+
+#[cfg(test)]
+mod tests;

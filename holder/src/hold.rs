@@ -1,0 +1,229 @@
+//! The hold registry: per service, how many connections wait and which upstream
+//! endpoints are known. Connection tasks take a [`Ticket`] while they wait; the xDS client
+//! fills in endpoints; the metrics pusher watches the pending counts.
+//!
+//! Bounds: pending connections per service and in total, and the number of distinct
+//! services (names come from PROXY headers, so a flood of made-up names must not grow
+//! memory without bound).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_pending_per_service: usize,
+    pub max_pending_total: usize,
+    pub max_services: usize,
+}
+
+/// Why a connection was refused at once instead of held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("service has {0} connections pending, the most allowed")]
+    ServiceFull(usize),
+    #[error("holder has {0} connections pending in total, the most allowed")]
+    HolderFull(usize),
+    #[error("holder already tracks {0} services, the most allowed")]
+    TooManyServices(usize),
+}
+
+impl Refused {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refused::ServiceFull(_) => "max_pending",
+            Refused::HolderFull(_) => "max_pending_total",
+            Refused::TooManyServices(_) => "max_services",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Slot {
+    pending: AtomicUsize,
+    endpoints: watch::Sender<Vec<SocketAddr>>,
+}
+
+#[derive(Debug)]
+pub struct Hold {
+    limits: Limits,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    total: AtomicUsize,
+    /// Bumped on every pending change: the pusher sends at once.
+    pending_changed: watch::Sender<u64>,
+    /// Bumped when a new service appears: the xDS client subscribes to it.
+    names_changed: watch::Sender<u64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A held connection's place in its service's queue. Dropping it (relay started, client
+/// gone, timeout) releases the place and tells the controller.
+#[derive(Debug)]
+pub struct Ticket {
+    hold: Arc<Hold>,
+    slot: Arc<Slot>,
+}
+
+impl Ticket {
+    /// The service's endpoints; empty while parked.
+    pub fn endpoints(&self) -> watch::Receiver<Vec<SocketAddr>> {
+        self.slot.endpoints.subscribe()
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.slot.pending.fetch_sub(1, Ordering::AcqRel);
+        self.hold.total.fetch_sub(1, Ordering::AcqRel);
+        self.hold.pending_changed.send_modify(|g| *g += 1);
+    }
+}
+
+impl Hold {
+    pub fn new(limits: Limits) -> Arc<Self> {
+        Arc::new(Hold {
+            limits,
+            slots: Mutex::default(),
+            total: AtomicUsize::new(0),
+            pending_changed: watch::Sender::new(0),
+            names_changed: watch::Sender::new(0),
+        })
+    }
+
+    /// Take a place in `service`'s queue, or say why not.
+    pub fn admit(self: &Arc<Self>, service: &str) -> Result<Ticket, Refused> {
+        let slot = {
+            let mut slots = lock(&self.slots);
+            match slots.get(service) {
+                Some(s) => s.clone(),
+                None => {
+                    if slots.len() >= self.limits.max_services {
+                        return Err(Refused::TooManyServices(slots.len()));
+                    }
+                    let s = Arc::new(Slot {
+                        pending: AtomicUsize::new(0),
+                        endpoints: watch::Sender::new(Vec::new()),
+                    });
+                    slots.insert(service.to_string(), s.clone());
+                    self.names_changed.send_modify(|g| *g += 1);
+                    s
+                }
+            }
+        };
+        // Reserve, then check: concurrent admits can never overshoot a limit.
+        let total = self.total.fetch_add(1, Ordering::AcqRel);
+        if total >= self.limits.max_pending_total {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refused::HolderFull(total));
+        }
+        let pending = slot.pending.fetch_add(1, Ordering::AcqRel);
+        if pending >= self.limits.max_pending_per_service {
+            slot.pending.fetch_sub(1, Ordering::AcqRel);
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refused::ServiceFull(pending));
+        }
+        self.pending_changed.send_modify(|g| *g += 1);
+        Ok(Ticket {
+            hold: self.clone(),
+            slot,
+        })
+    }
+
+    /// Endpoints for `service` from the controller (empty: parked).
+    pub fn set_endpoints(&self, service: &str, endpoints: Vec<SocketAddr>) {
+        if let Some(slot) = lock(&self.slots).get(service) {
+            slot.endpoints.send_if_modified(|e| {
+                let changed = *e != endpoints;
+                *e = endpoints;
+                changed
+            });
+        }
+    }
+
+    /// The services seen so far (the xDS subscription), sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = lock(&self.slots).keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Pending count per service.
+    pub fn pending(&self) -> Vec<(String, usize)> {
+        lock(&self.slots)
+            .iter()
+            .map(|(n, s)| (n.clone(), s.pending.load(Ordering::Acquire)))
+            .collect()
+    }
+
+    pub fn total_pending(&self) -> usize {
+        self.total.load(Ordering::Acquire)
+    }
+
+    pub fn watch_pending(&self) -> watch::Receiver<u64> {
+        self.pending_changed.subscribe()
+    }
+
+    pub fn watch_names(&self) -> watch::Receiver<u64> {
+        self.names_changed.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hold(per: usize, total: usize, services: usize) -> Arc<Hold> {
+        Hold::new(Limits {
+            max_pending_per_service: per,
+            max_pending_total: total,
+            max_services: services,
+        })
+    }
+
+    #[test]
+    fn limits_refuse_and_tickets_release() {
+        let h = hold(2, 3, 2);
+        let a1 = h.admit("a").expect("first");
+        let _a2 = h.admit("a").expect("second");
+        assert_eq!(h.admit("a").err(), Some(Refused::ServiceFull(2)));
+        let _b1 = h.admit("b").expect("b");
+        assert_eq!(h.admit("b").err(), Some(Refused::HolderFull(3)));
+        assert_eq!(h.admit("c").err(), Some(Refused::TooManyServices(2)));
+        drop(a1);
+        assert_eq!(h.total_pending(), 2);
+        let _a3 = h.admit("a").expect("a place was freed");
+    }
+
+    #[test]
+    fn pending_changes_and_new_names_are_signalled() {
+        let h = hold(10, 10, 10);
+        let mut pending = h.watch_pending();
+        let mut names = h.watch_names();
+        let t = h.admit("svc").expect("admit");
+        assert!(pending.has_changed().expect("open"));
+        assert!(names.has_changed().expect("open"));
+        pending.mark_unchanged();
+        names.mark_unchanged();
+        drop(t);
+        assert!(pending.has_changed().expect("open"));
+        assert!(!names.has_changed().expect("open"));
+        assert_eq!(h.pending(), vec![("svc".to_string(), 0)]);
+    }
+
+    #[test]
+    fn endpoints_reach_waiting_tickets() {
+        let h = hold(10, 10, 10);
+        let t = h.admit("svc").expect("admit");
+        let rx = t.endpoints();
+        assert!(rx.borrow().is_empty());
+        let ep: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        h.set_endpoints("svc", vec![ep]);
+        assert_eq!(*rx.borrow(), vec![ep]);
+    }
+}

@@ -1,0 +1,94 @@
+//! zenvoy-holder: keeps connections for parked services and relays them, zero-copy, once
+//! the service is awake; then it is out of the data path.
+//!
+//! ```text
+//!  Envoy --PROXY v2 (TLV 0xE0 = service)--> server --admit--> hold (per-service queue)
+//!                                              |                 |  pending changed
+//!                                              |                 v
+//!                                              |               push --MetricsService--> controller
+//!                                              |                 ^ endpoints
+//!   upstream <--splice(2) relay-- relay <------+-- xds (ADS client, EDS) <-- controller
+//! ```
+//!
+//! Pure cores: [`proxy`] (PROXY v2 parser) and [`hold`]'s admission policy. The rest are
+//! adapters: sockets, the tonic clients, the admin HTTP server.
+
+pub mod admin;
+pub mod hold;
+pub mod proxy;
+pub mod push;
+pub mod relay;
+pub mod server;
+pub mod telemetry;
+pub mod xds;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use hold::Limits;
+pub use server::Timeouts;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Controller gRPC URL, e.g. `http://127.0.0.1:18000`.
+    pub controller: String,
+    pub node_id: String,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+}
+
+/// Run the holder on bound listeners until `shutdown`, then drain.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let mut registry = Registry::default();
+    let metrics = Arc::new(telemetry::Metrics::register(&mut registry));
+    let registry = Arc::new(registry);
+    let hold = hold::Hold::new(settings.limits);
+    let node = Node {
+        id: settings.node_id.clone(),
+        cluster: "zenvoy-holder".to_string(),
+        ..Default::default()
+    };
+    let xds = tokio::spawn(xds::run(
+        settings.controller.clone(),
+        node.clone(),
+        hold.clone(),
+    ));
+    let push = tokio::spawn(push::run(
+        settings.controller.clone(),
+        node,
+        hold.clone(),
+        metrics.clone(),
+    ));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let server = server::Server::new(hold, metrics, settings.timeouts);
+    let serving = server.run(listener, stopped());
+    let admin_task = tokio::spawn(admin::serve(admin, registry, stopped()));
+    let stopper = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    tokio::join!(serving, stopper);
+    xds.abort();
+    push.abort();
+    match admin_task.await {
+        Ok(r) => r,
+        Err(e) => Err(std::io::Error::other(e)),
+    }
+}

@@ -1,0 +1,114 @@
+//! `zenvoy-holder`: parse flags, start tracing, bind, run, drain on SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::net::TcpListener;
+use zenvoy_holder::{Limits, Settings, Timeouts};
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "zenvoy holder: keeps connections for parked services, relays with splice(2)"
+)]
+struct Args {
+    /// Where Envoy sends held connections (PROXY v2 with the service TLV 0xE0).
+    #[arg(long, default_value = "127.0.0.1:15001")]
+    listen: SocketAddr,
+    /// Admin HTTP address: /metrics, /healthz.
+    #[arg(long, default_value = "127.0.0.1:15002")]
+    admin: SocketAddr,
+    /// Controller gRPC URL (ADS and MetricsService).
+    #[arg(long, default_value = "http://127.0.0.1:18000")]
+    controller: String,
+    /// Node id this holder uses towards the controller.
+    #[arg(long, default_value = "zenvoy-holder")]
+    node_id: String,
+    /// How long a connection is held before it is closed.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    hold_timeout: Duration,
+    /// A PROXY header must arrive within this.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    header_timeout: Duration,
+    /// Dial timeout per upstream endpoint.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    connect_timeout: Duration,
+    /// On SIGTERM, relays in progress get this long to finish.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+    /// Held connections per service; more are refused at once.
+    #[arg(long, default_value_t = 1000)]
+    max_pending: usize,
+    /// Held connections in total; more are refused at once.
+    #[arg(long, default_value_t = 10000)]
+    max_pending_total: usize,
+    /// Distinct services tracked.
+    #[arg(long, default_value_t = 10000)]
+    max_services: usize,
+    /// Write the bound addresses here as JSON ({"listen": "...", "admin": "..."}).
+    #[arg(long)]
+    address_file: Option<PathBuf>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "ZENVOY_LOG_JSON")]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if args.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", args.listen))?;
+    let admin = TcpListener::bind(args.admin)
+        .await
+        .with_context(|| format!("binding --admin {}", args.admin))?;
+    if let Some(path) = &args.address_file {
+        let json = serde_json::json!({
+            "listen": listener.local_addr()?.to_string(),
+            "admin": admin.local_addr()?.to_string(),
+        });
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, json.to_string())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    }
+    let settings = Settings {
+        controller: args.controller,
+        node_id: args.node_id,
+        limits: Limits {
+            max_pending_per_service: args.max_pending,
+            max_pending_total: args.max_pending_total,
+            max_services: args.max_services,
+        },
+        timeouts: Timeouts {
+            header: args.header_timeout,
+            hold: args.hold_timeout,
+            connect: args.connect_timeout,
+            drain: args.drain_timeout,
+        },
+    };
+    zenvoy_holder::run(settings, listener, admin, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

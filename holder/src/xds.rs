@@ -1,0 +1,166 @@
+//! The holder as an xDS client of the controller: one ADS stream subscribing to the
+//! ClusterLoadAssignments of every service it has held a connection for. Each update
+//! sets that service's endpoints in the hold registry, which releases its queue.
+//!
+//! The holder's own endpoint is in every parked assignment, marked with the metadata the
+//! controller uses for Envoy's transport-socket match; those endpoints are skipped.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::{address, socket_address, Node};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    lb_endpoint, ClusterLoadAssignment, LbEndpoint,
+};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::google::protobuf::value;
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+use tracing::{debug, info, warn};
+
+use crate::hold::Hold;
+
+pub const ENDPOINT_TYPE: &str =
+    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+/// Must match the controller's `xds::resources::{TRANSPORT_SOCKET_MATCH, HOLDER_MARK}`.
+const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
+const HOLDER_MARK: &str = "zenvoy_holder";
+
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+fn is_holder(e: &LbEndpoint) -> bool {
+    e.metadata
+        .as_ref()
+        .and_then(|m| m.filter_metadata.get(TRANSPORT_SOCKET_MATCH))
+        .and_then(|s| s.fields.get(HOLDER_MARK))
+        .is_some_and(|v| v.kind == Some(value::Kind::BoolValue(true)))
+}
+
+/// The real upstream endpoints of an assignment (empty when parked).
+pub fn upstreams(cla: &ClusterLoadAssignment) -> Vec<SocketAddr> {
+    cla.endpoints
+        .iter()
+        .flat_map(|l| &l.lb_endpoints)
+        .filter(|e| !is_holder(e))
+        .filter_map(|e| match &e.host_identifier {
+            Some(lb_endpoint::HostIdentifier::Endpoint(ep)) => ep.address.as_ref(),
+            _ => None,
+        })
+        .filter_map(|a| match &a.address {
+            Some(address::Address::SocketAddress(sa)) => {
+                let ip: IpAddr = sa.address.parse().ok()?;
+                let port = match sa.port_specifier {
+                    Some(socket_address::PortSpecifier::PortValue(p)) => u16::try_from(p).ok()?,
+                    _ => return None,
+                };
+                Some(SocketAddr::new(ip, port))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Keep one ADS stream to `controller` open for the life of the process, reconnecting
+/// with backoff. Endpoints already known are kept while disconnected.
+pub async fn run(controller: String, node: Node, hold: Arc<Hold>) {
+    let mut backoff = RETRY_MIN;
+    loop {
+        match stream_once(&controller, &node, &hold).await {
+            Ok(()) => backoff = RETRY_MIN,
+            Err(e) => {
+                warn!(%controller, error = %e, retry_in = ?backoff, "ADS stream to controller failed")
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RETRY_MAX);
+    }
+}
+
+fn request(node: &Node, names: Vec<String>, last: Option<&DiscoveryResponse>) -> DiscoveryRequest {
+    DiscoveryRequest {
+        node: Some(node.clone()),
+        type_url: ENDPOINT_TYPE.to_string(),
+        resource_names: names,
+        version_info: last.map(|r| r.version_info.clone()).unwrap_or_default(),
+        response_nonce: last.map(|r| r.nonce.clone()).unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+async fn stream_once(controller: &str, node: &Node, hold: &Hold) -> Result<(), tonic::Status> {
+    let channel = Endpoint::from_shared(controller.to_string())
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut client = AggregatedDiscoveryServiceClient::new(channel);
+    let (tx, rx) = mpsc::channel(16);
+    let mut names_rx = hold.watch_names();
+    let mut names = hold.names();
+    names_rx.mark_unchanged();
+    if !names.is_empty() {
+        let _ = tx.send(request(node, names.clone(), None)).await;
+    }
+    let mut inbound = client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    info!(%controller, subscribed = names.len(), "ADS stream open");
+    let mut last: Option<DiscoveryResponse> = None;
+    let mut known: HashMap<String, Vec<SocketAddr>> = HashMap::new();
+    loop {
+        tokio::select! {
+            changed = names_rx.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                names = hold.names();
+                debug!(subscribed = names.len(), "subscription changed");
+                if tx.send(request(node, names.clone(), last.as_ref())).await.is_err() {
+                    return Ok(());
+                }
+            }
+            msg = inbound.message() => {
+                let Some(resp) = msg? else {
+                    return Ok(());
+                };
+                let mut error = None;
+                for any in &resp.resources {
+                    match ClusterLoadAssignment::decode(any.value.as_slice()) {
+                        Ok(cla) => {
+                            let eps = upstreams(&cla);
+                            if known.get(&cla.cluster_name) != Some(&eps) {
+                                info!(service = %cla.cluster_name, endpoints = ?eps, "endpoints");
+                            }
+                            hold.set_endpoints(&cla.cluster_name, eps.clone());
+                            known.insert(cla.cluster_name, eps);
+                        }
+                        Err(e) => error = Some(e.to_string()),
+                    }
+                }
+                let mut ack = request(node, names.clone(), Some(&resp));
+                if let Some(e) = error {
+                    warn!(error = %e, "cannot decode ClusterLoadAssignment; NACK");
+                    ack.version_info = last.as_ref().map(|r| r.version_info.clone()).unwrap_or_default();
+                    ack.error_detail = Some(envoy_types::pb::google::rpc::Status {
+                        code: 3,
+                        message: e,
+                        details: Vec::new(),
+                    });
+                }
+                if tx.send(ack).await.is_err() {
+                    return Ok(());
+                }
+                last = Some(resp);
+            }
+        }
+    }
+}
