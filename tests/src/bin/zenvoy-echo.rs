@@ -1,0 +1,77 @@
+//! A small upstream for tests and benchmarks. TCP echo by default (every byte back, in
+//! order; the client's EOF becomes ours); with `--http`, a minimal HTTP/1.1 responder.
+//! Writes its pid to `--pid-file` so tests can see it start and stop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[arg(long)]
+    listen: SocketAddr,
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    /// Answer HTTP requests with 200 and a short body instead of echoing.
+    #[arg(long)]
+    http: bool,
+    /// Body text for --http.
+    #[arg(long, default_value = "hello from zenvoy-echo")]
+    body: String,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let listener = TcpListener::bind(args.listen).await?;
+    if let Some(p) = &args.pid_file {
+        std::fs::write(p, std::process::id().to_string())?;
+    }
+    eprintln!(
+        "zenvoy-echo listening on {} (pid {})",
+        args.listen,
+        std::process::id()
+    );
+    let body: &'static str = Box::leak(args.body.into_boxed_str());
+    loop {
+        let (s, _) = listener.accept().await?;
+        let _ = s.set_nodelay(true);
+        if args.http {
+            tokio::spawn(http(s, body));
+        } else {
+            tokio::spawn(echo(s));
+        }
+    }
+}
+
+async fn echo(mut s: TcpStream) -> std::io::Result<()> {
+    let (mut r, mut w) = s.split();
+    tokio::io::copy(&mut r, &mut w).await?;
+    w.shutdown().await
+}
+
+async fn http(mut s: TcpStream, body: &str) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            buf.drain(..end + 4);
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}\n",
+                body.len() + 1
+            );
+            s.write_all(resp.as_bytes()).await?;
+        }
+        if buf.len() > 64 * 1024 {
+            return Ok(()); // not HTTP; drop it
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! A whole zenvoy stack on one machine: controller, holder and one or more Envoys, each a
+//! real process, ports chosen by the OS where the design allows it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::envoy::{self, Envoy};
+use crate::process::Proc;
+use crate::{bin, free_port, http_get, metric_value, wait};
+
+/// A service for the test config, woken as `zenvoy-echo` on a free port.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub upstream: SocketAddr,
+    pub command: Vec<String>,
+    /// Extra YAML keys for the service entry, e.g. `idleTimeout: 2s`.
+    pub extra: Vec<String>,
+    pub pid_file: PathBuf,
+}
+
+impl ServiceSpec {
+    /// An echo service whose process writes its pid to `<dir>/<name>.pid`.
+    pub fn echo(name: &str, dir: &Path) -> anyhow::Result<Self> {
+        let upstream = free_port()?;
+        let pid_file = dir.join(format!("{name}.pid"));
+        let command = vec![
+            bin("zenvoy-echo")?.display().to_string(),
+            "--listen".into(),
+            upstream.to_string(),
+            "--pid-file".into(),
+            pid_file.display().to_string(),
+        ];
+        Ok(ServiceSpec {
+            name: name.to_string(),
+            upstream,
+            command,
+            extra: Vec::new(),
+            pid_file,
+        })
+    }
+
+    pub fn with(mut self, yaml: &str) -> Self {
+        self.extra.push(yaml.to_string());
+        self
+    }
+
+    /// The pid of the running upstream process, if it is running.
+    pub fn running_pid(&self) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(&self.pid_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        // The controller reaps what it stops, so a gone process has no /proc entry.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // A zombie ("Z") has exited.
+        let state = stat.rsplit(')').next()?.split_whitespace().next()?;
+        (state != "Z").then_some(pid)
+    }
+}
+
+/// How the stack is put together.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub services: Vec<ServiceSpec>,
+    /// YAML lines under `defaults:`.
+    pub defaults: Vec<String>,
+    /// Envoy stats flush interval.
+    pub flush: Duration,
+    pub holder_args: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            services: Vec::new(),
+            defaults: vec!["idleTimeout: 3s".into(), "holdTimeout: 30s".into()],
+            flush: Duration::from_millis(500),
+            holder_args: Vec::new(),
+        }
+    }
+}
+
+/// The config the controller gets: controller ports 0 (the OS picks; read back from its
+/// address file), the holder on a free port, each service listening on port 0.
+pub fn config_yaml(opts: &Options, holder: SocketAddr) -> String {
+    let mut y = format!(
+        "controller:\n  listen: 127.0.0.1:0\n  admin: 127.0.0.1:0\nholder:\n  address: {holder}\ndefaults:\n"
+    );
+    for d in &opts.defaults {
+        y.push_str(&format!("  {d}\n"));
+    }
+    y.push_str("services:\n");
+    for s in &opts.services {
+        let cmd: Vec<String> = s.command.iter().map(|c| format!("{c:?}")).collect();
+        y.push_str(&format!(
+            "  - name: {}\n    listen: 127.0.0.1:0\n    upstream: {}\n    command: [{}]\n",
+            s.name,
+            s.upstream,
+            cmd.join(", ")
+        ));
+        for e in &s.extra {
+            y.push_str(&format!("    {e}\n"));
+        }
+    }
+    y
+}
+
+/// Drop order is field order: Envoy first, then holder, then the controller (which stops
+/// the upstream processes it started), the directory last.
+#[derive(Debug)]
+pub struct Stack {
+    pub envoy: Envoy,
+    pub holder: Proc,
+    pub controller: Proc,
+    pub grpc: SocketAddr,
+    pub controller_admin: SocketAddr,
+    pub holder_listen: SocketAddr,
+    pub holder_admin: SocketAddr,
+    pub services: Vec<ServiceSpec>,
+    pub dir: tempfile::TempDir,
+}
+
+async fn address_file(what: &str, path: &Path, proc: &mut Proc) -> anyhow::Result<Value> {
+    let r = wait::until(what, Duration::from_secs(30), || {
+        let exited = proc.exited();
+        async move {
+            if let Some(status) = exited {
+                anyhow::bail!("process exited: {status}");
+            }
+            Ok(std::fs::read_to_string(path)
+                .ok()
+                .and_then(|s| serde_json::from_str::<Value>(&s).ok()))
+        }
+    })
+    .await;
+    r.map_err(|e| anyhow::anyhow!("{e}\n{}", proc.log_tail(30)))
+}
+
+fn addr(v: &Value, key: &str) -> anyhow::Result<SocketAddr> {
+    v[key]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("address file has no {key:?}: {v}"))
+}
+
+impl Stack {
+    /// A fresh temporary directory for a stack's files (configs, logs, pid files).
+    pub fn tempdir() -> anyhow::Result<tempfile::TempDir> {
+        Ok(tempfile::Builder::new().prefix("zenvoy-e2e-").tempdir()?)
+    }
+
+    /// Start controller, holder and Envoy and wait until Envoy is ready.
+    pub async fn start(dir: tempfile::TempDir, opts: Options) -> anyhow::Result<Stack> {
+        let d = dir.path().to_path_buf();
+        let holder_listen = free_port()?;
+        let config = d.join("zenvoy.yaml");
+        std::fs::write(&config, config_yaml(&opts, holder_listen))?;
+
+        let mut cmd = Command::new(bin("zenvoy-controller")?);
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("--address-file")
+            .arg(d.join("controller.json"));
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        let mut controller = Proc::spawn("controller", cmd, Some(&d.join("controller.log")))?;
+        let c = address_file(
+            "controller address file",
+            &d.join("controller.json"),
+            &mut controller,
+        )
+        .await?;
+        let (grpc, controller_admin) = (addr(&c, "grpc")?, addr(&c, "admin")?);
+
+        let mut cmd = Command::new(bin("zenvoy-holder")?);
+        cmd.arg("--listen")
+            .arg(holder_listen.to_string())
+            .args(["--admin", "127.0.0.1:0", "--node-id", "holder-1"])
+            .arg("--controller")
+            .arg(format!("http://{grpc}"))
+            .arg("--address-file")
+            .arg(d.join("holder.json"))
+            .args(&opts.holder_args);
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        let mut holder = Proc::spawn("holder", cmd, Some(&d.join("holder.log")))?;
+        let h = address_file("holder address file", &d.join("holder.json"), &mut holder).await?;
+        let holder_admin = addr(&h, "admin")?;
+
+        let boot = envoy::bootstrap("envoy-1", grpc, 0, opts.flush);
+        let envoy = match Envoy::start(&d, "envoy", &boot, Some(&d.join("envoy.log"))).await {
+            Ok(e) => e,
+            Err(e) => anyhow::bail!("{e}\n{}{}", controller.log_tail(30), holder.log_tail(30)),
+        };
+        Ok(Stack {
+            envoy,
+            holder,
+            controller,
+            grpc,
+            controller_admin,
+            holder_listen,
+            holder_admin,
+            services: opts.services,
+            dir,
+        })
+    }
+
+    pub fn service(&self, name: &str) -> &ServiceSpec {
+        self.services
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no service {name} in this stack"))
+    }
+
+    /// Where clients connect for service `name`.
+    pub async fn listener(&self, name: &str) -> anyhow::Result<SocketAddr> {
+        self.envoy.listener(name).await
+    }
+
+    pub async fn holder_metric(&self, series: &str) -> anyhow::Result<f64> {
+        let page = http_get(&format!("http://{}/metrics", self.holder_admin)).await?;
+        Ok(metric_value(&page, series).unwrap_or(0.0))
+    }
+
+    pub async fn controller_metric(&self, series: &str) -> anyhow::Result<f64> {
+        let page = http_get(&format!("http://{}/metrics", self.controller_admin)).await?;
+        Ok(metric_value(&page, series).unwrap_or(0.0))
+    }
+
+    /// Wait until Envoy's cluster `name` has exactly `hosts`.
+    pub async fn wait_hosts(
+        &self,
+        name: &str,
+        hosts: &[SocketAddr],
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let what = format!("Envoy cluster {name} to have hosts {hosts:?}");
+        let r = wait::until(&what, timeout, || async {
+            let now = self.envoy.cluster_hosts(name).await?;
+            Ok((now == hosts).then_some(()))
+        })
+        .await;
+        r.map_err(|e| anyhow::anyhow!("{e}\n{}", self.logs()))
+    }
+
+    /// Tails of every log, for failure messages.
+    pub fn logs(&self) -> String {
+        format!(
+            "{}{}{}",
+            self.controller.log_tail(40),
+            self.holder.log_tail(40),
+            self.envoy.proc.log_tail(20)
+        )
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // ZENVOY_E2E_LOGS=1 prints them for passing tests too.
+        if std::thread::panicking() || std::env::var_os("ZENVOY_E2E_LOGS").is_some() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The whole loop through a real Envoy: held, woken, relayed byte-exact, served direct,
+//! parked after idle, woken again. Each test starts its own stack on OS-chosen ports.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use zenvoy_tests::stack::{Options, ServiceSpec, Stack};
+use zenvoy_tests::wait;
+
+const BOUND: Duration = Duration::from_secs(30);
+
+/// Deterministic, position-dependent bytes (a shifted byte would not compare equal).
+fn payload(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Connect, write everything at once, half-close, read to EOF: the echo must be exact.
+async fn echo_roundtrip(addr: SocketAddr, data: &[u8]) -> anyhow::Result<()> {
+    let mut s = TcpStream::connect(addr).await?;
+    let (mut r, mut w) = s.split();
+    let write = async {
+        w.write_all(data).await?;
+        w.shutdown().await
+    };
+    let mut got = Vec::with_capacity(data.len());
+    let read = r.read_to_end(&mut got);
+    let (wr, rd) = tokio::time::timeout(BOUND, async { tokio::join!(write, read) })
+        .await
+        .map_err(|_| anyhow::anyhow!("no full echo within {BOUND:?}"))?;
+    wr?;
+    rd?;
+    anyhow::ensure!(
+        got == data,
+        "echo differs: sent {} bytes, got {} (first difference at {:?})",
+        data.len(),
+        got.len(),
+        got.iter().zip(data).position(|(a, b)| a != b)
+    );
+    Ok(())
+}
+
+async fn stack(
+    services: impl FnOnce(&std::path::Path) -> anyhow::Result<Vec<ServiceSpec>>,
+) -> Stack {
+    let dir = Stack::tempdir().expect("tempdir");
+    let services = services(dir.path()).expect("service specs");
+    Stack::start(
+        dir,
+        Options {
+            services,
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("stack starts")
+}
+
+async fn wait_parked(st: &Stack, name: &str) {
+    let spec = st.service(name);
+    wait::until(
+        &format!("{name}'s upstream process to exit"),
+        BOUND,
+        || async { Ok(spec.running_pid().is_none().then_some(())) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", st.logs()));
+    st.wait_hosts(name, &[st.holder_listen], BOUND)
+        .await
+        .expect("EDS points at the holder again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_64k_write_is_echoed_exactly_after_wake() {
+    let st = stack(|d| Ok(vec![ServiceSpec::echo("echo", d)?])).await;
+    let addr = st.listener("echo").await.expect("listener");
+    assert!(st.service("echo").running_pid().is_none(), "starts parked");
+    // 64 KiB written at once, before any upstream exists.
+    echo_roundtrip(addr, &payload(1, 64 * 1024))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", st.logs()));
+    assert!(
+        st.service("echo").running_pid().is_some(),
+        "woken by the connection"
+    );
+    assert_eq!(
+        st.holder_metric("zenvoy_holder_relayed_total{service=\"echo\"}")
+            .await
+            .expect("metrics"),
+        1.0,
+        "the held connection was relayed by the holder"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_connections_at_once_are_all_served() {
+    let st = stack(|d| Ok(vec![ServiceSpec::echo("echo", d)?])).await;
+    let addr = st.listener("echo").await.expect("listener");
+    let tasks: Vec<_> = (0..200u64)
+        .map(|i| {
+            tokio::spawn(
+                async move { echo_roundtrip(addr, &payload(i, 1024 + i as usize * 37)).await },
+            )
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        if let Err(e) = t.await.expect("task") {
+            failures.push(format!("conn {i}: {e}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 200 failed: {:?}\n{}",
+        failures.len(),
+        &failures[..failures.len().min(5)],
+        st.logs()
+    );
+    let refused = st
+        .holder_metric("zenvoy_holder_refused_total{reason=\"max_pending\"}")
+        .await
+        .expect("metrics");
+    assert_eq!(refused, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awake_service_is_served_directly_not_through_the_holder() {
+    let st = stack(|d| Ok(vec![ServiceSpec::echo("echo", d)?])).await;
+    let addr = st.listener("echo").await.expect("listener");
+    echo_roundtrip(addr, b"wake up")
+        .await
+        .expect("first connection");
+    let upstream = st.service("echo").upstream;
+    st.wait_hosts("echo", &[upstream], BOUND)
+        .await
+        .expect("Envoy has the real endpoint");
+    let relayed = "zenvoy_holder_relayed_total{service=\"echo\"}";
+    let before = st.holder_metric(relayed).await.expect("metrics");
+    for i in 0..5 {
+        echo_roundtrip(addr, &payload(100 + i, 4096))
+            .await
+            .expect("direct connection");
+    }
+    let after = st.holder_metric(relayed).await.expect("metrics");
+    assert_eq!(before, after, "no new connection passed through the holder");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_service_parks_and_wakes_again_twice() {
+    let st = stack(|d| Ok(vec![ServiceSpec::echo("echo", d)?.with("idleTimeout: 2s")])).await;
+    let addr = st.listener("echo").await.expect("listener");
+    for cycle in 1..=2 {
+        echo_roundtrip(addr, &payload(cycle, 10_000))
+            .await
+            .unwrap_or_else(|e| panic!("cycle {cycle}: {e}\n{}", st.logs()));
+        assert!(
+            st.service("echo").running_pid().is_some(),
+            "cycle {cycle}: awake"
+        );
+        wait_parked(&st, "echo").await;
+    }
+    let parks = st
+        .controller_metric("zenvoy_parks_total{service=\"echo\"}")
+        .await
+        .expect("metrics");
+    assert_eq!(parks, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_connection_keeps_the_service_awake() {
+    let st = stack(|d| Ok(vec![ServiceSpec::echo("echo", d)?.with("idleTimeout: 2s")])).await;
+    let addr = st.listener("echo").await.expect("listener");
+    let mut conn = TcpStream::connect(addr).await.expect("connect");
+    conn.write_all(b"hello").await.expect("write");
+    let mut buf = [0u8; 5];
+    tokio::time::timeout(BOUND, conn.read_exact(&mut buf))
+        .await
+        .expect("echo in time")
+        .expect("read");
+    let pid = st.service("echo").running_pid().expect("awake");
+    // Three idle timeouts with the connection open and silent.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        st.service("echo").running_pid(),
+        Some(pid),
+        "still the same process"
+    );
+    conn.write_all(b"still").await.expect("write after idle");
+    tokio::time::timeout(BOUND, conn.read_exact(&mut buf))
+        .await
+        .expect("echo in time")
+        .expect("read");
+    assert_eq!(&buf, b"still");
+    drop(conn);
+    wait_parked(&st, "echo").await;
+}
