@@ -105,7 +105,7 @@ pub async fn run_with<B: Backend>(
     let grpc = tonic::transport::Server::builder()
         .add_service(ads)
         .add_service(sink)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped());
+        .serve_with_incoming_shutdown(with_nodelay(grpc), stopped());
     let admin = admin::serve(admin, registry, stopped());
 
     let stopper = async move {
@@ -121,3 +121,16 @@ pub async fn run_with<B: Backend>(
 }
 
 pub use backend::Backend;
+
+/// Accepted gRPC connections with Nagle off: an EDS update is a few hundred bytes that
+/// must leave at once, not wait for the previous segment's ACK.
+fn with_nodelay(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|s| {
+        let s = s?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    })
+}

@@ -80,3 +80,15 @@ pub fn metric_value(page: &str, series: &str) -> Option<f64> {
             .ok()
     })
 }
+
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process on the machine, so two
+/// processes' timestamps can be subtracted.
+pub fn monotonic_ns() -> u128 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+        Ok(t) => {
+            u128::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+                + u128::try_from(t.tv_nsec()).unwrap_or(0)
+        }
+        Err(_) => 0,
+    }
+}

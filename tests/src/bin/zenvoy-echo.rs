@@ -15,6 +15,10 @@ struct Args {
     listen: SocketAddr,
     #[arg(long)]
     pid_file: Option<PathBuf>,
+    /// Append CLOCK_MONOTONIC nanoseconds, taken right after listen(2), to this file (the
+    /// moment the port accepts; used by wake-bench).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
     /// Answer HTTP requests with 200 and a short body instead of echoing.
     #[arg(long)]
     http: bool,
@@ -27,6 +31,12 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let listener = TcpListener::bind(args.listen).await?;
+    if let Some(p) = &args.ready_file {
+        use std::io::Write;
+        let now = zenvoy_tests::monotonic_ns();
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
+        writeln!(f, "{now}")?;
+    }
     if let Some(p) = &args.pid_file {
         std::fs::write(p, std::process::id().to_string())?;
     }
@@ -36,9 +46,19 @@ async fn main() -> anyhow::Result<()> {
         std::process::id()
     );
     let body: &'static str = Box::leak(args.body.into_boxed_str());
+    let mut accepts = 0u32;
     loop {
         let (s, _) = listener.accept().await?;
         let _ = s.set_nodelay(true);
+        // wake-bench splits the wake into segments: the first two accepts are the
+        // controller's readiness probe and the holder's dial.
+        if let (Some(p), true) = (&args.ready_file, accepts < 2) {
+            use std::io::Write;
+            accepts += 1;
+            let now = zenvoy_tests::monotonic_ns();
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
+            writeln!(f, "accept {now}")?;
+        }
         if args.http {
             tokio::spawn(http(s, body));
         } else {
