@@ -156,7 +156,10 @@ impl Backend for ProcessBackend {
             loop {
                 let upstream = slot.upstream;
                 let probe = tokio::task::spawn_blocking(move || {
-                    probe_until(upstream, deadline.min(std::time::Instant::now() + PROBE_INTERVAL * EXIT_CHECK_EVERY))
+                    probe_until(
+                        upstream,
+                        deadline.min(std::time::Instant::now() + PROBE_INTERVAL * EXIT_CHECK_EVERY),
+                    )
                 });
                 if let Ok(true) = probe.await {
                     debug!(service, upstream = %slot.upstream, "ready");

@@ -73,7 +73,10 @@ async fn main() -> anyhow::Result<()> {
             .filter_map(|l| l.trim_start_matches("accept ").parse().ok())
             .collect();
         let [ready, probe, dial] = stamps[..] else {
-            anyhow::bail!("round {round}: expected listen + 2 accepts in {}, got {text:?}", ready_file.display());
+            anyhow::bail!(
+                "round {round}: expected listen + 2 accepts in {}, got {text:?}",
+                ready_file.display()
+            );
         };
         let ms = |a: u128, b: u128| b.saturating_sub(a) as f64 / 1e6;
         samples.push(ms(ready, got));

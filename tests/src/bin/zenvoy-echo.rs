@@ -34,7 +34,10 @@ async fn main() -> anyhow::Result<()> {
     if let Some(p) = &args.ready_file {
         use std::io::Write;
         let now = zenvoy_tests::monotonic_ns();
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)?;
         writeln!(f, "{now}")?;
     }
     if let Some(p) = &args.pid_file {
@@ -56,7 +59,10 @@ async fn main() -> anyhow::Result<()> {
             use std::io::Write;
             accepts += 1;
             let now = zenvoy_tests::monotonic_ns();
-            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p)?;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)?;
             writeln!(f, "accept {now}")?;
         }
         if args.http {
