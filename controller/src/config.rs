@@ -43,6 +43,8 @@ pub const DEFAULT_PARK_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_PENDING: u32 = 1000;
 /// Longest service name (a DNS subdomain, RFC 1123).
 pub const MAX_NAME_LEN: usize = 253;
+/// Namespace used in an HTTP service's domain forms when none is given.
+pub const DEFAULT_NAMESPACE: &str = "default";
 
 const fn localhost(port: u16) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
@@ -53,6 +55,8 @@ const fn localhost(port: u16) -> SocketAddr {
 pub struct Config {
     pub controller: ControllerConfig,
     pub holder: HolderConfig,
+    /// The shared Host-routed HTTP listener, if any service speaks HTTP.
+    pub http: Option<HttpConfig>,
     /// At least one; names and non-zero `listen` addresses are unique.
     pub services: Vec<ServiceConfig>,
 }
@@ -72,11 +76,36 @@ pub struct HolderConfig {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    /// Envoy's HTTP listener address: one listener, one virtual host per HTTP service.
+    pub listen: SocketAddr,
+}
+
+/// How Envoy fronts a service, and which stats tell it is busy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// A TCP listener per service (`tcp_proxy`); activity from connections and bytes.
+    #[default]
+    Tcp,
+    /// A virtual host on the shared HTTP listener; activity from requests (pooled
+    /// keep-alive connections stay open while idle, so connections do not count).
+    Http,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServiceConfig {
     /// `[a-z0-9]([a-z0-9.-]*[a-z0-9])?`, at most [`MAX_NAME_LEN`] bytes.
     pub name: String,
-    /// Envoy listener address; port 0 lets the OS pick.
-    pub listen: SocketAddr,
+    /// `tcp` (default) or `http`.
+    pub protocol: Protocol,
+    /// Envoy TCP listener address (port 0 lets the OS pick). Required for TCP services;
+    /// HTTP services are reached through `http.listen` and may also have one.
+    pub listen: Option<SocketAddr>,
+    /// Namespace for the HTTP domain forms (`name.namespace`, `name.namespace.svc`, ...).
+    pub namespace: String,
+    /// Host names the HTTP virtual host answers to: the name, its namespace forms and any
+    /// extra `domains`. Unique across services.
+    pub domains: Vec<String>,
     /// Where the woken service listens; port is never 0.
     pub upstream: SocketAddr,
     /// Program and arguments for the process backend; non-empty, `command[0]` non-empty.
@@ -191,6 +220,7 @@ mod raw {
     pub struct Config {
         pub controller: Option<Controller>,
         pub holder: Option<Holder>,
+        pub http: Option<Http>,
         pub defaults: Option<Policy>,
         #[serde(default)]
         pub services: Vec<Service>,
@@ -201,6 +231,12 @@ mod raw {
     pub struct Controller {
         pub listen: Option<String>,
         pub admin: Option<String>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct Http {
+        pub listen: String,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -226,7 +262,11 @@ mod raw {
     #[serde(rename_all = "camelCase", deny_unknown_fields)]
     pub struct Service {
         pub name: String,
-        pub listen: String,
+        pub protocol: Option<String>,
+        pub listen: Option<String>,
+        pub namespace: Option<String>,
+        #[serde(default)]
+        pub domains: Vec<String>,
         pub upstream: String,
         pub command: Vec<String>,
         pub idle_timeout: Option<String>,
@@ -249,6 +289,10 @@ impl raw::Config {
         let holder = HolderConfig {
             address: addr_or("holder.address", h.address, DEFAULT_HOLDER_ADDRESS)?,
         };
+        let http = self
+            .http
+            .map(|h| parse_addr("http.listen", &h.listen).map(|listen| HttpConfig { listen }))
+            .transpose()?;
         let defaults = Policy::default().apply("defaults", self.defaults.unwrap_or_default())?;
 
         if self.services.is_empty() {
@@ -276,6 +320,32 @@ impl raw::Config {
             }
         }
 
+        // Envoy rejects a route configuration whose virtual hosts share a domain.
+        let mut domains: HashMap<&str, usize> = HashMap::new();
+        for (i, s) in services.iter().enumerate() {
+            if s.protocol == Protocol::Http && http.is_none() {
+                return Err(invalid(
+                    format!("services[{i}].protocol"),
+                    "http",
+                    "HTTP services need the top-level `http.listen`",
+                ));
+            }
+            for d in &s.domains {
+                if let Some(first) = domains.insert(d, i) {
+                    if first != i {
+                        return Err(invalid(
+                            format!("services[{i}].domains"),
+                            d.clone(),
+                            format!(
+                                "also a domain of services[{first}] ({})",
+                                services[first].name
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+
         // Every address something binds must be distinct. Port 0 binds a fresh port,
         // so it cannot collide.
         let mut bound: HashMap<SocketAddr, String> = HashMap::new();
@@ -283,11 +353,13 @@ impl raw::Config {
             ("controller.listen".to_owned(), controller.listen),
             ("controller.admin".to_owned(), controller.admin),
             ("holder.address".to_owned(), holder.address),
-        ];
+        ]
+        .into_iter()
+        .chain(http.as_ref().map(|h| ("http.listen".to_owned(), h.listen)));
         let listens = services
             .iter()
             .enumerate()
-            .map(|(i, s)| (format!("services[{i}].listen"), s.listen));
+            .filter_map(|(i, s)| Some((format!("services[{i}].listen"), s.listen?)));
         for (field, addr) in fixed.into_iter().chain(listens) {
             if addr.port() == 0 {
                 continue;
@@ -305,6 +377,7 @@ impl raw::Config {
         Ok(Config {
             controller,
             holder,
+            http,
             services,
         })
     }
@@ -314,7 +387,10 @@ impl raw::Service {
     fn validate(self, at: &str, defaults: Policy) -> Result<ServiceConfig, ConfigError> {
         let raw::Service {
             name,
+            protocol,
             listen,
+            namespace,
+            domains: extra_domains,
             upstream,
             command,
             idle_timeout,
@@ -325,7 +401,56 @@ impl raw::Service {
             max_pending,
         } = self;
         check_name(&format!("{at}.name"), &name)?;
-        let listen = parse_addr(&format!("{at}.listen"), &listen)?;
+        let protocol = match protocol.as_deref() {
+            None | Some("tcp") => Protocol::Tcp,
+            Some("http") => Protocol::Http,
+            Some(other) => {
+                return Err(invalid(
+                    format!("{at}.protocol"),
+                    other,
+                    "must be \"tcp\" or \"http\"",
+                ))
+            }
+        };
+        let listen = listen
+            .map(|l| parse_addr(&format!("{at}.listen"), &l))
+            .transpose()?;
+        if listen.is_none() && protocol == Protocol::Tcp {
+            return Err(invalid(
+                format!("{at}.listen"),
+                "",
+                "required for a TCP service (the Envoy listener clients connect to)",
+            ));
+        }
+        let namespace = namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+        check_name(&format!("{at}.namespace"), &namespace)?;
+        let mut domains = Vec::new();
+        if protocol == Protocol::Http {
+            domains = vec![
+                name.clone(),
+                format!("{name}.{namespace}"),
+                format!("{name}.{namespace}.svc"),
+                format!("{name}.{namespace}.svc.cluster.local"),
+            ];
+            for (j, d) in extra_domains.into_iter().enumerate() {
+                if d.is_empty() || d.contains(|c: char| c.is_whitespace() || c == '/') {
+                    return Err(invalid(
+                        format!("{at}.domains[{j}]"),
+                        d,
+                        "must be a host name without spaces or '/'",
+                    ));
+                }
+                if !domains.contains(&d) {
+                    domains.push(d);
+                }
+            }
+        } else if !extra_domains.is_empty() {
+            return Err(invalid(
+                format!("{at}.domains"),
+                extra_domains.join(","),
+                "only HTTP services have domains (set protocol: http)",
+            ));
+        }
         let upstream_field = format!("{at}.upstream");
         let upstream = parse_addr(&upstream_field, &upstream)?;
         if upstream.port() == 0 {
@@ -351,7 +476,10 @@ impl raw::Service {
         };
         Ok(ServiceConfig {
             name,
+            protocol,
             listen,
+            namespace,
+            domains,
             upstream,
             command,
             policy: defaults.apply(at, overrides)?,

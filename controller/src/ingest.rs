@@ -5,7 +5,7 @@
 pub mod families;
 pub mod window;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::metrics::v3::metrics_service_server::MetricsService;
@@ -14,19 +14,20 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, Instrument};
 
+use crate::config::Protocol;
 use crate::runtime::Event;
 use crate::telemetry::{Metrics, SourceLabel};
 
 #[derive(Debug, Clone)]
 pub struct MetricsSink {
-    services: Arc<HashSet<String>>,
+    services: Arc<HashMap<String, Protocol>>,
     events: mpsc::Sender<Event>,
     metrics: Arc<Metrics>,
 }
 
 impl MetricsSink {
     pub fn new(
-        services: Arc<HashSet<String>>,
+        services: Arc<HashMap<String, Protocol>>,
         events: mpsc::Sender<Event>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -69,7 +70,7 @@ impl MetricsService for MetricsSink {
                 }
                 self.metrics.ingest_samples.get_or_create(&SOURCE).inc();
                 let observations =
-                    families::observations(&msg.envoy_metrics, |s| self.services.contains(s));
+                    families::observations(&msg.envoy_metrics, |s| self.services.get(s).copied());
                 debug!(%node, families = msg.envoy_metrics.len(), services = observations.len(), "metrics");
                 if self
                     .events

@@ -21,7 +21,7 @@ pub mod runtime;
 pub mod telemetry;
 pub mod xds;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -87,8 +87,13 @@ pub async fn run_with<B: Backend>(
 
     let cache = Arc::new(xds::Cache::default());
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-    let services: Arc<HashSet<String>> =
-        Arc::new(config.services.iter().map(|s| s.name.clone()).collect());
+    let services: Arc<HashMap<String, config::Protocol>> = Arc::new(
+        config
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), s.protocol))
+            .collect(),
+    );
     let runtime = Runtime::new(
         &config,
         cache.clone(),

@@ -13,16 +13,21 @@ use tracing::{info, warn};
 
 use crate::activity::{self, Action, Input, State, Timing, WakeOutcome};
 use crate::backend::Backend;
-use crate::config::Config;
+use crate::config::{Config, Protocol};
 use crate::ingest::window::{Observation, Windows};
 use crate::telemetry::{Metrics, OutcomeLabel, ServiceLabel, StateValue};
-use crate::xds::resources::{self, Endpoints, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
+use crate::xds::resources::{
+    self, Endpoints, VirtualHostSpec, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE,
+};
 use crate::xds::Cache;
 
 /// How often time-based transitions (idle, timeouts, park ACKs) are checked.
 pub const TICK: Duration = Duration::from_millis(100);
 /// Bound of the event queue; senders (metrics streams) wait when it is full.
 pub const EVENT_QUEUE: usize = 4096;
+/// An HTTP route's timeout is the service's wakeTimeout plus this (Envoy's default
+/// route timeout), so a request that arrives at zero is not cut off by the wake.
+const ROUTE_TIMEOUT_AFTER_WAKE: Duration = Duration::from_secs(15);
 /// Upstream connect timeout Envoy uses for each service's cluster.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -103,11 +108,13 @@ impl<B: Backend> Runtime<B> {
                         &Endpoints::Holder(holder),
                     )),
                 );
-                cache.set(
-                    LISTENER_TYPE,
-                    &s.name,
-                    resources::any(resources::listener(&s.name, s.listen)),
-                );
+                if let Some(listen) = s.listen {
+                    cache.set(
+                        LISTENER_TYPE,
+                        &s.name,
+                        resources::any(resources::listener(&s.name, listen)),
+                    );
+                }
                 metrics.set_state(&s.name, StateValue::Parked);
                 let svc = Service {
                     timing,
@@ -119,6 +126,28 @@ impl<B: Backend> Runtime<B> {
                 (s.name.clone(), svc)
             })
             .collect();
+        if let Some(http) = &config.http {
+            let hosts: Vec<VirtualHostSpec> = config
+                .services
+                .iter()
+                .filter(|s| s.protocol == Protocol::Http)
+                .map(|s| VirtualHostSpec {
+                    service: s.name.clone(),
+                    domains: s.domains.clone(),
+                    timeout: s.policy.wake_timeout + ROUTE_TIMEOUT_AFTER_WAKE,
+                })
+                .collect();
+            cache.set(
+                ROUTE_TYPE,
+                resources::HTTP_LISTENER,
+                resources::any(resources::route_configuration(&hosts)),
+            );
+            cache.set(
+                LISTENER_TYPE,
+                resources::HTTP_LISTENER,
+                resources::any(resources::http_listener(http.listen)),
+            );
+        }
         Runtime {
             services,
             holder,

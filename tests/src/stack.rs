@@ -44,6 +44,14 @@ impl ServiceSpec {
         })
     }
 
+    /// An HTTP service (`protocol: http`) answering 200 with `body`.
+    pub fn http(name: &str, dir: &Path, body: &str) -> anyhow::Result<Self> {
+        let mut spec = Self::echo(name, dir)?;
+        spec.command
+            .extend(["--http".to_string(), "--body".to_string(), body.to_string()]);
+        Ok(spec.with("protocol: http"))
+    }
+
     pub fn with(mut self, yaml: &str) -> Self {
         self.extra.push(yaml.to_string());
         self
@@ -73,6 +81,8 @@ pub struct Options {
     /// Envoy stats flush interval.
     pub flush: Duration,
     pub holder_args: Vec<String>,
+    /// Add the shared Host-routed HTTP listener (`http.listen`, port chosen by the OS).
+    pub http: bool,
 }
 
 impl Default for Options {
@@ -82,6 +92,7 @@ impl Default for Options {
             defaults: vec!["idleTimeout: 3s".into(), "holdTimeout: 30s".into()],
             flush: Duration::from_millis(500),
             holder_args: Vec::new(),
+            http: false,
         }
     }
 }
@@ -90,17 +101,24 @@ impl Default for Options {
 /// address file), the holder on a free port, each service listening on port 0.
 pub fn config_yaml(opts: &Options, holder: SocketAddr) -> String {
     let mut y = format!(
-        "controller:\n  listen: 127.0.0.1:0\n  admin: 127.0.0.1:0\nholder:\n  address: {holder}\ndefaults:\n"
+        "controller:\n  listen: 127.0.0.1:0\n  admin: 127.0.0.1:0\nholder:\n  address: {holder}\n"
     );
+    if opts.http {
+        y.push_str("http:\n  listen: 127.0.0.1:0\n");
+    }
+    y.push_str("defaults:\n");
     for d in &opts.defaults {
         y.push_str(&format!("  {d}\n"));
     }
     y.push_str("services:\n");
     for s in &opts.services {
         let cmd: Vec<String> = s.command.iter().map(|c| format!("{c:?}")).collect();
+        y.push_str(&format!("  - name: {}\n", s.name));
+        if !s.extra.iter().any(|e| e == "protocol: http") {
+            y.push_str("    listen: 127.0.0.1:0\n");
+        }
         y.push_str(&format!(
-            "  - name: {}\n    listen: 127.0.0.1:0\n    upstream: {}\n    command: [{}]\n",
-            s.name,
+            "    upstream: {}\n    command: [{}]\n",
             s.upstream,
             cmd.join(", ")
         ));

@@ -203,3 +203,103 @@ async fn an_open_connection_keeps_the_service_awake() {
     drop(conn);
     wait_parked(&st, "echo").await;
 }
+
+/// A plain HTTP/1.1 GET with a chosen Host header over a fresh connection; returns
+/// (status line, body). Written by hand so the test controls keep-alive and Host exactly.
+async fn http_get(
+    addr: SocketAddr,
+    host: &str,
+    keep_alive: bool,
+) -> anyhow::Result<(String, String)> {
+    let mut s = TcpStream::connect(addr).await?;
+    let conn = if keep_alive { "keep-alive" } else { "close" };
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: {conn}\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let (head, body) = tokio::time::timeout(BOUND, async {
+        loop {
+            let n = s.read(&mut chunk).await?;
+            anyhow::ensure!(
+                n > 0,
+                "connection closed before a full response: {:?}",
+                String::from_utf8_lossy(&buf)
+            );
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().to_string())
+                    })
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    return Ok((head.to_string(), body.to_string()));
+                }
+            }
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no HTTP response within {BOUND:?}"))??;
+    Ok((head.lines().next().unwrap_or_default().to_string(), body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_routed_http_wakes_the_right_service_and_parks_despite_keep_alive() {
+    let dir = Stack::tempdir().expect("tempdir");
+    let services = vec![
+        ServiceSpec::http("web", dir.path(), "hello from web")
+            .expect("spec")
+            .with("idleTimeout: 2s"),
+        ServiceSpec::http("api", dir.path(), "hello from api").expect("spec"),
+    ];
+    let st = Stack::start(
+        dir,
+        Options {
+            services,
+            http: true,
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("stack starts");
+    let addr = st.listener("zenvoy_http").await.expect("HTTP listener");
+
+    // Parked: the request is held, the service woken, the reply returned.
+    let (status, body) = http_get(addr, "web", true)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", st.logs()));
+    assert!(status.contains(" 200 "), "{status}");
+    assert_eq!(body, "hello from web\n");
+    assert!(st.service("web").running_pid().is_some(), "web woken");
+    assert!(
+        st.service("api").running_pid().is_none(),
+        "only the routed service wakes"
+    );
+
+    // The Kubernetes-style domain forms route to the same service; the port is ignored.
+    for host in [
+        "web.default",
+        "web.default.svc",
+        "web.default.svc.cluster.local:8080",
+    ] {
+        let (status, body) = http_get(addr, host, true).await.expect("request");
+        assert!(status.contains(" 200 "), "{host}: {status}");
+        assert_eq!(body, "hello from web\n", "{host}");
+    }
+    let (status, _) = http_get(addr, "nobody", false).await.expect("request");
+    assert!(status.contains(" 404 "), "unknown host: {status}");
+
+    // Envoy keeps its upstream keep-alive connection to web open; with no requests the
+    // service still parks (request stats, not connections, decide for HTTP).
+    wait_parked(&st, "web").await;
+    let (status, body) = http_get(addr, "web", false)
+        .await
+        .expect("request after park");
+    assert!(status.contains(" 200 "), "{status}");
+    assert_eq!(body, "hello from web\n");
+}

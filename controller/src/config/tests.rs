@@ -56,7 +56,10 @@ fn example_file_parses() {
     let names: Vec<_> = c.services.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["echo", "files"]);
     let echo = &c.services[0];
-    assert_eq!(echo.listen.to_string(), "127.0.0.1:10000");
+    assert_eq!(
+        echo.listen.map(|l| l.to_string()).as_deref(),
+        Some("127.0.0.1:10000")
+    );
     assert_eq!(echo.upstream.port(), 18080);
     assert_eq!(echo.command[..3], ["python3", "-m", "http.server"]);
     // The example's `defaults` section spells out the built-in defaults.
@@ -294,7 +297,7 @@ fn upstream_port_zero_rejected_listen_port_zero_allowed() {
     // Two services on port 0 get different ports from the OS, so they do not collide.
     let yaml = SERVICE.replace("127.0.0.1:10000", "127.0.0.1:0")
         + "  - name: two\n    listen: 127.0.0.1:0\n    upstream: 127.0.0.1:1\n    command: [x]\n";
-    assert_eq!(ok(&yaml).services[1].listen.port(), 0);
+    assert_eq!(ok(&yaml).services[1].listen.map(|l| l.port()), Some(0));
 }
 
 #[test]
@@ -371,10 +374,12 @@ fn missing_required_service_field() {
         ("upstream", "127.0.0.1:18080"),
         ("command", "[x]"),
     ];
-    for (missing, _) in fields {
+    // `listen` is optional for HTTP services, so its absence is a validation error
+    // (protocol_listen_and_domains_rules), not a schema one.
+    for (missing, _) in fields.iter().filter(|(k, _)| *k != "listen") {
         let rest: Vec<_> = fields
             .iter()
-            .filter(|(k, _)| *k != missing)
+            .filter(|(k, _)| k != missing)
             .map(|(k, v)| format!("{k}: {v}"))
             .collect();
         let msg = syntax(&format!("services:\n  - {}\n", rest.join("\n    ")));
@@ -462,4 +467,90 @@ fn reference_example_parses() {
     let c = ok(yaml.unwrap_or_default());
     assert_eq!(c.services[0].policy.idle_timeout, Duration::from_secs(600));
     assert_eq!(c.services[1].policy.idle_timeout, Duration::from_secs(30));
+}
+
+#[test]
+fn http_services_get_domain_forms_and_need_the_http_listener() {
+    let yaml = "
+http:
+  listen: 127.0.0.1:10080
+services:
+  - name: web
+    protocol: http
+    namespace: shop
+    domains: [web.example.com, web]
+    upstream: 127.0.0.1:18080
+    command: [web-server]
+";
+    let c = ok(yaml);
+    assert_eq!(c.http.as_ref().map(|h| h.listen.port()), Some(10080));
+    let web = &c.services[0];
+    assert_eq!(web.protocol, Protocol::Http);
+    assert_eq!(
+        web.listen, None,
+        "an HTTP service needs no listener of its own"
+    );
+    assert_eq!(
+        web.domains,
+        [
+            "web",
+            "web.shop",
+            "web.shop.svc",
+            "web.shop.svc.cluster.local",
+            "web.example.com"
+        ]
+    );
+
+    let without_http = yaml.replace("http:\n  listen: 127.0.0.1:10080\n", "");
+    let (field, value, _) = invalid(&without_http);
+    assert_eq!(
+        (field.as_str(), value.as_str()),
+        ("services[0].protocol", "http")
+    );
+}
+
+#[test]
+fn protocol_listen_and_domains_rules() {
+    let (field, value, msg) = invalid(&service_with("protocol: udp"));
+    assert_eq!(
+        (field.as_str(), value.as_str()),
+        ("services[0].protocol", "udp")
+    );
+    assert!(msg.contains("\"tcp\" or \"http\""), "{msg}");
+
+    let (field, _, _) = invalid(&service_with("domains: [a.example]"));
+    assert_eq!(field, "services[0].domains", "a TCP service has no domains");
+
+    let no_listen = SERVICE.replace("    listen: 127.0.0.1:10000\n", "");
+    let (field, _, msg) = invalid(&no_listen);
+    assert_eq!(field, "services[0].listen");
+    assert!(msg.contains("required for a TCP service"), "{msg}");
+
+    let two = "
+http:
+  listen: 127.0.0.1:10080
+services:
+  - name: a
+    protocol: http
+    domains: [shared.example]
+    upstream: 127.0.0.1:18080
+    command: [a]
+  - name: b
+    protocol: http
+    domains: [shared.example]
+    upstream: 127.0.0.1:18081
+    command: [b]
+";
+    let (field, value, _) = invalid(two);
+    assert_eq!(
+        (field.as_str(), value.as_str()),
+        ("services[1].domains", "shared.example")
+    );
+
+    let clash = format!("http:\n  listen: 127.0.0.1:10000\n{SERVICE}");
+    let (field, _, _) = invalid(&clash);
+    assert_eq!(
+        field, "services[0].listen",
+        "http.listen and a service listen clash"
+    );
 }

@@ -11,18 +11,29 @@ use std::collections::HashMap;
 use envoy_types::pb::io::prometheus::client::{Metric, MetricFamily};
 
 use super::window::{Observation, Stats};
+use crate::config::Protocol;
 
 /// The holder's pending gauge, pushed on every change.
 pub const HOLDER_PENDING: &str = "zenvoy_holder_pending";
 
-/// Envoy cluster stats read, and where each lands in `Stats`.
-const STATS: [(&str, Slot); 6] = [
-    ("upstream_cx_active", Slot::Open),
-    ("upstream_rq_active", Slot::Open),
-    ("upstream_cx_total", Slot::Counter(0)),
-    ("upstream_rq_total", Slot::Counter(1)),
-    ("upstream_cx_rx_bytes_total", Slot::Counter(2)),
-    ("upstream_cx_tx_bytes_total", Slot::Counter(3)),
+/// Envoy cluster stats read, where each lands in `Stats`, and for which protocol. An HTTP
+/// service counts requests only: Envoy keeps idle keep-alive connections to it open, so
+/// open connections would keep it awake forever.
+const STATS: [(&str, Slot, Protocol); 6] = [
+    ("upstream_cx_active", Slot::Open, Protocol::Tcp),
+    ("upstream_rq_active", Slot::Open, Protocol::Http),
+    ("upstream_cx_total", Slot::Counter(0), Protocol::Tcp),
+    ("upstream_rq_total", Slot::Counter(1), Protocol::Http),
+    (
+        "upstream_cx_rx_bytes_total",
+        Slot::Counter(2),
+        Protocol::Tcp,
+    ),
+    (
+        "upstream_cx_tx_bytes_total",
+        Slot::Counter(3),
+        Protocol::Tcp,
+    ),
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -48,23 +59,25 @@ fn label<'a>(m: &'a Metric, name: &str) -> Option<&'a str> {
 }
 
 /// Split `cluster.<name>.<stat>` into (name, slot) for the stats zenvoy reads.
-fn envoy_stat(family: &str) -> Option<(Option<&str>, Slot)> {
+fn envoy_stat(family: &str) -> Option<(Option<&str>, Slot, Protocol)> {
     let rest = family.strip_prefix("cluster.")?;
-    STATS.iter().find_map(|(stat, slot)| {
+    STATS.iter().find_map(|(stat, slot, proto)| {
         if rest == *stat {
-            return Some((None, *slot)); // tagged form: the name is a label
+            return Some((None, *slot, *proto)); // tagged form: the name is a label
         }
         let name = rest.strip_suffix(stat)?.strip_suffix('.')?;
-        (!name.is_empty()).then_some((Some(name), *slot))
+        (!name.is_empty()).then_some((Some(name), *slot, *proto))
     })
 }
 
-/// Extract per-service observations from one push. Services not in `known` are skipped
-/// (Envoy also reports its own clusters, such as the xDS cluster).
+/// Extract per-service observations from one push. `protocol` tells each known service's
+/// protocol; services it does not know are skipped (Envoy also reports its own clusters,
+/// such as the xDS cluster).
 pub fn observations(
     families: &[MetricFamily],
-    known: impl Fn(&str) -> bool,
+    protocol: impl Fn(&str) -> Option<Protocol>,
 ) -> Vec<(String, Observation)> {
+    let known = |s: &str| protocol(s).is_some();
     let mut envoy: HashMap<&str, Stats> = HashMap::new();
     let mut out = Vec::new();
     for f in families {
@@ -79,14 +92,14 @@ pub fn observations(
             }
             continue;
         }
-        let Some((cluster, slot)) = envoy_stat(name) else {
+        let Some((cluster, slot, for_protocol)) = envoy_stat(name) else {
             continue;
         };
         for m in &f.metric {
             let Some(svc) = cluster.or_else(|| label(m, "envoy_cluster_name")) else {
                 continue;
             };
-            if !known(svc) {
+            if protocol(svc) != Some(for_protocol) {
                 continue;
             }
             let s = envoy.entry(svc).or_default();
@@ -171,7 +184,7 @@ mod tests {
                 &[],
             ),
         ];
-        let obs = observations(&fams, |s| s == "pg.db");
+        let obs = observations(&fams, |s| (s == "pg.db").then_some(Protocol::Tcp));
         assert_eq!(
             obs,
             vec![(
@@ -179,6 +192,41 @@ mod tests {
                 Observation::Envoy(Stats {
                     open: 2.0,
                     counters: [7.0, 0.0, 0.0, 9.0]
+                })
+            )]
+        );
+    }
+
+    #[test]
+    fn http_services_ignore_open_connections() {
+        let fams = vec![
+            family(
+                "cluster.web.upstream_cx_active",
+                MetricType::Gauge,
+                3.0,
+                &[],
+            ),
+            family(
+                "cluster.web.upstream_cx_total",
+                MetricType::Counter,
+                9.0,
+                &[],
+            ),
+            family(
+                "cluster.web.upstream_rq_total",
+                MetricType::Counter,
+                5.0,
+                &[],
+            ),
+        ];
+        let obs = observations(&fams, |s| (s == "web").then_some(Protocol::Http));
+        assert_eq!(
+            obs,
+            vec![(
+                "web".to_string(),
+                Observation::Envoy(Stats {
+                    open: 0.0,
+                    counters: [0.0, 5.0, 0.0, 0.0]
                 })
             )]
         );
@@ -206,7 +254,7 @@ mod tests {
                 &[("service", "unknown")],
             ),
         ];
-        let mut obs = observations(&fams, |s| s == "web");
+        let mut obs = observations(&fams, |s| (s == "web").then_some(Protocol::Http));
         obs.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
         assert_eq!(
             obs,

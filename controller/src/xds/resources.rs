@@ -20,6 +20,14 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
 use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
+use envoy_types::pb::envoy::config::route::v3::{
+    route, route_action, route_match, Route, RouteAction, RouteConfiguration, RouteMatch,
+    VirtualHost,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager, http_filter, HttpConnectionManager, HttpFilter, Rds,
+};
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
 use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::ProxyProtocolUpstreamTransport;
 use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
@@ -30,6 +38,10 @@ pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Li
 pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const ENDPOINT_TYPE: &str =
     "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+
+/// Name of the shared HTTP listener and of its route configuration.
+pub const HTTP_LISTENER: &str = "zenvoy_http";
 
 /// PROXY v2 custom TLV type that carries the service name (PP2_TYPE_MIN_CUSTOM).
 pub const TLV_SERVICE: u32 = 0xE0;
@@ -106,6 +118,82 @@ pub fn listener(name: &str, listen: SocketAddr) -> Listener {
             }],
             ..Default::default()
         }],
+        ..Default::default()
+    }
+}
+
+/// One virtual host of the shared HTTP listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VirtualHostSpec {
+    pub service: String,
+    pub domains: Vec<String>,
+    /// Route timeout: long enough for a cold start plus the request itself.
+    pub timeout: std::time::Duration,
+}
+
+/// The shared HTTP listener: an HTTP connection manager whose routes come over RDS
+/// (route configuration [`HTTP_LISTENER`]). Ports are stripped from Host before matching,
+/// so `Host: echo:10000` and `Host: echo` reach the same virtual host.
+pub fn http_listener(listen: SocketAddr) -> Listener {
+    let hcm = HttpConnectionManager {
+        stat_prefix: HTTP_LISTENER.to_string(),
+        route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: HTTP_LISTENER.to_string(),
+        })),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".to_string(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+                Router::default(),
+            ))),
+            ..Default::default()
+        }],
+        strip_port_mode: Some(http_connection_manager::StripPortMode::StripAnyHostPort(
+            true,
+        )),
+        ..Default::default()
+    };
+    Listener {
+        name: HTTP_LISTENER.to_string(),
+        address: Some(socket_address(listen)),
+        filter_chains: vec![FilterChain {
+            filters: vec![Filter {
+                name: "envoy.filters.network.http_connection_manager".to_string(),
+                config_type: Some(filter::ConfigType::TypedConfig(pack_any(hcm))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// The route configuration of the shared HTTP listener: one virtual host per HTTP
+/// service, everything under `/` to the service's cluster.
+pub fn route_configuration(hosts: &[VirtualHostSpec]) -> RouteConfiguration {
+    RouteConfiguration {
+        name: HTTP_LISTENER.to_string(),
+        virtual_hosts: hosts
+            .iter()
+            .map(|h| VirtualHost {
+                name: h.service.clone(),
+                domains: h.domains.clone(),
+                routes: vec![Route {
+                    r#match: Some(RouteMatch {
+                        path_specifier: Some(route_match::PathSpecifier::Prefix("/".to_string())),
+                        ..Default::default()
+                    }),
+                    action: Some(route::Action::Route(RouteAction {
+                        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                            h.service.clone(),
+                        )),
+                        timeout: Some(duration(h.timeout)),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect(),
         ..Default::default()
     }
 }
@@ -287,4 +375,30 @@ mod tests {
     }
 
     use envoy_types::pb::envoy::config::core::v3::transport_socket;
+
+    #[test]
+    fn routes_give_each_http_service_its_domains_and_a_long_timeout() {
+        let rc = route_configuration(&[VirtualHostSpec {
+            service: "web".into(),
+            domains: vec!["web".into(), "web.default".into()],
+            timeout: std::time::Duration::from_secs(75),
+        }]);
+        assert_eq!(rc.name, HTTP_LISTENER);
+        let vh = &rc.virtual_hosts[0];
+        assert_eq!(vh.domains, ["web", "web.default"]);
+        let Some(route::Action::Route(action)) = &vh.routes[0].action else {
+            panic!("route action expected");
+        };
+        assert_eq!(
+            action.cluster_specifier,
+            Some(route_action::ClusterSpecifier::Cluster("web".into()))
+        );
+        assert_eq!(
+            action.timeout,
+            Some(Duration {
+                seconds: 75,
+                nanos: 0
+            })
+        );
+    }
 }

@@ -12,7 +12,7 @@ use std::time::Instant;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use tracing::{debug, info, warn};
 
-use super::resources::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
+use super::resources::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
 use super::Cache;
 use crate::telemetry::Metrics;
 
@@ -51,13 +51,15 @@ pub struct AdsStream {
 }
 
 fn known_type(type_url: &str) -> Option<&'static str> {
-    [LISTENER_TYPE, CLUSTER_TYPE, ENDPOINT_TYPE]
+    [LISTENER_TYPE, CLUSTER_TYPE, ENDPOINT_TYPE, ROUTE_TYPE]
         .into_iter()
         .find(|t| *t == type_url)
 }
 
+/// Listeners and Clusters are subscribed to as a whole (SotW wildcard); endpoints and
+/// routes by name.
 fn wildcard(type_url: &str) -> bool {
-    type_url != ENDPOINT_TYPE
+    type_url == LISTENER_TYPE || type_url == CLUSTER_TYPE
 }
 
 fn type_label(type_url: &str) -> &'static str {
@@ -65,6 +67,7 @@ fn type_label(type_url: &str) -> &'static str {
         LISTENER_TYPE => "lds",
         CLUSTER_TYPE => "cds",
         ENDPOINT_TYPE => "eds",
+        ROUTE_TYPE => "rds",
         _ => "other",
     }
 }
@@ -161,12 +164,13 @@ impl AdsStream {
     /// The cache changed: send what this stream's subscriptions are missing.
     pub fn on_change(&mut self, cache: &Cache) -> Vec<DiscoveryResponse> {
         let types: Vec<&'static str> = self.subs.keys().copied().collect();
-        // Clusters before endpoints and listeners, as Envoy warms them in that order.
+        // Clusters, endpoints, listeners, routes: the order Envoy warms them in.
         let mut ordered = types;
         ordered.sort_by_key(|t| match *t {
             CLUSTER_TYPE => 0,
             ENDPOINT_TYPE => 1,
-            _ => 2,
+            LISTENER_TYPE => 2,
+            _ => 3,
         });
         ordered
             .into_iter()

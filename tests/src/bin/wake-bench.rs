@@ -44,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
         services: vec![spec],
         defaults: vec!["holdTimeout: 30s".into()],
         flush: Duration::from_millis(100),
-        holder_args: Vec::new(),
+        ..Options::default()
     };
     let st = Stack::start(dir, opts).await?;
     let addr = st.listener("bench").await?;

@@ -88,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
         dir.join("envoy.log").display()
     );
     println!("Try:  curl http://127.0.0.1:10000/     # wakes the example service");
+    println!("      curl -H 'Host: echo' http://127.0.0.1:10000/");
     println!(
         "It parks again after its idleTimeout (15s in {}). Ctrl-C stops everything.",
         args.config.display()
