@@ -20,6 +20,7 @@ use crate::telemetry::{Metrics, SourceLabel};
 
 #[derive(Debug, Clone)]
 pub struct MetricsSink {
+    next_stream: Arc<std::sync::atomic::AtomicU64>,
     services: Arc<HashMap<String, Protocol>>,
     events: mpsc::Sender<Event>,
     metrics: Arc<Metrics>,
@@ -32,6 +33,7 @@ impl MetricsSink {
         metrics: Arc<Metrics>,
     ) -> Self {
         MetricsSink {
+            next_stream: Arc::default(),
             services,
             events,
             metrics,
@@ -51,8 +53,13 @@ impl MetricsService for MetricsSink {
         let mut inbound = request.into_inner();
         let span = tracing::info_span!("metrics_stream", peer = ?peer);
         async {
-            // The node is named in the first message only; until then the stream's peer
-            // address stands in, so two anonymous senders never share a window.
+            // Windows are kept per stream, not per node id: a restarted Envoy or holder
+            // reconnects under the same id, and the old stream's end must not erase what
+            // the new stream already reported.
+            let stream = self
+                .next_stream
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // The node is named in the first message only; until then the peer stands in.
             let mut node = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
             let mut named = false;
             let result = loop {
@@ -75,7 +82,7 @@ impl MetricsService for MetricsSink {
                 if self
                     .events
                     .send(Event::Metrics {
-                        node: node.clone(),
+                        node: format!("{node}#{stream}"),
                         observations,
                     })
                     .await
@@ -88,7 +95,12 @@ impl MetricsService for MetricsSink {
                 self.metrics.ingest_errors.get_or_create(&SOURCE).inc();
             }
             info!(%node, ok = result.is_ok(), "metrics stream closed");
-            let _ = self.events.send(Event::NodeGone { node }).await;
+            let _ = self
+                .events
+                .send(Event::NodeGone {
+                    node: format!("{node}#{stream}"),
+                })
+                .await;
             result.map(|()| Response::new(StreamMetricsResponse {}))
         }
         .instrument(span)

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -14,7 +14,7 @@ pub struct ServiceLabel {
     pub service: String,
 }
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum StateValue {
     Parked,
     Waking,
@@ -22,10 +22,29 @@ pub enum StateValue {
     Parking,
 }
 
+impl StateValue {
+    pub const ALL: [StateValue; 4] = [
+        StateValue::Parked,
+        StateValue::Waking,
+        StateValue::Awake,
+        StateValue::Parking,
+    ];
+
+    /// The `state` label value (lowercase, as the dashboards and alerts query it).
+    pub fn label(self) -> &'static str {
+        match self {
+            StateValue::Parked => "parked",
+            StateValue::Waking => "waking",
+            StateValue::Awake => "awake",
+            StateValue::Parking => "parking",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub service: String,
-    pub state: StateValue,
+    pub state: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -142,19 +161,13 @@ impl Metrics {
     }
 
     pub fn set_state(&self, service: &str, state: StateValue) {
-        for s in [
-            StateValue::Parked,
-            StateValue::Waking,
-            StateValue::Awake,
-            StateValue::Parking,
-        ] {
-            let v = i64::from(s == state);
+        for s in StateValue::ALL {
             self.service_state
                 .get_or_create(&StateLabels {
                     service: service.to_string(),
-                    state: s,
+                    state: s.label(),
                 })
-                .set(v);
+                .set(i64::from(s == state));
         }
     }
 }

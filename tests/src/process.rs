@@ -42,6 +42,12 @@ impl Proc {
         self.child.try_wait().ok().flatten().map(|s| s.to_string())
     }
 
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM, wait up to `grace`, then SIGKILL. Returns true if it stopped in grace.
     pub fn stop(&mut self, grace: Duration) -> bool {
         if self.exited().is_some() {

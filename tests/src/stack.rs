@@ -141,6 +141,7 @@ pub struct Stack {
     pub holder_listen: SocketAddr,
     pub holder_admin: SocketAddr,
     pub services: Vec<ServiceSpec>,
+    pub flush: Duration,
     pub dir: tempfile::TempDir,
 }
 
@@ -229,8 +230,25 @@ impl Stack {
             holder_listen,
             holder_admin,
             services: opts.services,
+            flush: opts.flush,
             dir,
         })
+    }
+
+    /// Start another Envoy with node id `node` on the same controller; it is ready (has
+    /// its listeners) when this returns. The caller owns it.
+    pub async fn start_envoy(&self, node: &str) -> anyhow::Result<Envoy> {
+        let boot = envoy::bootstrap(node, self.grpc, 0, self.flush);
+        let log = self.dir.path().join(format!("{node}.log"));
+        Envoy::start(self.dir.path(), node, &boot, Some(&log)).await
+    }
+
+    /// Kill the stack's Envoy (SIGKILL: no goodbye to the controller) and start a new one
+    /// with the same node id. Its listeners get new ports.
+    pub async fn restart_envoy(&mut self) -> anyhow::Result<()> {
+        self.envoy.proc.kill();
+        self.envoy = self.start_envoy("envoy-1").await?;
+        Ok(())
     }
 
     pub fn service(&self, name: &str) -> &ServiceSpec {

@@ -303,3 +303,127 @@ async fn host_routed_http_wakes_the_right_service_and_parks_despite_keep_alive()
     assert!(status.contains(" 200 "), "{status}");
     assert_eq!(body, "hello from web\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_envoys_share_one_controller_and_their_activity_is_summed() {
+    let st = stack(|d| Ok(vec![ServiceSpec::echo("echo", d)?.with("idleTimeout: 2s")])).await;
+    let second = st
+        .start_envoy("envoy-2")
+        .await
+        .expect("second Envoy gets config");
+    let (a1, a2) = (
+        st.listener("echo").await.expect("listener on envoy-1"),
+        second.listener("echo").await.expect("listener on envoy-2"),
+    );
+    assert_ne!(a1, a2);
+    // Woken through envoy-2, and the real endpoint reaches both Envoys.
+    echo_roundtrip(a2, &payload(7, 8192))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", st.logs()));
+    let upstream = st.service("echo").upstream;
+    st.wait_hosts("echo", &[upstream], BOUND)
+        .await
+        .expect("envoy-1 has the endpoint");
+    assert_eq!(
+        second.cluster_hosts("echo").await.expect("clusters"),
+        [upstream]
+    );
+
+    // Busy on envoy-1 only (one open, silent connection); envoy-2 reports idle samples.
+    let mut conn = TcpStream::connect(a1).await.expect("connect via envoy-1");
+    conn.write_all(b"ping").await.expect("write");
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(BOUND, conn.read_exact(&mut buf))
+        .await
+        .expect("in time")
+        .expect("read");
+    let pid = st.service("echo").running_pid().expect("awake");
+    // Three idle timeouts pass; envoy-2's idle samples must not park a service that is
+    // busy on envoy-1.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(st.service("echo").running_pid(), Some(pid), "still awake");
+    assert_eq!(
+        st.controller_metric("zenvoy_parks_total{service=\"echo\"}")
+            .await
+            .expect("metrics"),
+        0.0
+    );
+    drop(conn);
+    wait_parked(&st, "echo").await;
+    assert_eq!(
+        second.cluster_hosts("echo").await.expect("clusters"),
+        [st.holder_listen]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_envoy_gets_the_current_state_and_its_reset_is_not_activity() {
+    let mut st = stack(|d| Ok(vec![ServiceSpec::echo("echo", d)?.with("idleTimeout: 3s")])).await;
+    let addr = st.listener("echo").await.expect("listener");
+    echo_roundtrip(addr, &payload(9, 4096)).await.expect("wake");
+    let upstream = st.service("echo").upstream;
+    st.wait_hosts("echo", &[upstream], BOUND)
+        .await
+        .expect("awake endpoint");
+
+    st.restart_envoy()
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", st.logs()));
+    // The new Envoy gets the service as it is now: awake, the real endpoint.
+    st.wait_hosts("echo", &[upstream], BOUND)
+        .await
+        .expect("restarted Envoy sees the upstream");
+    let addr = st.listener("echo").await.expect("listener after restart");
+    let relayed = "zenvoy_holder_relayed_total{service=\"echo\"}";
+    let before = st.holder_metric(relayed).await.expect("metrics");
+    echo_roundtrip(addr, &payload(10, 4096))
+        .await
+        .expect("served after restart");
+    assert_eq!(
+        st.holder_metric(relayed).await.expect("metrics"),
+        before,
+        "served directly"
+    );
+    // Its counters started again from zero; that is not activity, and the service parks
+    // after its idle timeout as usual.
+    wait_parked(&st, "echo").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_during_the_park_is_served() {
+    // A slow stats flush keeps the park in phase one (holder published, waiting for an idle
+    // sample after the ACK) for up to 2 s: a window a test can hit.
+    let dir = Stack::tempdir().expect("tempdir");
+    let services = vec![ServiceSpec::echo("echo", dir.path())
+        .expect("spec")
+        .with("idleTimeout: 1s")];
+    let opts = Options {
+        services,
+        flush: Duration::from_secs(2),
+        ..Options::default()
+    };
+    let st = Stack::start(dir, opts).await.expect("stack starts");
+    let addr = st.listener("echo").await.expect("listener");
+    echo_roundtrip(addr, b"wake").await.expect("wake");
+    let parking = "zenvoy_service_state{service=\"echo\",state=\"parking\"}";
+    wait::until("the park to begin", BOUND, || async {
+        Ok((st.controller_metric(parking).await? == 1.0).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", st.logs()));
+    // The holder is the endpoint again but the service still runs: this connection is
+    // held and must cancel the park, not be lost.
+    echo_roundtrip(addr, &payload(11, 32 * 1024))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", st.logs()));
+    let cancelled = st
+        .controller_metric("zenvoy_parks_cancelled_total{service=\"echo\"}")
+        .await
+        .expect("metrics");
+    assert_eq!(
+        cancelled,
+        1.0,
+        "the park was cancelled by the connection\n{}",
+        st.logs()
+    );
+}
