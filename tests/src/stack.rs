@@ -21,6 +21,8 @@ pub struct ServiceSpec {
     /// Extra YAML keys for the service entry, e.g. `idleTimeout: 2s`.
     pub extra: Vec<String>,
     pub pid_file: PathBuf,
+    /// The Envoy listener address for a TCP service (default `127.0.0.1:0`).
+    pub listen: Option<SocketAddr>,
 }
 
 impl ServiceSpec {
@@ -41,6 +43,7 @@ impl ServiceSpec {
             command,
             extra: Vec::new(),
             pid_file,
+            listen: None,
         })
     }
 
@@ -115,7 +118,10 @@ pub fn config_yaml(opts: &Options, holder: SocketAddr) -> String {
         let cmd: Vec<String> = s.command.iter().map(|c| format!("{c:?}")).collect();
         y.push_str(&format!("  - name: {}\n", s.name));
         if !s.extra.iter().any(|e| e == "protocol: http") {
-            y.push_str("    listen: 127.0.0.1:0\n");
+            let listen = s
+                .listen
+                .map_or("127.0.0.1:0".to_string(), |l| l.to_string());
+            y.push_str(&format!("    listen: {listen}\n"));
         }
         y.push_str(&format!(
             "    upstream: {}\n    command: [{}]\n",

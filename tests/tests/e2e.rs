@@ -427,3 +427,41 @@ async fn a_connection_during_the_park_is_served() {
         st.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_envoy_rejects_is_nacked_and_the_rest_keeps_serving() {
+    // The test holds this port, so Envoy cannot bind service "taken"'s listener and
+    // rejects the listener update.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dir = Stack::tempdir().expect("tempdir");
+    let mut bad = ServiceSpec::echo("taken", dir.path()).expect("spec");
+    bad.listen = Some(taken.local_addr().expect("addr"));
+    let services = vec![ServiceSpec::echo("echo", dir.path()).expect("spec"), bad];
+    let st = Stack::start(
+        dir,
+        Options {
+            services,
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("stack starts");
+    let nacks = "zenvoy_xds_nacks_total{type=\"lds\"}";
+    wait::until(
+        "the controller to count Envoy's LDS NACK",
+        BOUND,
+        || async { Ok((st.controller_metric(nacks).await? >= 1.0).then_some(())) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", st.logs()));
+    let log = std::fs::read_to_string(st.dir.path().join("controller.log")).expect("log");
+    assert!(
+        log.contains("Envoy rejected config (NACK)"),
+        "NACK logged with Envoy's error"
+    );
+    // The other service still works through the same Envoy.
+    let addr = st.listener("echo").await.expect("good listener");
+    echo_roundtrip(addr, &payload(12, 2048))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", st.logs()));
+}
