@@ -57,6 +57,8 @@ pub struct Config {
     pub holder: HolderConfig,
     /// The shared Host-routed HTTP listener, if any service speaks HTTP.
     pub http: Option<HttpConfig>,
+    /// Stats pages to scrape, for Envoys and holders that do not push.
+    pub scrape: Option<ScrapeConfig>,
     /// At least one; names and non-zero `listen` addresses are unique.
     pub services: Vec<ServiceConfig>,
 }
@@ -74,6 +76,25 @@ pub struct HolderConfig {
     /// Where Envoy sends held connections (PROXY protocol v2).
     pub address: SocketAddr,
 }
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScrapeConfig {
+    /// How often every target is fetched; also each fetch's timeout.
+    pub interval: Duration,
+    pub targets: Vec<ScrapeTarget>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScrapeTarget {
+    /// Names the node in logs and keeps its window apart from other nodes'.
+    pub name: String,
+    /// `http://` URL of a Prometheus text page: Envoy's `/stats/prometheus`, a holder's
+    /// `/metrics`.
+    pub url: String,
+}
+
+/// Scrape interval when `scrape.interval` is left out.
+pub const DEFAULT_SCRAPE_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpConfig {
@@ -221,6 +242,7 @@ mod raw {
         pub controller: Option<Controller>,
         pub holder: Option<Holder>,
         pub http: Option<Http>,
+        pub scrape: Option<Scrape>,
         pub defaults: Option<Policy>,
         #[serde(default)]
         pub services: Vec<Service>,
@@ -231,6 +253,21 @@ mod raw {
     pub struct Controller {
         pub listen: Option<String>,
         pub admin: Option<String>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct Scrape {
+        pub interval: Option<String>,
+        #[serde(default)]
+        pub targets: Vec<ScrapeTarget>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct ScrapeTarget {
+        pub name: String,
+        pub url: String,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -293,6 +330,7 @@ impl raw::Config {
             .http
             .map(|h| parse_addr("http.listen", &h.listen).map(|listen| HttpConfig { listen }))
             .transpose()?;
+        let scrape = self.scrape.map(raw::Scrape::validate).transpose()?;
         let defaults = Policy::default().apply("defaults", self.defaults.unwrap_or_default())?;
 
         if self.services.is_empty() {
@@ -378,8 +416,58 @@ impl raw::Config {
             controller,
             holder,
             http,
+            scrape,
             services,
         })
+    }
+}
+
+impl raw::Scrape {
+    fn validate(self) -> Result<ScrapeConfig, ConfigError> {
+        let interval = duration_or(
+            "scrape.interval",
+            self.interval,
+            DEFAULT_SCRAPE_INTERVAL,
+            Zero::Rejected,
+        )?;
+        if self.targets.is_empty() {
+            return Err(invalid(
+                "scrape.targets",
+                "[]",
+                "at least one target is required",
+            ));
+        }
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut targets = Vec::with_capacity(self.targets.len());
+        for (i, t) in self.targets.into_iter().enumerate() {
+            if t.name.is_empty() {
+                return Err(invalid(
+                    format!("scrape.targets[{i}].name"),
+                    "",
+                    "must not be empty",
+                ));
+            }
+            if let Some(first) = names.insert(t.name.clone(), i) {
+                return Err(invalid(
+                    format!("scrape.targets[{i}].name"),
+                    t.name,
+                    format!("duplicate of scrape.targets[{first}].name"),
+                ));
+            }
+            let rest = t.url.strip_prefix("http://").unwrap_or_default();
+            if rest.is_empty() || rest.starts_with('/') || t.url.contains(char::is_whitespace) {
+                return Err(invalid(
+                    format!("scrape.targets[{i}].url"),
+                    t.url,
+                    "must be an http:// URL with a host, like \"http://127.0.0.1:9901/stats/prometheus\"",
+                ));
+            }
+            targets.push(ScrapeTarget {
+                name: t.name,
+                url: t.url,
+            });
+        }
+        Ok(ScrapeConfig { interval, targets })
     }
 }
 

@@ -1,8 +1,9 @@
-//! Ingest: stats pushed over Envoy's `metrics_service` protocol by every Envoy and holder.
-//! The gRPC adapter lives here; what the families mean is in [`families`], and the
+//! Ingest: stats pushed over Envoy's `metrics_service` protocol by every Envoy and holder,
+//! or scraped ([`scrape`]). The gRPC adapter lives here; what the families mean is in [`families`], and the
 //! per-service windows they feed are in [`window`] (both pure).
 
 pub mod families;
+pub mod scrape;
 pub mod window;
 
 use std::collections::HashMap;

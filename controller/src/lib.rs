@@ -102,6 +102,15 @@ pub async fn run_with<B: Backend>(
         events_tx.clone(),
     );
     let runtime = tokio::spawn(runtime.run(events_rx, stopped()));
+    let scraping = config.scrape.clone().map(|s| {
+        tokio::spawn(ingest::scrape::run(
+            s,
+            services.clone(),
+            events_tx.clone(),
+            metrics.clone(),
+            stopped(),
+        ))
+    });
 
     let ads = AggregatedDiscoveryServiceServer::new(xds::AdsServer::new(cache, metrics.clone()));
     let sink = MetricsServiceServer::new(ingest::MetricsSink::new(services, events_tx, metrics))
@@ -120,6 +129,9 @@ pub async fn run_with<B: Backend>(
     };
     let (grpc, admin, ()) = tokio::join!(grpc, admin, stopper);
     let _ = runtime.await;
+    if let Some(s) = scraping {
+        let _ = s.await;
+    }
     grpc?;
     admin?;
     Ok(())

@@ -40,6 +40,9 @@ pub struct Settings {
     pub node_id: String,
     pub limits: Limits,
     pub timeouts: Timeouts,
+    /// Push pending counts to the controller (the fast path). Off: the controller must
+    /// scrape `/metrics` instead.
+    pub push: bool,
 }
 
 /// Run the holder on bound listeners until `shutdown`, then drain.
@@ -63,12 +66,14 @@ pub async fn run(
         node.clone(),
         hold.clone(),
     ));
-    let push = tokio::spawn(push::run(
-        settings.controller.clone(),
-        node,
-        hold.clone(),
-        metrics.clone(),
-    ));
+    let push = settings.push.then(|| {
+        tokio::spawn(push::run(
+            settings.controller.clone(),
+            node,
+            hold.clone(),
+            metrics.clone(),
+        ))
+    });
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -86,7 +91,9 @@ pub async fn run(
     };
     tokio::join!(serving, stopper);
     xds.abort();
-    push.abort();
+    if let Some(p) = push {
+        p.abort();
+    }
     match admin_task.await {
         Ok(r) => r,
         Err(e) => Err(std::io::Error::other(e)),

@@ -48,6 +48,10 @@ struct Args {
     /// Distinct services tracked.
     #[arg(long, default_value_t = 10000)]
     max_services: usize,
+    /// Do not push pending counts to the controller; it scrapes `/metrics` instead
+    /// (slower detection: one scrape interval).
+    #[arg(long)]
+    no_push: bool,
     /// Write the bound addresses here as JSON ({"listen": "...", "admin": "..."}).
     #[arg(long)]
     address_file: Option<PathBuf>,
@@ -91,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
             max_pending_total: args.max_pending_total,
             max_services: args.max_services,
         },
+        push: !args.no_push,
         timeouts: Timeouts {
             header: args.header_timeout,
             hold: args.hold_timeout,

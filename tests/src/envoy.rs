@@ -42,6 +42,26 @@ pub const STATS_REGEX: &str = r"^cluster\..*\.upstream_(cx_active|cx_total|cx_rx
 /// An Envoy bootstrap that gets listeners, clusters and endpoints from the controller
 /// over ADS and pushes its stats to the controller's MetricsService every `flush`.
 pub fn bootstrap(node_id: &str, controller: SocketAddr, admin_port: u16, flush: Duration) -> Value {
+    let mut b = bootstrap_without_push(node_id, controller, admin_port, flush);
+    b["stats_sinks"] = json!([{
+        "name": "envoy.stat_sinks.metrics_service",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig",
+            "transport_api_version": "V3",
+            "grpc_service": { "envoy_grpc": { "cluster_name": "zenvoy_controller" } }
+        }
+    }]);
+    b
+}
+
+/// The same without the `metrics_service` sink: the controller must scrape
+/// `/stats/prometheus`.
+pub fn bootstrap_without_push(
+    node_id: &str,
+    controller: SocketAddr,
+    admin_port: u16,
+    flush: Duration,
+) -> Value {
     let grpc = json!({ "envoy_grpc": { "cluster_name": "zenvoy_controller" } });
     json!({
         "node": { "id": node_id, "cluster": "zenvoy" },
@@ -73,14 +93,6 @@ pub fn bootstrap(node_id: &str, controller: SocketAddr, admin_port: u16, flush: 
                 } } } }] }]
             }
         }] },
-        "stats_sinks": [{
-            "name": "envoy.stat_sinks.metrics_service",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig",
-                "transport_api_version": "V3",
-                "grpc_service": grpc
-            }
-        }],
         "stats_flush_interval": format!("{}s", flush.as_secs_f64()),
         "stats_config": { "stats_matcher": { "inclusion_list": { "patterns": [
             { "safe_regex": { "regex": STATS_REGEX } }

@@ -86,6 +86,9 @@ pub struct Options {
     pub holder_args: Vec<String>,
     /// Add the shared Host-routed HTTP listener (`http.listen`, port chosen by the OS).
     pub http: bool,
+    /// Scrape mode alone: no Envoy stats sink, holder `--no-push`; the controller scrapes
+    /// Envoy's `/stats/prometheus` and the holder's `/metrics` at this interval.
+    pub scrape: Option<Duration>,
 }
 
 impl Default for Options {
@@ -96,18 +99,35 @@ impl Default for Options {
             flush: Duration::from_millis(500),
             holder_args: Vec::new(),
             http: false,
+            scrape: None,
         }
     }
 }
 
 /// The config the controller gets: controller ports 0 (the OS picks; read back from its
 /// address file), the holder on a free port, each service listening on port 0.
-pub fn config_yaml(opts: &Options, holder: SocketAddr) -> String {
+/// Fixed admin ports for scrape mode: the controller's config names the pages to scrape
+/// before Envoy and the holder start.
+#[derive(Debug, Clone, Copy)]
+pub struct ScrapePorts {
+    pub envoy_admin: SocketAddr,
+    pub holder_admin: SocketAddr,
+}
+
+pub fn config_yaml(opts: &Options, holder: SocketAddr, scrape: Option<ScrapePorts>) -> String {
     let mut y = format!(
         "controller:\n  listen: 127.0.0.1:0\n  admin: 127.0.0.1:0\nholder:\n  address: {holder}\n"
     );
     if opts.http {
         y.push_str("http:\n  listen: 127.0.0.1:0\n");
+    }
+    if let (Some(interval), Some(p)) = (opts.scrape, scrape) {
+        y.push_str(&format!(
+            "scrape:\n  interval: {}ms\n  targets:\n    - name: envoy-1\n      url: http://{}/stats/prometheus\n    - name: holder-1\n      url: http://{}/metrics\n",
+            interval.as_millis(),
+            p.envoy_admin,
+            p.holder_admin
+        ));
     }
     y.push_str("defaults:\n");
     for d in &opts.defaults {
@@ -184,8 +204,15 @@ impl Stack {
     pub async fn start(dir: tempfile::TempDir, opts: Options) -> anyhow::Result<Stack> {
         let d = dir.path().to_path_buf();
         let holder_listen = free_port()?;
+        let scrape = match opts.scrape {
+            Some(_) => Some(ScrapePorts {
+                envoy_admin: free_port()?,
+                holder_admin: free_port()?,
+            }),
+            None => None,
+        };
         let config = d.join("zenvoy.yaml");
-        std::fs::write(&config, config_yaml(&opts, holder_listen))?;
+        std::fs::write(&config, config_yaml(&opts, holder_listen, scrape))?;
 
         let mut cmd = Command::new(bin("zenvoy-controller")?);
         cmd.arg("--config")
@@ -208,12 +235,15 @@ impl Stack {
         let mut cmd = Command::new(bin("zenvoy-holder")?);
         cmd.arg("--listen")
             .arg(holder_listen.to_string())
-            .args(["--admin", "127.0.0.1:0", "--node-id", "holder-1"])
+            .arg("--admin")
+            .arg(scrape.map_or("127.0.0.1:0".to_string(), |p| p.holder_admin.to_string()))
+            .args(["--node-id", "holder-1"])
             .arg("--controller")
             .arg(format!("http://{grpc}"))
             .arg("--address-file")
             .arg(d.join("holder.json"))
-            .args(&opts.holder_args);
+            .args(&opts.holder_args)
+            .args(scrape.map(|_| "--no-push"));
         cmd.env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -222,7 +252,12 @@ impl Stack {
         let h = address_file("holder address file", &d.join("holder.json"), &mut holder).await?;
         let holder_admin = addr(&h, "admin")?;
 
-        let boot = envoy::bootstrap("envoy-1", grpc, 0, opts.flush);
+        let boot = match scrape {
+            Some(p) => {
+                envoy::bootstrap_without_push("envoy-1", grpc, p.envoy_admin.port(), opts.flush)
+            }
+            None => envoy::bootstrap("envoy-1", grpc, 0, opts.flush),
+        };
         let envoy = match Envoy::start(&d, "envoy", &boot, Some(&d.join("envoy.log"))).await {
             Ok(e) => e,
             Err(e) => anyhow::bail!("{e}\n{}{}", controller.log_tail(30), holder.log_tail(30)),

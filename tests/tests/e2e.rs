@@ -465,3 +465,37 @@ async fn a_listener_envoy_rejects_is_nacked_and_the_rest_keeps_serving() {
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", st.logs()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrape_mode_alone_wakes_and_parks() {
+    // No pushes at all: Envoy has no metrics_service sink and the holder runs with
+    // --no-push. The controller learns of the held connection from the holder's /metrics
+    // and of activity from Envoy's /stats/prometheus.
+    let dir = Stack::tempdir().expect("tempdir");
+    let services = vec![ServiceSpec::echo("echo", dir.path())
+        .expect("spec")
+        .with("idleTimeout: 2s")];
+    let opts = Options {
+        services,
+        scrape: Some(Duration::from_millis(200)),
+        ..Options::default()
+    };
+    let st = Stack::start(dir, opts).await.expect("stack starts");
+    let addr = st.listener("echo").await.expect("listener");
+    for cycle in 1..=2 {
+        echo_roundtrip(addr, &payload(20 + cycle, 16 * 1024))
+            .await
+            .unwrap_or_else(|e| panic!("cycle {cycle}: {e}\n{}", st.logs()));
+        wait_parked(&st, "echo").await;
+    }
+    let pushes = st
+        .controller_metric("zenvoy_ingest_samples_total{source=\"push\"}")
+        .await
+        .expect("metrics");
+    assert_eq!(pushes, 0.0, "nothing was pushed");
+    let scrapes = st
+        .controller_metric("zenvoy_ingest_samples_total{source=\"scrape\"}")
+        .await
+        .expect("metrics");
+    assert!(scrapes > 0.0);
+}

@@ -554,3 +554,33 @@ services:
         "http.listen and a service listen clash"
     );
 }
+
+#[test]
+fn scrape_targets() {
+    let yaml = format!(
+        "scrape:\n  interval: 2s\n  targets:\n    - name: envoy-1\n      url: http://127.0.0.1:9901/stats/prometheus\n{SERVICE}"
+    );
+    let c = ok(&yaml);
+    let s = c.scrape.expect("scrape section");
+    assert_eq!(s.interval, Duration::from_secs(2));
+    assert_eq!(s.targets[0].url, "http://127.0.0.1:9901/stats/prometheus");
+    assert_eq!(ok(SERVICE).scrape, None, "no scrape section, no scraping");
+
+    let bad_url = yaml.replace("http://127.0.0.1:9901", "https://127.0.0.1:9901");
+    let (field, value, _) = invalid(&bad_url);
+    assert_eq!(field, "scrape.targets[0].url");
+    assert!(value.starts_with("https://"));
+
+    let dup = format!(
+        "scrape:\n  targets:\n    - {{name: a, url: 'http://h:1/m'}}\n    - {{name: a, url: 'http://h:2/m'}}\n{SERVICE}"
+    );
+    let (field, _, _) = invalid(&dup);
+    assert_eq!(field, "scrape.targets[1].name");
+
+    let (field, _, _) = invalid(&format!("scrape:\n  targets: []\n{SERVICE}"));
+    assert_eq!(field, "scrape.targets");
+    let (field, _, _) = invalid(&format!(
+        "scrape:\n  interval: 0s\n  targets:\n    - {{name: a, url: 'http://h:1/m'}}\n{SERVICE}"
+    ));
+    assert_eq!(field, "scrape.interval");
+}

@@ -70,51 +70,118 @@ fn envoy_stat(family: &str) -> Option<(Option<&str>, Slot, Protocol)> {
     })
 }
 
-/// Extract per-service observations from one push. `protocol` tells each known service's
-/// protocol; services it does not know are skipped (Envoy also reports its own clusters,
-/// such as the xDS cluster).
+/// Folds samples, from a push or a scrape, into per-service observations.
+/// `protocol` tells each known service's protocol; services it does not know are skipped
+/// (Envoy also reports its own clusters, such as the xDS cluster).
+pub struct Collector<P> {
+    protocol: P,
+    envoy: HashMap<String, Stats>,
+    out: Vec<(String, Observation)>,
+}
+
+impl<P: Fn(&str) -> Option<Protocol>> Collector<P> {
+    pub fn new(protocol: P) -> Self {
+        Collector {
+            protocol,
+            envoy: HashMap::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// One sample: metric name, a label lookup, value. Envoy's Prometheus form
+    /// (`envoy_cluster_upstream_cx_active{envoy_cluster_name="x"}`) and its push forms
+    /// (`cluster.x.upstream_cx_active`, or tagged) are all understood.
+    pub fn add<'a>(&mut self, name: &str, label: impl Fn(&str) -> Option<&'a str>, value: f64) {
+        if name == HOLDER_PENDING {
+            if let Some(svc) = label("service").filter(|s| (self.protocol)(s).is_some()) {
+                self.out
+                    .push((svc.to_string(), Observation::HolderPending(value)));
+            }
+            return;
+        }
+        let stat = match name.strip_prefix("envoy_cluster_") {
+            Some(rest) => {
+                envoy_stat(&format!("cluster.{rest}")).map(|(_, slot, proto)| (None, slot, proto))
+            }
+            None => envoy_stat(name).map(|(c, slot, proto)| (c.map(str::to_string), slot, proto)),
+        };
+        let Some((cluster, slot, for_protocol)) = stat else {
+            return;
+        };
+        let Some(svc) = cluster.or_else(|| label("envoy_cluster_name").map(str::to_string)) else {
+            return;
+        };
+        if (self.protocol)(&svc) != Some(for_protocol) {
+            return;
+        }
+        let s = self.envoy.entry(svc).or_default();
+        match slot {
+            Slot::Open => s.open += value,
+            Slot::Counter(i) => s.counters[i] += value,
+        }
+    }
+
+    pub fn finish(mut self) -> Vec<(String, Observation)> {
+        self.out.extend(
+            self.envoy
+                .into_iter()
+                .map(|(svc, s)| (svc, Observation::Envoy(s))),
+        );
+        self.out
+    }
+}
+
+/// Extract per-service observations from one `metrics_service` push.
 pub fn observations(
     families: &[MetricFamily],
     protocol: impl Fn(&str) -> Option<Protocol>,
 ) -> Vec<(String, Observation)> {
-    let known = |s: &str| protocol(s).is_some();
-    let mut envoy: HashMap<&str, Stats> = HashMap::new();
-    let mut out = Vec::new();
+    let mut c = Collector::new(protocol);
     for f in families {
         let Some(name) = f.name.as_deref() else {
             continue;
         };
-        if name == HOLDER_PENDING {
-            for m in &f.metric {
-                if let Some(svc) = label(m, "service").filter(|s| known(s)) {
-                    out.push((svc.to_string(), Observation::HolderPending(value(m))));
-                }
-            }
-            continue;
-        }
-        let Some((cluster, slot, for_protocol)) = envoy_stat(name) else {
-            continue;
-        };
         for m in &f.metric {
-            let Some(svc) = cluster.or_else(|| label(m, "envoy_cluster_name")) else {
-                continue;
-            };
-            if protocol(svc) != Some(for_protocol) {
-                continue;
-            }
-            let s = envoy.entry(svc).or_default();
-            match slot {
-                Slot::Open => s.open += value(m),
-                Slot::Counter(i) => s.counters[i] += value(m),
-            }
+            c.add(name, |l| label(m, l), value(m));
         }
     }
-    out.extend(
-        envoy
-            .into_iter()
-            .map(|(svc, s)| (svc.to_string(), Observation::Envoy(s))),
-    );
-    out
+    c.finish()
+}
+
+/// A Prometheus text page zenvoy cannot read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot parse Prometheus text: {0}")]
+pub struct TextError(String);
+
+/// Parse Prometheus text, keeping Envoy's `name{} value` lines (see [`scraped`]).
+pub fn parse_text(text: &str) -> Result<prometheus_parse::Scrape, TextError> {
+    let lines = text
+        .lines()
+        .map(|l| Ok::<_, std::io::Error>(l.replacen("{} ", " ", 1)));
+    prometheus_parse::Scrape::parse(lines).map_err(|e| TextError(e.to_string()))
+}
+
+/// Extract per-service observations from a scraped Prometheus text page (Envoy's
+/// `/stats/prometheus`, the holder's `/metrics`).
+///
+/// prometheus-parse 0.2 silently drops unlabelled samples written as `name{} value`, which
+/// Envoy emits; such lines are rewritten to `name value` first.
+pub fn scraped(
+    text: &str,
+    protocol: impl Fn(&str) -> Option<Protocol>,
+) -> Result<Vec<(String, Observation)>, TextError> {
+    let scrape = parse_text(text)?;
+    let mut c = Collector::new(protocol);
+    for sample in &scrape.samples {
+        let v = match sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => continue,
+        };
+        c.add(&sample.metric, |l| sample.labels.get(l), v);
+    }
+    Ok(c.finish())
 }
 
 #[cfg(test)]
@@ -195,6 +262,60 @@ mod tests {
                 })
             )]
         );
+    }
+
+    /// A real Envoy 1.40 `/stats/prometheus` page (tcp_proxy listener and cluster "echo",
+    /// after one 5-byte echo), with 93 `name{} value` lines.
+    const ENVOY_PAGE: &str = include_str!("testdata/envoy-1.40-stats-prometheus.txt");
+
+    #[test]
+    fn unlabelled_samples_of_a_real_envoy_page_are_kept() {
+        let unlabelled: Vec<&str> = ENVOY_PAGE
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_once("{} ").map(|(name, _)| name))
+            .collect();
+        assert_eq!(unlabelled.len(), 93, "the page has the unlabelled form");
+        let scrape = parse_text(ENVOY_PAGE).expect("parses");
+        let parsed: std::collections::HashSet<&str> =
+            scrape.samples.iter().map(|s| s.metric.as_str()).collect();
+        let lost: Vec<&&str> = unlabelled
+            .iter()
+            .filter(|n| !parsed.contains(**n) && !n.ends_with("_bucket"))
+            .collect();
+        assert!(lost.is_empty(), "dropped: {lost:?}");
+        // And without the rewrite prometheus-parse would have lost them.
+        let raw = prometheus_parse::Scrape::parse(ENVOY_PAGE.lines().map(|l| Ok(l.to_string())))
+            .expect("parses");
+        assert!(!raw.samples.iter().any(|s| s.metric == "envoy_server_live"));
+        assert!(parsed.contains("envoy_server_live"));
+    }
+
+    #[test]
+    fn reads_cluster_stats_from_a_real_envoy_page() {
+        let obs = scraped(ENVOY_PAGE, |s| (s == "echo").then_some(Protocol::Tcp)).expect("parses");
+        assert_eq!(
+            obs,
+            vec![(
+                "echo".to_string(),
+                Observation::Envoy(Stats {
+                    open: 0.0,
+                    counters: [1.0, 0.0, 5.0, 5.0]
+                })
+            )]
+        );
+    }
+
+    #[test]
+    fn garbage_text_is_an_error_or_nothing_never_a_panic() {
+        for text in [
+            "",
+            "\0\0\0",
+            "envoy_cluster_upstream_cx_total{envoy_cluster_name=\"echo\" 1",
+            "x{a=\"b\"} notanumber",
+        ] {
+            let _ = scraped(text, |_| Some(Protocol::Tcp));
+        }
     }
 
     #[test]
