@@ -33,7 +33,7 @@ unit:
 	$(CARGO) test --workspace --lib --bins
 
 e2e: setup build
-	$(CARGO) test --workspace --test e2e
+	$(CARGO) test --workspace --test e2e --test holder
 
 bench: setup
 	$(CARGO) build --workspace --bins --release

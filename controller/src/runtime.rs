@@ -17,7 +17,8 @@ use crate::config::{Config, Protocol};
 use crate::ingest::window::{Observation, Windows};
 use crate::telemetry::{Metrics, OutcomeLabel, ServiceLabel, StateValue};
 use crate::xds::resources::{
-    self, Endpoints, VirtualHostSpec, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE,
+    self, Endpoints, HoldPolicy, VirtualHostSpec, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE,
+    ROUTE_TYPE,
 };
 use crate::xds::Cache;
 
@@ -47,12 +48,20 @@ pub enum Event {
 }
 
 struct Service {
+    hold_policy: HoldPolicy,
     timing: Timing,
     state: State,
     endpoints: Vec<SocketAddr>,
     /// Version of the holder assignment published when the current park began.
     holder_version: u64,
     pending: f64,
+}
+
+fn hold_policy(p: &crate::config::Policy) -> HoldPolicy {
+    HoldPolicy {
+        hold_timeout: p.hold_timeout,
+        max_pending: p.max_pending,
+    }
 }
 
 fn state_value(s: &State) -> StateValue {
@@ -105,7 +114,7 @@ impl<B: Backend> Runtime<B> {
                     &s.name,
                     resources::any(resources::load_assignment(
                         &s.name,
-                        &Endpoints::Holder(holder),
+                        &Endpoints::Holder(holder, hold_policy(&s.policy)),
                     )),
                 );
                 if let Some(listen) = s.listen {
@@ -117,6 +126,7 @@ impl<B: Backend> Runtime<B> {
                 }
                 metrics.set_state(&s.name, StateValue::Parked);
                 let svc = Service {
+                    hold_policy: hold_policy(&s.policy),
                     timing,
                     state: State::Parked,
                     endpoints: Vec::new(),
@@ -302,7 +312,10 @@ impl<B: Backend> Runtime<B> {
                     self.cache.set(ENDPOINT_TYPE, service, resources::any(cla));
                 }
                 Action::PublishHolder => {
-                    let cla = resources::load_assignment(service, &Endpoints::Holder(self.holder));
+                    let cla = resources::load_assignment(
+                        service,
+                        &Endpoints::Holder(self.holder, s.hold_policy),
+                    );
                     s.holder_version = self.cache.set(ENDPOINT_TYPE, service, resources::any(cla));
                 }
                 Action::ScaleDown => {

@@ -1,5 +1,6 @@
-//! The ADS server (state-of-the-world). Resources live in a [`Cache`]; each connected
-//! stream keeps, per type, what it subscribed to, what it was sent and what it ACKed.
+//! The ADS server, state-of-the-world ([`AdsStream`]) and delta ([`DeltaStream`]).
+//! Resources live in a [`Cache`]; each connected stream keeps, per type, what it
+//! subscribed to, what it was sent and what it ACKed.
 //!
 //! ```text
 //!  runtime --set()--> Cache --generation watch--> every stream: diff -> DiscoveryResponse
@@ -7,10 +8,11 @@
 //!                       +------ ACK/NACK registry <-- requests ---+
 //! ```
 //!
-//! Listeners and Clusters are sent whole (SotW requires it for those types). Endpoints
-//! (ClusterLoadAssignments) are sent per resource: a wake or park changes one CLA and only
-//! that CLA goes on the wire.
+//! SotW: Listeners and Clusters are sent whole (the protocol requires it for those types);
+//! endpoints and routes per resource. Delta: every type per resource. Either way a wake or
+//! park changes one ClusterLoadAssignment and only that CLA goes on the wire.
 
+mod delta;
 pub mod resources;
 mod stream;
 
@@ -30,6 +32,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::telemetry::Metrics;
+pub use delta::DeltaStream;
 pub use stream::AdsStream;
 
 /// One resource at the version it last changed.
@@ -196,31 +199,100 @@ impl AggregatedDiscoveryService for AdsServer {
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let span = tracing::info_span!("ads", stream = id, peer = ?peer);
+        let state = AdsStream::new(id);
         tokio::spawn(
-            serve_stream(id, self.cache.clone(), self.metrics.clone(), inbound, tx)
-                .instrument(span),
+            serve_stream(
+                id,
+                state,
+                self.cache.clone(),
+                self.metrics.clone(),
+                inbound,
+                tx,
+            )
+            .instrument(span),
         );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn delta_aggregated_resources(
         &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented(
-            "zenvoy serves state-of-the-world ADS; delta xDS is not implemented yet",
-        ))
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let peer = request.remote_addr();
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let span = tracing::info_span!("delta_ads", stream = id, peer = ?peer);
+        let state = DeltaStream::new(id);
+        tokio::spawn(
+            serve_stream(
+                id,
+                state,
+                self.cache.clone(),
+                self.metrics.clone(),
+                inbound,
+                tx,
+            )
+            .instrument(span),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
-async fn serve_stream(
+/// What the serve loop needs of a stream's protocol state (SotW or delta).
+trait Protocol: Send + 'static {
+    type Req: Send + 'static;
+    type Resp: Send + 'static;
+    fn on_request(&mut self, req: Self::Req, cache: &Cache, metrics: &Metrics) -> Vec<Self::Resp>;
+    fn on_change(&mut self, cache: &Cache) -> Vec<Self::Resp>;
+    fn node(&self) -> &str;
+    fn dropped_inflight(&self) -> u64;
+}
+
+impl Protocol for AdsStream {
+    type Req = DiscoveryRequest;
+    type Resp = DiscoveryResponse;
+    fn on_request(&mut self, req: Self::Req, cache: &Cache, metrics: &Metrics) -> Vec<Self::Resp> {
+        AdsStream::on_request(self, req, cache, metrics)
+    }
+    fn on_change(&mut self, cache: &Cache) -> Vec<Self::Resp> {
+        AdsStream::on_change(self, cache)
+    }
+    fn node(&self) -> &str {
+        AdsStream::node(self)
+    }
+    fn dropped_inflight(&self) -> u64 {
+        AdsStream::dropped_inflight(self)
+    }
+}
+
+impl Protocol for DeltaStream {
+    type Req = DeltaDiscoveryRequest;
+    type Resp = DeltaDiscoveryResponse;
+    fn on_request(&mut self, req: Self::Req, cache: &Cache, metrics: &Metrics) -> Vec<Self::Resp> {
+        DeltaStream::on_request(self, req, cache, metrics)
+    }
+    fn on_change(&mut self, cache: &Cache) -> Vec<Self::Resp> {
+        DeltaStream::on_change(self, cache)
+    }
+    fn node(&self) -> &str {
+        DeltaStream::node(self)
+    }
+    fn dropped_inflight(&self) -> u64 {
+        DeltaStream::dropped_inflight(self)
+    }
+}
+
+async fn serve_stream<P: Protocol>(
     id: u64,
+    mut stream: P,
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
-    mut inbound: Streaming<DiscoveryRequest>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    mut inbound: Streaming<P::Req>,
+    tx: mpsc::Sender<Result<P::Resp, Status>>,
 ) {
-    let mut stream = AdsStream::new(id);
     let mut changed = cache.subscribe();
     metrics.xds_streams.inc();
     loop {
@@ -250,7 +322,8 @@ async fn serve_stream(
     cache.forget(id);
     metrics.xds_streams.dec();
     info!(node = %stream.node(), "ADS stream closed");
-    if let Some(w) = stream.dropped_inflight_warning() {
-        warn!("{w}");
+    let dropped = stream.dropped_inflight();
+    if dropped > 0 {
+        warn!(node = %stream.node(), dropped, "responses left un-ACKed beyond those remembered");
     }
 }

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -41,10 +42,26 @@ impl Refused {
     }
 }
 
+/// A service's policy as the controller's config sets it (from the holder endpoint's
+/// metadata); until it arrives the holder's own flags apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServicePolicy {
+    pub hold_timeout: Duration,
+    pub max_pending: usize,
+}
+
+/// What a waiting connection watches: the service's endpoints (empty while parked) and
+/// its policy once known.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotState {
+    pub endpoints: Vec<SocketAddr>,
+    pub policy: Option<ServicePolicy>,
+}
+
 #[derive(Debug)]
 struct Slot {
     pending: AtomicUsize,
-    endpoints: watch::Sender<Vec<SocketAddr>>,
+    state: watch::Sender<SlotState>,
 }
 
 #[derive(Debug)]
@@ -71,9 +88,9 @@ pub struct Ticket {
 }
 
 impl Ticket {
-    /// The service's endpoints; empty while parked.
-    pub fn endpoints(&self) -> watch::Receiver<Vec<SocketAddr>> {
-        self.slot.endpoints.subscribe()
+    /// The service's endpoints (empty while parked) and policy.
+    pub fn state(&self) -> watch::Receiver<SlotState> {
+        self.slot.state.subscribe()
     }
 }
 
@@ -108,7 +125,7 @@ impl Hold {
                     }
                     let s = Arc::new(Slot {
                         pending: AtomicUsize::new(0),
-                        endpoints: watch::Sender::new(Vec::new()),
+                        state: watch::Sender::new(SlotState::default()),
                     });
                     slots.insert(service.to_string(), s.clone());
                     self.names_changed.send_modify(|g| *g += 1);
@@ -122,8 +139,13 @@ impl Hold {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Refused::HolderFull(total));
         }
+        let max = slot
+            .state
+            .borrow()
+            .policy
+            .map_or(self.limits.max_pending_per_service, |p| p.max_pending);
         let pending = slot.pending.fetch_add(1, Ordering::AcqRel);
-        if pending >= self.limits.max_pending_per_service {
+        if pending >= max {
             slot.pending.fetch_sub(1, Ordering::AcqRel);
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Refused::ServiceFull(pending));
@@ -135,12 +157,22 @@ impl Hold {
         })
     }
 
-    /// Endpoints for `service` from the controller (empty: parked).
-    pub fn set_endpoints(&self, service: &str, endpoints: Vec<SocketAddr>) {
+    /// Endpoints for `service` from the controller (empty: parked), and its policy when
+    /// the assignment carries one (a policy once known is kept).
+    pub fn set_state(
+        &self,
+        service: &str,
+        endpoints: Vec<SocketAddr>,
+        policy: Option<ServicePolicy>,
+    ) {
         if let Some(slot) = lock(&self.slots).get(service) {
-            slot.endpoints.send_if_modified(|e| {
-                let changed = *e != endpoints;
-                *e = endpoints;
+            slot.state.send_if_modified(|s| {
+                let next = SlotState {
+                    endpoints,
+                    policy: policy.or(s.policy),
+                };
+                let changed = *s != next;
+                *s = next;
                 changed
             });
         }
@@ -220,10 +252,26 @@ mod tests {
     fn endpoints_reach_waiting_tickets() {
         let h = hold(10, 10, 10);
         let t = h.admit("svc").expect("admit");
-        let rx = t.endpoints();
-        assert!(rx.borrow().is_empty());
+        let rx = t.state();
+        assert!(rx.borrow().endpoints.is_empty());
         let ep: SocketAddr = "127.0.0.1:9".parse().expect("addr");
-        h.set_endpoints("svc", vec![ep]);
-        assert_eq!(*rx.borrow(), vec![ep]);
+        h.set_state("svc", vec![ep], None);
+        assert_eq!(rx.borrow().endpoints, vec![ep]);
+    }
+
+    #[test]
+    fn the_controllers_policy_replaces_the_flag_default() {
+        let h = hold(10, 100, 10);
+        let _t = h.admit("svc").expect("admit");
+        let policy = ServicePolicy {
+            hold_timeout: Duration::from_secs(1),
+            max_pending: 2,
+        };
+        h.set_state("svc", Vec::new(), Some(policy));
+        let _t2 = h.admit("svc").expect("second of two");
+        assert_eq!(h.admit("svc").err(), Some(Refused::ServiceFull(2)));
+        // A later assignment without a policy (awake) keeps the known one.
+        h.set_state("svc", Vec::new(), None);
+        assert_eq!(h.admit("svc").err(), Some(Refused::ServiceFull(2)));
     }
 }

@@ -160,14 +160,28 @@ impl Server {
         };
         self.metrics.pending.get_or_create(&label).inc();
         debug!(%service, "held");
-        let mut endpoints = ticket.endpoints();
-        let waited = tokio::select! {
-            r = tokio::time::timeout(self.timeouts.hold, endpoints.wait_for(|e| !e.is_empty())) => match r {
-                Ok(Ok(eps)) => Ok(eps.clone()),
-                Ok(Err(_)) => Err(outcome::TIMEOUT), // registry gone: shutting down
-                Err(_) => Err(outcome::TIMEOUT),
-            },
-            () = client_gone(&client) => Err(outcome::CLIENT_CLOSED),
+        let mut state = ticket.state();
+        // The hold deadline follows the service's policy once the controller's assignment
+        // brings it (ms after the first connection of a service); until then the flag.
+        let waited = loop {
+            let (endpoints, hold_timeout) = {
+                let s = state.borrow_and_update();
+                let timeout = s.policy.map_or(self.timeouts.hold, |p| p.hold_timeout);
+                (s.endpoints.clone(), timeout)
+            };
+            if !endpoints.is_empty() {
+                break Ok(endpoints);
+            }
+            let deadline = tokio::time::Instant::from_std(started + hold_timeout);
+            tokio::select! {
+                changed = state.changed() => {
+                    if changed.is_err() {
+                        break Err(outcome::TIMEOUT); // registry gone: shutting down
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => break Err(outcome::TIMEOUT),
+                () = client_gone(&client) => break Err(outcome::CLIENT_CLOSED),
+            }
         };
         let endpoints = match waited {
             Ok(e) => e,

@@ -23,13 +23,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 use tracing::{debug, info, warn};
 
-use crate::hold::Hold;
+use crate::hold::{Hold, ServicePolicy};
 
 pub const ENDPOINT_TYPE: &str =
     "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 /// Must match the controller's `xds::resources::{TRANSPORT_SOCKET_MATCH, HOLDER_MARK}`.
 const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
 const HOLDER_MARK: &str = "zenvoy_holder";
+/// Must match the controller's `xds::resources::HOLD_POLICY`.
+const HOLD_POLICY: &str = "zenvoy";
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -40,6 +42,29 @@ fn is_holder(e: &LbEndpoint) -> bool {
         .and_then(|m| m.filter_metadata.get(TRANSPORT_SOCKET_MATCH))
         .and_then(|s| s.fields.get(HOLDER_MARK))
         .is_some_and(|v| v.kind == Some(value::Kind::BoolValue(true)))
+}
+
+/// The per-service policy the controller put on the holder endpoint, if any.
+pub fn policy(cla: &ClusterLoadAssignment) -> Option<ServicePolicy> {
+    let fields = &cla
+        .endpoints
+        .iter()
+        .flat_map(|l| &l.lb_endpoints)
+        .find(|e| is_holder(e))?
+        .metadata
+        .as_ref()?
+        .filter_metadata
+        .get(HOLD_POLICY)?
+        .fields;
+    let number = |k: &str| match fields.get(k)?.kind {
+        Some(value::Kind::NumberValue(n)) if n.is_finite() && n >= 0.0 => Some(n),
+        _ => None,
+    };
+    Some(ServicePolicy {
+        // Bounded above by u64::MAX ms; the cast saturates.
+        hold_timeout: Duration::from_millis(number("holdTimeoutMs")? as u64),
+        max_pending: number("maxPending")? as usize,
+    })
 }
 
 /// The real upstream endpoints of an assignment (empty when parked).
@@ -140,7 +165,7 @@ async fn stream_once(controller: &str, node: &Node, hold: &Hold) -> Result<(), t
                             if known.get(&cla.cluster_name) != Some(&eps) {
                                 info!(service = %cla.cluster_name, endpoints = ?eps, "endpoints");
                             }
-                            hold.set_endpoints(&cla.cluster_name, eps.clone());
+                            hold.set_state(&cla.cluster_name, eps.clone(), policy(&cla));
                             known.insert(cla.cluster_name, eps);
                         }
                         Err(e) => error = Some(e.to_string()),

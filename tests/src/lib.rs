@@ -11,6 +11,7 @@
 //! Used by `tests/` and by the `zenvoy-local` launcher behind `make run`.
 
 pub mod envoy;
+pub mod holder_client;
 pub mod process;
 pub mod stack;
 pub mod wait;

@@ -284,6 +284,14 @@ impl Stack {
         Envoy::start(self.dir.path(), node, &boot, Some(&log)).await
     }
 
+    /// Start another Envoy speaking delta (incremental) ADS.
+    pub async fn start_delta_envoy(&self, node: &str) -> anyhow::Result<Envoy> {
+        let mut boot = envoy::bootstrap(node, self.grpc, 0, self.flush);
+        boot["dynamic_resources"]["ads_config"]["api_type"] = "DELTA_GRPC".into();
+        let log = self.dir.path().join(format!("{node}.log"));
+        Envoy::start(self.dir.path(), node, &boot, Some(&log)).await
+    }
+
     /// Kill the stack's Envoy (SIGKILL: no goodbye to the controller) and start a new one
     /// with the same node id. Its listeners get new ports.
     pub async fn restart_envoy(&mut self) -> anyhow::Result<()> {

@@ -499,3 +499,84 @@ async fn scrape_mode_alone_wakes_and_parks() {
         .expect("metrics");
     assert!(scrapes > 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delta_xds_envoy_wakes_and_parks_next_to_a_sotw_one() {
+    let st = stack(|d| Ok(vec![ServiceSpec::echo("echo", d)?.with("idleTimeout: 2s")])).await;
+    let delta = st
+        .start_delta_envoy("envoy-delta")
+        .await
+        .expect("delta Envoy gets config");
+    let addr = delta
+        .listener("echo")
+        .await
+        .expect("listener on the delta Envoy");
+    for cycle in 1..=2 {
+        echo_roundtrip(addr, &payload(30 + cycle, 8192))
+            .await
+            .unwrap_or_else(|e| panic!("cycle {cycle}: {e}\n{}", st.logs()));
+        let upstream = st.service("echo").upstream;
+        wait::until(
+            "the delta Envoy to get the real endpoint",
+            BOUND,
+            || async { Ok((delta.cluster_hosts("echo").await? == [upstream]).then_some(())) },
+        )
+        .await
+        .expect("delta EDS update");
+        wait_parked(&st, "echo").await;
+        wait::until("the delta Envoy to get the holder back", BOUND, || async {
+            Ok((delta.cluster_hosts("echo").await? == [st.holder_listen]).then_some(()))
+        })
+        .await
+        .expect("delta EDS update");
+    }
+    // Both Envoys ACKed every update: no NACKs of any type.
+    for t in ["lds", "cds", "eds"] {
+        let series = format!("zenvoy_xds_nacks_total{{type=\"{t}\"}}");
+        assert_eq!(
+            st.controller_metric(&series).await.expect("metrics"),
+            0.0,
+            "{t}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configs_hold_timeout_reaches_the_holder() {
+    // The holder's own --hold-timeout stays at its 30 s default; the service's config says
+    // 1 s, and the controller delivers that with the parked assignment.
+    let dir = Stack::tempdir().expect("tempdir");
+    let mut never = ServiceSpec::echo("never", dir.path())
+        .expect("spec")
+        .with("holdTimeout: 1s");
+    never.command = vec!["sleep".into(), "600".into()]; // runs, never listens
+    let st = Stack::start(
+        dir,
+        Options {
+            services: vec![never],
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("stack starts");
+    let addr = st.listener("never").await.expect("listener");
+    let started = std::time::Instant::now();
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"anyone?").await.expect("write");
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(BOUND, s.read(&mut buf))
+        .await
+        .expect("closed within the bound");
+    let held = started.elapsed();
+    assert!(matches!(n, Ok(0) | Err(_)), "closed, not answered: {n:?}");
+    assert!(
+        held >= Duration::from_millis(900),
+        "held {held:?}, at least the 1 s holdTimeout"
+    );
+    assert!(
+        held < Duration::from_secs(10),
+        "held {held:?}: the config's 1 s, not the flag's 30 s"
+    );
+    let timeouts = "zenvoy_holder_held_seconds_count{outcome=\"timeout\"}";
+    assert_eq!(st.holder_metric(timeouts).await.expect("metrics"), 1.0);
+}

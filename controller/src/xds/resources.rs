@@ -51,11 +51,23 @@ pub const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
 /// itself apart from real upstreams in a ClusterLoadAssignment.
 pub const HOLDER_MARK: &str = "zenvoy_holder";
 
+/// Endpoint metadata namespace for the holder's per-service policy.
+pub const HOLD_POLICY: &str = "zenvoy";
+
+/// How the holder treats this service's connections; carried in the holder endpoint's
+/// metadata (`zenvoy: {holdTimeoutMs, maxPending}`), so the config's per-service values
+/// reach every holder with the assignment itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldPolicy {
+    pub hold_timeout: std::time::Duration,
+    pub max_pending: u32,
+}
+
 /// What a service's ClusterLoadAssignment points at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoints {
     /// Parked: connections go to the holder, with the PROXY v2 header naming the service.
-    Holder(SocketAddr),
+    Holder(SocketAddr, HoldPolicy),
     /// Awake: connections go straight to these upstreams.
     Upstream(Vec<SocketAddr>),
 }
@@ -254,13 +266,13 @@ fn raw_buffer() -> TransportSocket {
 /// The ClusterLoadAssignment for a service in its current state.
 pub fn load_assignment(name: &str, endpoints: &Endpoints) -> ClusterLoadAssignment {
     let lb_endpoints = match endpoints {
-        Endpoints::Holder(holder) => vec![lb_endpoint_for(
+        Endpoints::Holder(holder, policy) => vec![lb_endpoint_for(
             *holder,
             Some(Metadata {
-                filter_metadata: HashMap::from([(
-                    TRANSPORT_SOCKET_MATCH.to_string(),
-                    holder_mark(),
-                )]),
+                filter_metadata: HashMap::from([
+                    (TRANSPORT_SOCKET_MATCH.to_string(), holder_mark()),
+                    (HOLD_POLICY.to_string(), policy_struct(policy)),
+                ]),
                 ..Default::default()
             }),
         )],
@@ -273,6 +285,22 @@ pub fn load_assignment(name: &str, endpoints: &Endpoints) -> ClusterLoadAssignme
             ..Default::default()
         }],
         ..Default::default()
+    }
+}
+
+fn policy_struct(p: &HoldPolicy) -> Struct {
+    let number = |n: f64| Value {
+        kind: Some(value::Kind::NumberValue(n)),
+    };
+    Struct {
+        fields: HashMap::from([
+            (
+                "holdTimeoutMs".to_string(),
+                // Milliseconds of any sane timeout are far below 2^53: exact as f64.
+                number(p.hold_timeout.as_millis() as f64),
+            ),
+            ("maxPending".to_string(), number(f64::from(p.max_pending))),
+        ]),
     }
 }
 
@@ -303,12 +331,22 @@ mod tests {
 
     #[test]
     fn parked_assignment_marks_the_holder_for_proxy_protocol() {
-        let cla = load_assignment("echo", &Endpoints::Holder(addr("127.0.0.1:15001")));
+        let policy = HoldPolicy {
+            hold_timeout: std::time::Duration::from_millis(2500),
+            max_pending: 7,
+        };
+        let cla = load_assignment("echo", &Endpoints::Holder(addr("127.0.0.1:15001"), policy));
         let eps = &cla.endpoints[0].lb_endpoints;
         assert_eq!(eps.len(), 1);
         let md = eps[0].metadata.as_ref().expect("holder metadata");
         let mark = &md.filter_metadata[TRANSPORT_SOCKET_MATCH].fields[HOLDER_MARK];
         assert_eq!(mark.kind, Some(value::Kind::BoolValue(true)));
+        let p = &md.filter_metadata[HOLD_POLICY].fields;
+        assert_eq!(
+            p["holdTimeoutMs"].kind,
+            Some(value::Kind::NumberValue(2500.0))
+        );
+        assert_eq!(p["maxPending"].kind, Some(value::Kind::NumberValue(7.0)));
     }
 
     #[test]

@@ -21,24 +21,85 @@ use crate::telemetry::Metrics;
 const MAX_INFLIGHT: usize = 64;
 
 #[derive(Debug)]
-struct Inflight {
+pub(super) struct Inflight {
     nonce: String,
     sent_at: Instant,
     /// Resource versions in that response.
     resources: Vec<(String, u64)>,
 }
 
+/// One stream's state for one resource type; shared by the SotW and delta streams.
 #[derive(Debug, Default)]
-struct Sub {
-    /// Names subscribed to (endpoints); ignored for wildcard types.
-    names: BTreeSet<String>,
+pub(super) struct Sub {
+    /// Names subscribed to (endpoints, routes); ignored while `wildcard`.
+    pub(super) names: BTreeSet<String>,
+    pub(super) wildcard: bool,
     /// Version of each resource last sent.
-    sent: HashMap<String, u64>,
-    /// Type version last sent (wildcard types).
+    pub(super) sent: HashMap<String, u64>,
+    /// Type version last sent (SotW wildcard types).
     sent_type_version: Option<u64>,
     inflight: VecDeque<Inflight>,
-    /// Version of each resource Envoy ACKed.
-    acked: HashMap<String, u64>,
+    /// Version of each resource the client ACKed.
+    pub(super) acked: HashMap<String, u64>,
+    dropped_inflight: u64,
+}
+
+impl Sub {
+    /// Settle the response with `nonce`: an ACK records its versions, a NACK is logged and
+    /// counted. Unknown (stale) nonces are ignored.
+    pub(super) fn settle(
+        &mut self,
+        nonce: &str,
+        error: Option<&envoy_types::pb::google::rpc::Status>,
+        node: &str,
+        label: &'static str,
+        metrics: &Metrics,
+    ) {
+        let Some(pos) = self.inflight.iter().position(|f| f.nonce == nonce) else {
+            return;
+        };
+        // Responses are ACKed in order; anything older than this nonce is settled too.
+        let Some(this) = self.inflight.drain(..=pos).next_back() else {
+            return;
+        };
+        match error {
+            None => {
+                metrics.observe_ack(label, this.sent_at.elapsed());
+                for (name, v) in this.resources {
+                    let a = self.acked.entry(name).or_default();
+                    *a = (*a).max(v);
+                }
+                debug!(node, r#type = label, nonce, "ACK");
+            }
+            Some(status) => {
+                metrics.xds_nacks.get_or_create(&label.into()).inc();
+                warn!(
+                    node, r#type = label, nonce, error = %status.message,
+                    "Envoy rejected config (NACK); it keeps its last good version"
+                );
+            }
+        }
+    }
+
+    /// Remember a response sent, to settle it when its ACK comes.
+    pub(super) fn record_sent(&mut self, nonce: String, resources: Vec<(String, u64)>) {
+        for (name, v) in &resources {
+            self.sent.insert(name.clone(), *v);
+        }
+        self.inflight.push_back(Inflight {
+            nonce,
+            sent_at: Instant::now(),
+            resources,
+        });
+        if self.inflight.len() > MAX_INFLIGHT {
+            self.inflight.pop_front();
+            self.dropped_inflight += 1;
+        }
+    }
+
+    pub(super) fn dropped_inflight(&self) -> u64 {
+        self.dropped_inflight
+    }
 }
 
 #[derive(Debug)]
@@ -47,10 +108,9 @@ pub struct AdsStream {
     node: String,
     nonce: u64,
     subs: HashMap<&'static str, Sub>,
-    dropped_inflight: u64,
 }
 
-fn known_type(type_url: &str) -> Option<&'static str> {
+pub(super) fn known_type(type_url: &str) -> Option<&'static str> {
     [LISTENER_TYPE, CLUSTER_TYPE, ENDPOINT_TYPE, ROUTE_TYPE]
         .into_iter()
         .find(|t| *t == type_url)
@@ -58,11 +118,11 @@ fn known_type(type_url: &str) -> Option<&'static str> {
 
 /// Listeners and Clusters are subscribed to as a whole (SotW wildcard); endpoints and
 /// routes by name.
-fn wildcard(type_url: &str) -> bool {
+pub(super) fn wildcard(type_url: &str) -> bool {
     type_url == LISTENER_TYPE || type_url == CLUSTER_TYPE
 }
 
-fn type_label(type_url: &str) -> &'static str {
+pub(super) fn type_label(type_url: &str) -> &'static str {
     match type_url {
         LISTENER_TYPE => "lds",
         CLUSTER_TYPE => "cds",
@@ -79,7 +139,6 @@ impl AdsStream {
             node: String::new(),
             nonce: 0,
             subs: HashMap::new(),
-            dropped_inflight: 0,
         }
     }
 
@@ -87,13 +146,8 @@ impl AdsStream {
         &self.node
     }
 
-    pub fn dropped_inflight_warning(&self) -> Option<String> {
-        (self.dropped_inflight > 0).then(|| {
-            format!(
-                "node {} left {} responses un-ACKed beyond the {MAX_INFLIGHT} remembered",
-                self.node, self.dropped_inflight
-            )
-        })
+    pub fn dropped_inflight(&self) -> u64 {
+        self.subs.values().map(Sub::dropped_inflight).sum()
     }
 
     /// Handle one request; returns the responses to send.
@@ -117,35 +171,13 @@ impl AdsStream {
         let sub = self.subs.entry(type_url).or_default();
 
         if !req.response_nonce.is_empty() {
-            if let Some(pos) = sub
-                .inflight
-                .iter()
-                .position(|f| f.nonce == req.response_nonce)
-            {
-                // Responses are ACKed in order; anything older than this nonce is settled.
-                let done: Vec<Inflight> = sub.inflight.drain(..=pos).collect();
-                let Some(this) = done.into_iter().last() else {
-                    return Vec::new();
-                };
-                match &req.error_detail {
-                    None => {
-                        metrics.observe_ack(label, this.sent_at.elapsed());
-                        for (name, v) in this.resources {
-                            let a = sub.acked.entry(name).or_default();
-                            *a = (*a).max(v);
-                        }
-                        debug!(node = %self.node, r#type = label, version = %req.version_info, "ACK");
-                    }
-                    Some(status) => {
-                        metrics.xds_nacks.get_or_create(&label.into()).inc();
-                        warn!(
-                            node = %self.node, r#type = label, nonce = %req.response_nonce,
-                            kept_version = %req.version_info, error = %status.message,
-                            "Envoy rejected config (NACK); it keeps its last good version"
-                        );
-                    }
-                }
-            }
+            sub.settle(
+                &req.response_nonce,
+                req.error_detail.as_ref(),
+                &self.node,
+                label,
+                metrics,
+            );
         }
 
         if !wildcard(type_url) {
@@ -206,19 +238,10 @@ impl AdsStream {
         let mut resources = Vec::with_capacity(entries.len());
         let mut versions = Vec::with_capacity(entries.len());
         for (name, e) in entries {
-            sub.sent.insert(name.clone(), e.version);
             versions.push((name, e.version));
             resources.push(e.any);
         }
-        sub.inflight.push_back(Inflight {
-            nonce: nonce.clone(),
-            sent_at: Instant::now(),
-            resources: versions,
-        });
-        if sub.inflight.len() > MAX_INFLIGHT {
-            sub.inflight.pop_front();
-            self.dropped_inflight += 1;
-        }
+        sub.record_sent(nonce.clone(), versions);
         debug!(node = %self.node, r#type = type_label(type_url), count = resources.len(), version = type_version, "push");
         vec![DiscoveryResponse {
             version_info: type_version.to_string(),

@@ -25,7 +25,16 @@ fn cache_with(services: &[&str]) -> Cache {
         cache.set(
             ENDPOINT_TYPE,
             s,
-            resources::any(resources::load_assignment(s, &Endpoints::Holder(addr))),
+            resources::any(resources::load_assignment(
+                s,
+                &Endpoints::Holder(
+                    addr,
+                    resources::HoldPolicy {
+                        hold_timeout: std::time::Duration::from_secs(30),
+                        max_pending: 10,
+                    },
+                ),
+            )),
         );
     }
     cache
