@@ -38,6 +38,7 @@ e2e: setup build
 bench: setup
 	$(CARGO) build --workspace --bins --release
 	target/release/wake-bench
+	target/release/fleet-bench
 
 fmt:
 	$(CARGO) fmt --all
