@@ -75,6 +75,8 @@ fn state_value(s: &State) -> StateValue {
 
 pub struct Runtime<B> {
     services: HashMap<String, Service>,
+    /// Service names, fixed at start: the tick walks them without re-collecting.
+    names: Vec<String>,
     holder: SocketAddr,
     windows: Windows,
     cache: Arc<Cache>,
@@ -94,7 +96,7 @@ impl<B: Backend> Runtime<B> {
         events: mpsc::Sender<Event>,
     ) -> Self {
         let holder = config.holder.address;
-        let services = config
+        let services: HashMap<String, Service> = config
             .services
             .iter()
             .map(|s| {
@@ -158,8 +160,10 @@ impl<B: Backend> Runtime<B> {
                 resources::any(resources::http_listener(http.listen)),
             );
         }
+        let names = services.keys().cloned().collect();
         Runtime {
             services,
+            names,
             holder,
             windows: Windows::default(),
             cache,
@@ -237,24 +241,26 @@ impl<B: Backend> Runtime<B> {
     }
 
     fn on_tick(&mut self, now: Instant) {
-        let names: Vec<String> = self.services.keys().cloned().collect();
-        for name in names {
-            let Some(s) = self.services.get(&name) else {
+        // Taken out for the walk (apply needs &mut self) and put back: no allocation.
+        let names = std::mem::take(&mut self.names);
+        for name in &names {
+            let Some(s) = self.services.get(name) else {
                 continue;
             };
             // Held connections are standing demand: after a failed wake, try again.
             if s.pending > 0.0 {
-                self.apply(&name, Input::Demand, now);
+                self.apply(name, Input::Demand, now);
             }
-            if let Some(s) = self.services.get(&name) {
+            if let Some(s) = self.services.get(name) {
                 if matches!(s.state, State::Parking { acked_at: None, .. })
-                    && self.cache.all_acked(&name, s.holder_version)
+                    && self.cache.all_acked(name, s.holder_version)
                 {
-                    self.apply(&name, Input::Acked, now);
+                    self.apply(name, Input::Acked, now);
                 }
             }
-            self.apply(&name, Input::Tick, now);
+            self.apply(name, Input::Tick, now);
         }
+        self.names = names;
     }
 
     fn apply(&mut self, service: &str, input: Input, now: Instant) {

@@ -192,44 +192,37 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let id = self
-            .next_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let peer = request.remote_addr();
-        let inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let span = tracing::info_span!("ads", stream = id, peer = ?peer);
-        let state = AdsStream::new(id);
-        tokio::spawn(
-            serve_stream(
-                id,
-                state,
-                self.cache.clone(),
-                self.metrics.clone(),
-                inbound,
-                tx,
-            )
-            .instrument(span),
-        );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(self.spawn_stream("ads", AdsStream::new, request))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Ok(self.spawn_stream("delta_ads", DeltaStream::new, request))
+    }
+}
+
+impl AdsServer {
+    /// Serve one ADS stream of either protocol on its own task; the response stream
+    /// is what tonic sends back.
+    fn spawn_stream<P: Protocol>(
+        &self,
+        span_name: &'static str,
+        state: fn(u64) -> P,
+        request: Request<Streaming<P::Req>>,
+    ) -> Response<ResponseStream<P::Resp>> {
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let peer = request.remote_addr();
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let span = tracing::info_span!("delta_ads", stream = id, peer = ?peer);
-        let state = DeltaStream::new(id);
+        let span = tracing::info_span!("ads", kind = span_name, stream = id, peer = ?peer);
         tokio::spawn(
             serve_stream(
                 id,
-                state,
+                state(id),
                 self.cache.clone(),
                 self.metrics.clone(),
                 inbound,
@@ -237,7 +230,7 @@ impl AggregatedDiscoveryService for AdsServer {
             )
             .instrument(span),
         );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Response::new(Box::pin(ReceiverStream::new(rx)))
     }
 }
 
