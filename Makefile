@@ -33,12 +33,14 @@ unit:
 	$(CARGO) test --workspace --lib --bins
 
 e2e: setup build
-	$(CARGO) test --workspace --test e2e --test holder
+	$(CARGO) test --workspace --test e2e --test holder --test transparent
 
-bench: setup
+bench:
+	@scripts/setup.sh bench
 	$(CARGO) build --workspace --bins --release
 	target/release/wake-bench
 	target/release/fleet-bench
+	target/release/holder-bench
 
 fmt:
 	$(CARGO) fmt --all

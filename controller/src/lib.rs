@@ -26,7 +26,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
-use envoy_types::pb::envoy::service::metrics::v3::metrics_service_server::MetricsServiceServer;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -113,8 +112,10 @@ pub async fn run_with<B: Backend>(
     });
 
     let ads = AggregatedDiscoveryServiceServer::new(xds::AdsServer::new(cache, metrics.clone()));
-    let sink = MetricsServiceServer::new(ingest::MetricsSink::new(services, events_tx, metrics))
-        .max_decoding_message_size(MAX_PUSH_BYTES);
+    let sink = ingest::MetricsServer::new(
+        ingest::MetricsSink::new(services, events_tx, metrics),
+        MAX_PUSH_BYTES,
+    );
     info!(grpc = ?grpc.local_addr().ok(), admin = ?admin.local_addr().ok(), "controller serving");
     let grpc = tonic::transport::Server::builder()
         .add_service(ads)

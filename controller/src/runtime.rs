@@ -291,13 +291,15 @@ impl<B: Backend> Runtime<B> {
                 .get_or_create(&OutcomeLabel { outcome })
                 .observe(took.as_secs_f64());
         }
-        let label = ServiceLabel {
+        // Built only for an action: most samples change nothing, and this runs per
+        // service per push.
+        let label = || ServiceLabel {
             service: service.to_string(),
         };
         for action in step.actions {
             match action {
                 Action::ScaleUp => {
-                    self.metrics.wakes.get_or_create(&label).inc();
+                    self.metrics.wakes.get_or_create(&label()).inc();
                     let wake = self.backend.wake(service, s.timing.wake_timeout);
                     let events = self.events.clone();
                     let service = service.to_string();
@@ -308,7 +310,7 @@ impl<B: Backend> Runtime<B> {
                 }
                 Action::PublishUpstream => {
                     if matches!(before, State::Parking { .. }) {
-                        self.metrics.parks_cancelled.get_or_create(&label).inc();
+                        self.metrics.parks_cancelled.get_or_create(&label()).inc();
                         info!(service, "park cancelled: a connection arrived");
                     }
                     let cla = resources::load_assignment(
@@ -326,7 +328,7 @@ impl<B: Backend> Runtime<B> {
                 }
                 Action::ScaleDown => {
                     if matches!(before, State::Parking { .. }) {
-                        self.metrics.parks.get_or_create(&label).inc();
+                        self.metrics.parks.get_or_create(&label()).inc();
                     }
                     let park = self.backend.park(service);
                     let service = service.to_string();

@@ -142,6 +142,15 @@ impl Cache {
             .all(|acked| *acked >= version)
     }
 
+    /// True when some connected stream subscribes to ClusterLoadAssignment `name` (it
+    /// has asked for it, ACKed or not). Lets a caller publish an update only once a
+    /// client will receive it as an update, e.g. to time EDS update -> effect.
+    pub fn subscribed(&self, name: &str) -> bool {
+        lock(&self.acks)
+            .values()
+            .any(|names| names.contains_key(name))
+    }
+
     /// Number of ADS streams connected now.
     pub fn streams(&self) -> usize {
         lock(&self.acks).len()
@@ -318,5 +327,30 @@ async fn serve_stream<P: Protocol>(
     let dropped = stream.dropped_inflight();
     if dropped > 0 {
         warn!(node = %stream.node(), dropped, "responses left un-ACKed beyond those remembered");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscribed_while_a_connected_stream_asks_for_the_name() {
+        let cache = Cache::default();
+        assert!(!cache.subscribed("a"), "no stream yet");
+        cache.record_acks(1, &["a".to_string()], &HashMap::new());
+        assert!(cache.subscribed("a"), "subscribed, nothing ACKed yet");
+        assert!(!cache.subscribed("b"));
+        cache.record_acks(
+            2,
+            &["b".to_string()],
+            &HashMap::from([("b".to_string(), 3)]),
+        );
+        assert!(cache.subscribed("b"));
+        // Stream 1 narrows its subscription, then stream 2 disconnects.
+        cache.record_acks(1, &[], &HashMap::new());
+        assert!(!cache.subscribed("a"));
+        cache.forget(2);
+        assert!(!cache.subscribed("b"));
     }
 }

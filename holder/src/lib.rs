@@ -3,18 +3,21 @@
 //!
 //! ```text
 //!  Envoy --PROXY v2 (TLV 0xE0 = service)--> server --admit--> hold (per-service queue)
-//!                                              |                 |  pending changed
+//!  proxy --per-service port---------------->   |                 |
+//!  TPROXY --original destination----------->   |                 |  pending changed
 //!                                              |                 v
 //!                                              |               push --MetricsService--> controller
 //!                                              |                 ^ endpoints
 //!   upstream <--splice(2) relay-- relay <------+-- xds (ADS client, EDS) <-- controller
 //! ```
 //!
-//! Pure cores: [`proxy`] (PROXY v2 parser) and [`hold`]'s admission policy. The rest are
-//! adapters: sockets, the tonic clients, the admin HTTP server.
+//! Pure cores: [`proxy`] (PROXY v2 parser), [`ingress`] (which service a connection is
+//! for) and [`hold`]'s admission policy. The rest are adapters: sockets, the tonic
+//! clients, the admin HTTP server.
 
 pub mod admin;
 pub mod hold;
+pub mod ingress;
 pub mod proxy;
 pub mod push;
 pub mod relay;
@@ -23,6 +26,7 @@ pub mod telemetry;
 pub mod xds;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -31,6 +35,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use hold::Limits;
+pub use ingress::Ingress;
 pub use server::Timeouts;
 
 #[derive(Debug, Clone)]
@@ -45,10 +50,11 @@ pub struct Settings {
     pub push: bool,
 }
 
-/// Run the holder on bound listeners until `shutdown`, then drain.
+/// Run the holder on bound listeners (each with the way its connections name their
+/// service) until `shutdown`, then drain.
 pub async fn run(
     settings: Settings,
-    listener: TcpListener,
+    listeners: Vec<(TcpListener, Ingress)>,
     admin: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -83,7 +89,7 @@ pub async fn run(
         }
     };
     let server = server::Server::new(hold, metrics, settings.timeouts);
-    let serving = server.run(listener, stopped());
+    let serving = server.run(listeners, stopped());
     let admin_task = tokio::spawn(admin::serve(admin, registry, stopped()));
     let stopper = async move {
         shutdown.await;
@@ -98,4 +104,28 @@ pub async fn run(
         Ok(r) => r,
         Err(e) => Err(std::io::Error::other(e)),
     }
+}
+
+/// A listener for transparent mode: `IP_TRANSPARENT` lets it accept connections a TPROXY
+/// rule diverts to it, whatever address they were for; that address is the accepted
+/// socket's local address. Needs CAP_NET_ADMIN. socket2 provides the socket option, so
+/// the holder has no unsafe code of its own.
+pub fn bind_transparent(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    let transparent = match addr {
+        SocketAddr::V4(_) => socket.set_ip_transparent_v4(true),
+        SocketAddr::V6(_) => socket.set_ip_transparent_v6(true),
+    };
+    transparent.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("setting IP_TRANSPARENT (needs CAP_NET_ADMIN): {e}"),
+        )
+    })?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
-use zenvoy_holder::{Limits, Settings, Timeouts};
+use zenvoy_holder::ingress::{check_service_ports, DestinationMap, InvalidIngress, ServiceAddr};
+use zenvoy_holder::{Ingress, Limits, Settings, Timeouts};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -18,6 +19,19 @@ struct Args {
     /// Where Envoy sends held connections (PROXY v2 with the service TLV 0xE0).
     #[arg(long, default_value = "127.0.0.1:15001")]
     listen: SocketAddr,
+    /// A listener of its own for one service, for proxies that cannot send a PROXY v2
+    /// TLV: NAME=ADDR (repeatable). Its connections carry no header.
+    #[arg(long = "service-port", value_name = "NAME=ADDR")]
+    service_ports: Vec<ServiceAddr>,
+    /// Transparent mode: an IP_TRANSPARENT listener fed by a TPROXY rule; a connection's
+    /// original destination names its service (see --transparent-service). Needs
+    /// CAP_NET_ADMIN.
+    #[arg(long, value_name = "ADDR")]
+    transparent: Option<SocketAddr>,
+    /// Original destination -> service for --transparent: NAME=IP:PORT (repeatable).
+    /// Connections to other destinations are refused (reason unknown_destination).
+    #[arg(long = "transparent-service", value_name = "NAME=IP:PORT")]
+    transparent_services: Vec<ServiceAddr>,
     /// Admin HTTP address: /metrics, /healthz.
     #[arg(long, default_value = "127.0.0.1:15002")]
     admin: SocketAddr,
@@ -52,7 +66,8 @@ struct Args {
     /// (slower detection: one scrape interval).
     #[arg(long)]
     no_push: bool,
-    /// Write the bound addresses here as JSON ({"listen": "...", "admin": "..."}).
+    /// Write the bound addresses here as JSON: {"listen": ADDR, "admin": ADDR,
+    /// "service_ports": {NAME: ADDR}, "transparent": ADDR or null}.
     #[arg(long)]
     address_file: Option<PathBuf>,
     /// Log as JSON lines instead of text.
@@ -71,21 +86,12 @@ async fn main() -> anyhow::Result<()> {
     } else {
         builder.init();
     }
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding --listen {}", args.listen))?;
+    let listeners = bind(&args).await?;
     let admin = TcpListener::bind(args.admin)
         .await
         .with_context(|| format!("binding --admin {}", args.admin))?;
     if let Some(path) = &args.address_file {
-        let json = serde_json::json!({
-            "listen": listener.local_addr()?.to_string(),
-            "admin": admin.local_addr()?.to_string(),
-        });
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, json.to_string())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+        write_addresses(path, &listeners, &admin)?;
     }
     let settings = Settings {
         controller: args.controller,
@@ -103,7 +109,59 @@ async fn main() -> anyhow::Result<()> {
             drain: args.drain_timeout,
         },
     };
-    zenvoy_holder::run(settings, listener, admin, shutdown_signal()).await?;
+    zenvoy_holder::run(settings, listeners, admin, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Check the ingress flags together, then bind every listener.
+async fn bind(args: &Args) -> anyhow::Result<Vec<(TcpListener, Ingress)>> {
+    check_service_ports(&args.service_ports)?;
+    let map = DestinationMap::try_new(&args.transparent_services)?;
+    match (args.transparent, map.is_empty()) {
+        (None, false) => return Err(InvalidIngress::MapWithoutListener.into()),
+        (Some(_), true) => return Err(InvalidIngress::ListenerWithoutMap.into()),
+        _ => {}
+    }
+    let mut listeners = Vec::new();
+    let proxy = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", args.listen))?;
+    listeners.push((proxy, Ingress::Proxy));
+    for p in &args.service_ports {
+        let l = TcpListener::bind(p.addr)
+            .await
+            .with_context(|| format!("binding --service-port {}={}", p.service, p.addr))?;
+        listeners.push((l, Ingress::Port(p.service.as_str().into())));
+    }
+    if let Some(addr) = args.transparent {
+        let l = zenvoy_holder::bind_transparent(addr)
+            .with_context(|| format!("binding --transparent {addr}"))?;
+        listeners.push((l, Ingress::Transparent(map.into())));
+    }
+    Ok(listeners)
+}
+
+fn write_addresses(
+    path: &std::path::Path,
+    listeners: &[(TcpListener, Ingress)],
+    admin: &TcpListener,
+) -> anyhow::Result<()> {
+    let mut json = serde_json::json!({
+        "admin": admin.local_addr()?.to_string(),
+        "service_ports": {},
+        "transparent": null,
+    });
+    for (l, ingress) in listeners {
+        let addr = l.local_addr()?.to_string();
+        match ingress {
+            Ingress::Proxy => json["listen"] = addr.into(),
+            Ingress::Port(service) => json["service_ports"][&**service] = addr.into(),
+            Ingress::Transparent(_) => json["transparent"] = addr.into(),
+        }
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, json.to_string()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
 }
 

@@ -129,20 +129,27 @@ impl ProxyHeader {
             problem,
         };
         let name = std::str::from_utf8(raw).map_err(|_| bad("is not UTF-8"))?;
-        if name.is_empty() {
-            return Err(bad("is empty"));
-        }
-        if name.len() > MAX_SERVICE_LEN {
-            return Err(bad("is longer than 253 bytes"));
-        }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        {
-            return Err(bad("has characters outside [A-Za-z0-9._-]"));
-        }
+        check_service_name(name).map_err(bad)?;
         Ok(name)
     }
+}
+
+/// The rule every service name follows, however it reaches the holder (a TLV, a flag):
+/// non-empty, <= 253 bytes, only `[A-Za-z0-9._-]`. Returns what is wrong.
+pub fn check_service_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("is empty");
+    }
+    if name.len() > MAX_SERVICE_LEN {
+        return Err("is longer than 253 bytes");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err("has characters outside [A-Za-z0-9._-]");
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy)]

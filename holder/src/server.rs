@@ -1,9 +1,11 @@
-//! The PROXY v2 listener: read exactly the header, hold the connection in its service's
-//! queue, relay it once the service has endpoints.
+//! The listeners: learn each connection's service (PROXY v2 header, the port, or the
+//! original destination; see [`crate::ingress`]), hold it in its service's queue, relay it
+//! once the service has endpoints.
 //!
-//! Invariant: the holder never reads a held client's bytes before the relay. The header is
-//! read with exact-length reads (16 bytes, then the announced payload), so whatever the
-//! client sent after it stays in the kernel and reaches the upstream first, in order.
+//! Invariant: the holder never reads a held client's bytes before the relay. A PROXY
+//! header is read with exact-length reads (16 bytes, then the announced payload); the
+//! other two ways read nothing at all. Whatever the client sent stays in the kernel and
+//! reaches the upstream first, in order.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,10 +14,12 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::hold::Hold;
+use crate::ingress::Ingress;
 use crate::proxy::{self, ProxyError, ProxyHeader, PREFIX_LEN};
 use crate::relay;
 use crate::telemetry::{outcome, DirectionLabel, Metrics, ServiceLabel};
@@ -32,28 +36,32 @@ pub struct Timeouts {
     pub drain: Duration,
 }
 
+/// Why a connection was refused before it was held.
 #[derive(Debug, thiserror::Error)]
-enum HeaderError {
+enum Refusal {
     #[error("PROXY header: {0}")]
     Proxy(#[from] ProxyError),
     #[error("reading PROXY header: {0}")]
     Io(#[from] std::io::Error),
     #[error("no PROXY header within {0:?}")]
     Slow(Duration),
+    #[error("no --transparent-service for original destination {0}")]
+    UnknownDestination(std::net::SocketAddr),
 }
 
-impl HeaderError {
+impl Refusal {
     fn reason(&self) -> &'static str {
         match self {
-            HeaderError::Proxy(e) => e.reason(),
-            HeaderError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => "truncated",
-            HeaderError::Io(_) => "io",
-            HeaderError::Slow(_) => "slow_header",
+            Refusal::Proxy(e) => e.reason(),
+            Refusal::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => "truncated",
+            Refusal::Io(_) => "io",
+            Refusal::Slow(_) => "slow_header",
+            Refusal::UnknownDestination(_) => "unknown_destination",
         }
     }
 }
 
-async fn read_header(stream: &mut TcpStream) -> Result<ProxyHeader, HeaderError> {
+async fn read_header(stream: &mut TcpStream) -> Result<ProxyHeader, Refusal> {
     let mut prefix = [0u8; PREFIX_LEN];
     stream.read_exact(&mut prefix).await?;
     let len = proxy::parse_prefix(&prefix)?;
@@ -91,37 +99,30 @@ impl Server {
         })
     }
 
-    /// Accept until `shutdown`, then wait (at most `timeouts.drain`) for every connection
-    /// task to finish.
-    pub async fn run(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    /// Accept on every listener until `shutdown`, then wait (at most `timeouts.drain`)
+    /// for every connection task to finish.
+    pub async fn run(
+        self: Arc<Self>,
+        listeners: Vec<(TcpListener, Ingress)>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        // Every connection task holds a clone of `alive_tx`; `recv` returns None once the
+        // last one is gone.
         let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
-        tokio::pin!(shutdown);
-        loop {
-            let (stream, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // EMFILE and friends: back off briefly instead of spinning.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => break,
-            };
-            let server = self.clone();
-            let alive = alive_tx.clone();
-            let span = tracing::debug_span!("conn", %peer);
-            tokio::spawn(
-                async move {
-                    server.handle(stream).await;
-                    drop(alive);
-                }
-                .instrument(span),
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut accepting = JoinSet::new();
+        for (listener, ingress) in listeners {
+            let stop = stop_rx.clone();
+            accepting.spawn(
+                self.clone()
+                    .accept(listener, ingress, alive_tx.clone(), stop),
             );
         }
-        drop(listener);
         drop(alive_tx);
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        // Each accept loop drops its listener when it returns: no new connections.
+        while accepting.join_next().await.is_some() {}
         info!(
             pending = self.hold.total_pending(),
             "draining: no longer accepting"
@@ -134,18 +135,81 @@ impl Server {
         }
     }
 
-    async fn handle(&self, mut client: TcpStream) {
+    async fn accept(
+        self: Arc<Self>,
+        listener: TcpListener,
+        ingress: Ingress,
+        alive: mpsc::Sender<()>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let kind = ingress.kind();
+        let stopped = async move {
+            // The `Ref` this yields is not Send; drop it here, not across the select.
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        tokio::pin!(stopped);
+        loop {
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        warn!(error = %e, ingress = kind, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+                () = &mut stopped => return,
+            };
+            let server = self.clone();
+            let alive = alive.clone();
+            let ingress = ingress.clone();
+            let span = tracing::debug_span!("conn", %peer, ingress = kind);
+            tokio::spawn(
+                async move {
+                    server.handle(stream, &ingress).await;
+                    drop(alive);
+                }
+                .instrument(span),
+            );
+        }
+    }
+
+    /// The service a new connection is for; None when it is refused (counted by reason).
+    async fn service(&self, client: &mut TcpStream, ingress: &Ingress) -> Option<String> {
+        let refused = match ingress {
+            Ingress::Port(service) => return Some(service.to_string()),
+            Ingress::Proxy => {
+                let read = tokio::time::timeout(self.timeouts.header, read_header(client));
+                match read.await {
+                    Ok(Ok(header)) => match header.service() {
+                        Ok(s) => return Some(s.to_string()),
+                        Err(e) => e.into(),
+                    },
+                    Ok(Err(e)) => e,
+                    Err(_) => Refusal::Slow(self.timeouts.header),
+                }
+            }
+            // With IP_TRANSPARENT and TPROXY, the socket's local address is the address
+            // the client connected to.
+            Ingress::Transparent(map) => match client.local_addr() {
+                Ok(dst) => match map.service(dst) {
+                    Some(s) => return Some(s.to_string()),
+                    None => Refusal::UnknownDestination(dst),
+                },
+                Err(e) => Refusal::Io(e),
+            },
+        };
+        debug!(error = %refused, "refused");
+        self.metrics.refuse(refused.reason());
+        None
+    }
+
+    async fn handle(&self, mut client: TcpStream, ingress: &Ingress) {
         let started = Instant::now();
         let held = |o| self.metrics.held(o, started.elapsed().as_secs_f64());
-        let header =
-            match tokio::time::timeout(self.timeouts.header, read_header(&mut client)).await {
-                Ok(Ok(h)) => h,
-                Ok(Err(e)) => return self.refuse(e),
-                Err(_) => return self.refuse(HeaderError::Slow(self.timeouts.header)),
-            };
-        let service = match header.service() {
-            Ok(s) => s.to_string(),
-            Err(e) => return self.refuse(e.into()),
+        let Some(service) = self.service(&mut client, ingress).await else {
+            return;
         };
         let ticket = match self.hold.admit(&service) {
             Ok(t) => t,
@@ -221,10 +285,5 @@ impl Server {
             .relay_bytes
             .get_or_create(&DirectionLabel { direction })
             .inc_by(n);
-    }
-
-    fn refuse(&self, e: HeaderError) {
-        debug!(error = %e, "refused");
-        self.metrics.refuse(e.reason());
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod envoy;
 pub mod holder_client;
+pub mod netns;
 pub mod process;
 pub mod stack;
 pub mod wait;

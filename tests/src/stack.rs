@@ -166,12 +166,15 @@ pub struct Stack {
     pub controller_admin: SocketAddr,
     pub holder_listen: SocketAddr,
     pub holder_admin: SocketAddr,
+    /// The holder's address file: every listener it bound (see `zenvoy-holder --help`).
+    pub holder_addresses: Value,
     pub services: Vec<ServiceSpec>,
     pub flush: Duration,
     pub dir: tempfile::TempDir,
 }
 
-async fn address_file(what: &str, path: &Path, proc: &mut Proc) -> anyhow::Result<Value> {
+/// Wait for the JSON address file a process writes once bound; fails early if it exits.
+pub async fn address_file(what: &str, path: &Path, proc: &mut Proc) -> anyhow::Result<Value> {
     let r = wait::until(what, Duration::from_secs(30), || {
         let exited = proc.exited();
         async move {
@@ -187,7 +190,8 @@ async fn address_file(what: &str, path: &Path, proc: &mut Proc) -> anyhow::Resul
     r.map_err(|e| anyhow::anyhow!("{e}\n{}", proc.log_tail(30)))
 }
 
-fn addr(v: &Value, key: &str) -> anyhow::Result<SocketAddr> {
+/// An address from an address file.
+pub fn addr(v: &Value, key: &str) -> anyhow::Result<SocketAddr> {
     v[key]
         .as_str()
         .and_then(|s| s.parse().ok())
@@ -270,6 +274,7 @@ impl Stack {
             controller_admin,
             holder_listen,
             holder_admin,
+            holder_addresses: h,
             services: opts.services,
             flush: opts.flush,
             dir,
@@ -298,6 +303,11 @@ impl Stack {
         self.envoy.proc.kill();
         self.envoy = self.start_envoy("envoy-1").await?;
         Ok(())
+    }
+
+    /// The holder's own listener for service `name` (`--service-port name=...`).
+    pub fn holder_service_port(&self, name: &str) -> anyhow::Result<SocketAddr> {
+        addr(&self.holder_addresses["service_ports"], name)
     }
 
     pub fn service(&self, name: &str) -> &ServiceSpec {

@@ -320,6 +320,58 @@ async fn malformed_headers_are_refused_with_their_reason_and_slow_ones_block_no_
     assert_eq!(metric(&st, &refused("slow_header")).await, 1.0);
 }
 
+/// The second way in: a port of the service's own, for a proxy that cannot send a PROXY v2
+/// TLV. No header; the first byte is the client's, and it waits in the kernel until the
+/// relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_service_port_holds_without_a_header_and_relays_byte_exact() {
+    const LEN: u64 = 1 << 20;
+    let _cpu = CPU.read().await;
+    let st = start(
+        |d| Ok(vec![echo(d)?, never("other", d)?]),
+        &[
+            "--service-port",
+            "echo=127.0.0.1:0",
+            "--service-port",
+            "other=127.0.0.1:0",
+        ],
+    )
+    .await;
+    let port = st
+        .holder_service_port("echo")
+        .unwrap_or_else(|e| panic!("{e}\n{}", st.logs()));
+    assert!(
+        st.service("echo").running_pid().is_none(),
+        "echo must start parked"
+    );
+    // A connection on the other service's port is held for it, not for echo.
+    let other = TcpStream::connect(
+        st.holder_service_port("other")
+            .unwrap_or_else(|e| panic!("{e}\n{}", st.logs())),
+    )
+    .await
+    .expect("connect to other's port");
+    wait_metric(&st, &pending("other"), 1.0).await;
+
+    let c = TcpStream::connect(port)
+        .await
+        .expect("connect to echo's port");
+    tokio::time::timeout(BOUND, holder_client::echo_pattern(c, 6, LEN))
+        .await
+        .unwrap_or_else(|_| panic!("no full echo within {BOUND:?}\n{}", st.logs()))
+        .unwrap_or_else(|e| panic!("echo: {e}\n{}", st.logs()));
+    assert_eq!(
+        metric(&st, "zenvoy_holder_relayed_total{service=\"echo\"}").await,
+        1.0
+    );
+    wait_metric(&st, &relay_bytes("client_to_upstream"), LEN as f64).await;
+    assert!(
+        is_open(&other),
+        "the other service's connection is still held"
+    );
+    assert_eq!(metric(&st, &pending("other")).await, 1.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gibibyte_each_way_is_relayed_byte_exact_with_half_close() {
     const GIB: u64 = 1 << 30;

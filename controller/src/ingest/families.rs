@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use envoy_types::pb::io::prometheus::client::{Metric, MetricFamily};
 
+use super::text;
 use super::window::{Observation, Stats};
 use crate::config::Protocol;
 
@@ -58,32 +59,52 @@ fn label<'a>(m: &'a Metric, name: &str) -> Option<&'a str> {
         .and_then(|l| l.value.as_deref())
 }
 
-/// Split `cluster.<name>.<stat>` into (name, slot) for the stats zenvoy reads.
+/// Split `cluster.<name>.<stat>` (push form) into (name, slot) for the stats zenvoy
+/// reads. `cluster.<stat>` (the tagged form) has no name: it is a label.
 fn envoy_stat(family: &str) -> Option<(Option<&str>, Slot, Protocol)> {
     let rest = family.strip_prefix("cluster.")?;
     STATS.iter().find_map(|(stat, slot, proto)| {
         if rest == *stat {
-            return Some((None, *slot, *proto)); // tagged form: the name is a label
+            return Some((None, *slot, *proto));
         }
         let name = rest.strip_suffix(stat)?.strip_suffix('.')?;
         (!name.is_empty()).then_some((Some(name), *slot, *proto))
     })
 }
 
+/// `envoy_cluster_<stat>` (Envoy's Prometheus form; the cluster is a label).
+fn prometheus_stat(name: &str) -> Option<(Slot, Protocol)> {
+    let rest = name.strip_prefix("envoy_cluster_")?;
+    STATS
+        .iter()
+        .find(|(stat, _, _)| rest == *stat)
+        .map(|(_, slot, proto)| (*slot, *proto))
+}
+
 /// Folds samples, from a push or a scrape, into per-service observations.
 /// `protocol` tells each known service's protocol; services it does not know are skipped
 /// (Envoy also reports its own clusters, such as the xDS cluster).
-pub struct Collector<P> {
+///
+/// Names borrow from the input (`'a`): a 10,000-cluster push has 60,000 samples, and
+/// nothing is allocated per sample, only once per service in [`Collector::finish`].
+pub struct Collector<'a, P> {
     protocol: P,
-    envoy: HashMap<String, Stats>,
+    index: HashMap<&'a str, usize>,
+    envoy: Vec<(&'a str, Stats)>,
+    /// The last service looked up, its slot in `envoy` and protocol (None: not a
+    /// service): Envoy writes a cluster's stats next to each other, so most lookups hit
+    /// this.
+    last: Option<(&'a str, Option<(usize, Protocol)>)>,
     out: Vec<(String, Observation)>,
 }
 
-impl<P: Fn(&str) -> Option<Protocol>> Collector<P> {
+impl<'a, P: Fn(&str) -> Option<Protocol>> Collector<'a, P> {
     pub fn new(protocol: P) -> Self {
         Collector {
             protocol,
-            envoy: HashMap::new(),
+            index: HashMap::new(),
+            envoy: Vec::new(),
+            last: None,
             out: Vec::new(),
         }
     }
@@ -91,7 +112,7 @@ impl<P: Fn(&str) -> Option<Protocol>> Collector<P> {
     /// One sample: metric name, a label lookup, value. Envoy's Prometheus form
     /// (`envoy_cluster_upstream_cx_active{envoy_cluster_name="x"}`) and its push forms
     /// (`cluster.x.upstream_cx_active`, or tagged) are all understood.
-    pub fn add<'a>(&mut self, name: &str, label: impl Fn(&str) -> Option<&'a str>, value: f64) {
+    pub fn add(&mut self, name: &'a str, label: impl Fn(&str) -> Option<&'a str>, value: f64) {
         if name == HOLDER_PENDING {
             if let Some(svc) = label("service").filter(|s| (self.protocol)(s).is_some()) {
                 self.out
@@ -99,39 +120,60 @@ impl<P: Fn(&str) -> Option<Protocol>> Collector<P> {
             }
             return;
         }
-        let stat = match name.strip_prefix("envoy_cluster_") {
-            Some(rest) => {
-                envoy_stat(&format!("cluster.{rest}")).map(|(_, slot, proto)| (None, slot, proto))
-            }
-            None => envoy_stat(name).map(|(c, slot, proto)| (c.map(str::to_string), slot, proto)),
+        let stat = match prometheus_stat(name) {
+            Some((slot, proto)) => Some((None, slot, proto)),
+            None => envoy_stat(name),
         };
         let Some((cluster, slot, for_protocol)) = stat else {
             return;
         };
-        let Some(svc) = cluster.or_else(|| label("envoy_cluster_name").map(str::to_string)) else {
+        let Some(svc) = cluster.or_else(|| label("envoy_cluster_name")) else {
             return;
         };
-        if (self.protocol)(&svc) != Some(for_protocol) {
+        let Some((i, protocol)) = self.slot(svc) else {
+            return;
+        };
+        if protocol != for_protocol {
             return;
         }
-        let s = self.envoy.entry(svc).or_default();
+        let s = &mut self.envoy[i].1;
         match slot {
             Slot::Open => s.open += value,
             Slot::Counter(i) => s.counters[i] += value,
         }
     }
 
+    /// The slot of a known service, with its protocol; None for other clusters.
+    fn slot(&mut self, svc: &'a str) -> Option<(usize, Protocol)> {
+        if let Some((last, known)) = self.last {
+            if last == svc {
+                return known;
+            }
+        }
+        let known = (self.protocol)(svc).map(|protocol| {
+            let i = *self.index.entry(svc).or_insert_with(|| {
+                self.envoy.push((svc, Stats::default()));
+                self.envoy.len() - 1
+            });
+            (i, protocol)
+        });
+        self.last = Some((svc, known));
+        known
+    }
+
     pub fn finish(mut self) -> Vec<(String, Observation)> {
         self.out.extend(
             self.envoy
                 .into_iter()
-                .map(|(svc, s)| (svc, Observation::Envoy(s))),
+                .map(|(svc, s)| (svc.to_string(), Observation::Envoy(s))),
         );
         self.out
     }
 }
 
-/// Extract per-service observations from one `metrics_service` push.
+/// Extract per-service observations from decoded `metrics_service` families (the
+/// controller reads pushes in place with [`super::push`]; this is for callers that have
+/// the prost types).
 pub fn observations(
     families: &[MetricFamily],
     protocol: impl Fn(&str) -> Option<Protocol>,
@@ -161,18 +203,49 @@ pub fn parse_text(text: &str) -> Result<prometheus_parse::Scrape, TextError> {
     prometheus_parse::Scrape::parse(lines).map_err(|e| TextError(e.to_string()))
 }
 
+/// Whether zenvoy reads samples of this metric (either naming form).
+fn wanted(name: &str) -> bool {
+    name == HOLDER_PENDING || prometheus_stat(name).is_some() || envoy_stat(name).is_some()
+}
+
 /// Extract per-service observations from a scraped Prometheus text page (Envoy's
 /// `/stats/prometheus`, the holder's `/metrics`).
 ///
-/// prometheus-parse 0.2 silently drops unlabelled samples written as `name{} value`, which
-/// Envoy emits; such lines are rewritten to `name value` first.
+/// Lines of metrics zenvoy does not read are skipped; the rest are read in place by
+/// [`text::sample`], and the few it declines go to prometheus-parse. prometheus-parse 0.2
+/// silently drops unlabelled samples written as `name{} value`, which Envoy emits; such
+/// lines are rewritten to `name value` first.
 pub fn scraped(
-    text: &str,
+    page: &str,
     protocol: impl Fn(&str) -> Option<Protocol>,
 ) -> Result<Vec<(String, Observation)>, TextError> {
-    let scrape = parse_text(text)?;
+    let mut fast = Vec::new();
+    let mut slow = Vec::new();
+    for line in page.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || !wanted(text::metric_name(line)) {
+            continue;
+        }
+        match text::sample(line) {
+            Some(s) => fast.push(s),
+            None => slow.push(line),
+        }
+    }
+    let scrape = if slow.is_empty() {
+        None
+    } else {
+        let lines = slow
+            .into_iter()
+            .map(|l| Ok::<_, std::io::Error>(l.replacen("{} ", " ", 1)));
+        let scrape =
+            prometheus_parse::Scrape::parse(lines).map_err(|e| TextError(e.to_string()))?;
+        Some(scrape)
+    };
     let mut c = Collector::new(protocol);
-    for sample in &scrape.samples {
+    for s in &fast {
+        c.add(s.name, |l| s.label(l), s.value);
+    }
+    for sample in scrape.iter().flat_map(|s| &s.samples) {
         let v = match sample.value {
             prometheus_parse::Value::Counter(v)
             | prometheus_parse::Value::Gauge(v)
@@ -304,6 +377,50 @@ mod tests {
                 })
             )]
         );
+    }
+
+    /// What prometheus-parse alone makes of a page: the reference the in-place reader
+    /// must match.
+    fn scraped_by_prometheus_parse(page: &str) -> Vec<(String, Observation)> {
+        let scrape = parse_text(page).expect("parses");
+        let mut c = Collector::new(|s: &str| (s == "echo" || s == "b").then_some(Protocol::Tcp));
+        for sample in &scrape.samples {
+            if let prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) = sample.value
+            {
+                c.add(&sample.metric, |l| sample.labels.get(l), v);
+            }
+        }
+        c.finish()
+    }
+
+    #[test]
+    fn in_place_reading_agrees_with_prometheus_parse() {
+        let protocol = |s: &str| (s == "echo" || s == "b").then_some(Protocol::Tcp);
+        assert_eq!(
+            scraped(ENVOY_PAGE, protocol).expect("parses"),
+            scraped_by_prometheus_parse(ENVOY_PAGE)
+        );
+        // Lines the fast path declines (an escaped quote, a second space) still count.
+        let page = concat!(
+            "# TYPE envoy_cluster_upstream_cx_total counter\n",
+            "envoy_cluster_upstream_cx_total{envoy_cluster_name=\"b\",note=\"say \\\"hi\\\"\"} 4\n",
+            "envoy_cluster_upstream_cx_active{envoy_cluster_name=\"b\"}  2\n",
+            "envoy_cluster_upstream_cx_rx_bytes_total{envoy_cluster_name=\"b\"} 9\n",
+        );
+        let got = scraped(page, protocol).expect("parses");
+        assert_eq!(
+            got,
+            vec![(
+                "b".to_string(),
+                Observation::Envoy(Stats {
+                    open: 2.0,
+                    counters: [4.0, 0.0, 9.0, 0.0]
+                })
+            )]
+        );
+        assert_eq!(got, scraped_by_prometheus_parse(page));
     }
 
     #[test]

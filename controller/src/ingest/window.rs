@@ -59,7 +59,12 @@ impl Windows {
             for (service, obs) in observations {
                 match obs {
                     Observation::Envoy(now) => {
-                        let prev = n.envoy.insert(service.clone(), now);
+                        // Insert a key only for a service new to this node: the key
+                        // clone is the costly part when a push names 10,000 services.
+                        let prev = match n.envoy.get_mut(&service) {
+                            Some(slot) => Some(std::mem::replace(slot, now)),
+                            None => n.envoy.insert(service.clone(), now),
+                        };
                         // The first sample from a node is a baseline, not movement.
                         let counters_moved = prev.is_some_and(|p| {
                             now.counters
@@ -70,7 +75,10 @@ impl Windows {
                         moved.push((service, counters_moved));
                     }
                     Observation::HolderPending(v) => {
-                        let prev = n.pending.insert(service.clone(), v);
+                        let prev = match n.pending.get_mut(&service) {
+                            Some(slot) => Some(std::mem::replace(slot, v)),
+                            None => n.pending.insert(service.clone(), v),
+                        };
                         if prev != Some(v) {
                             pending_changed.push(service);
                         }
