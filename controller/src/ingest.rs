@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use envoy_types::pb::envoy::service::metrics::v3::StreamMetricsResponse;
 use prost::bytes::{Buf, Bytes};
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{http, BoxFuture, StdError};
 use tonic::server::{ClientStreamingService, Grpc, NamedService};
@@ -140,6 +140,7 @@ pub struct MetricsSink {
     services: Arc<HashMap<String, Protocol>>,
     events: mpsc::Sender<Event>,
     metrics: Arc<Metrics>,
+    shutdown: Option<watch::Receiver<bool>>,
 }
 
 impl MetricsSink {
@@ -153,7 +154,16 @@ impl MetricsSink {
             services,
             events,
             metrics,
+            shutdown: None,
         }
+    }
+
+    /// End every stream, answering it, once `stop` reads true (or its sender is
+    /// dropped). A push stream lasts as long as its Envoy or holder, and a gRPC server's
+    /// graceful shutdown waits for it.
+    pub fn with_shutdown(mut self, stop: watch::Receiver<bool>) -> Self {
+        self.shutdown = Some(stop);
+        self
     }
 
     async fn stream_metrics(
@@ -173,11 +183,19 @@ impl MetricsSink {
             // The node is named in the first message only; until then the peer stands in.
             let mut node = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
             let mut named = false;
+            let shutdown = crate::stopping(self.shutdown.clone());
+            tokio::pin!(shutdown);
             let result = loop {
-                let msg = match inbound.message().await {
-                    Ok(Some(m)) => m,
-                    Ok(None) => break Ok(()),
-                    Err(status) => break Err(status),
+                let msg = tokio::select! {
+                    msg = inbound.message() => match msg {
+                        Ok(Some(m)) => m,
+                        Ok(None) => break Ok(()),
+                        Err(status) => break Err(status),
+                    },
+                    () = &mut shutdown => {
+                        info!(%node, "controller shutting down; ending the metrics stream");
+                        break Ok(());
+                    }
                 };
                 let mut collector = families::Collector::new(|s| self.services.get(s).copied());
                 match push::read(&msg, &mut collector) {

@@ -77,11 +77,9 @@ pub async fn run_with<B: Backend>(
     let registry = Arc::new(registry);
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
+    let stopped = {
+        let stop_rx = stop_rx.clone();
+        move || stopping(Some(stop_rx.clone()))
     };
 
     let cache = Arc::new(xds::Cache::default());
@@ -111,9 +109,13 @@ pub async fn run_with<B: Backend>(
         ))
     });
 
-    let ads = AggregatedDiscoveryServiceServer::new(xds::AdsServer::new(cache, metrics.clone()));
+    // The gRPC server's graceful shutdown waits for open requests, and ADS and metrics
+    // streams never end on their own: each one ends itself on the same stop signal.
+    let ads = AggregatedDiscoveryServiceServer::new(
+        xds::AdsServer::new(cache, metrics.clone()).with_shutdown(stop_rx.clone()),
+    );
     let sink = ingest::MetricsServer::new(
-        ingest::MetricsSink::new(services, events_tx, metrics),
+        ingest::MetricsSink::new(services, events_tx, metrics).with_shutdown(stop_rx),
         MAX_PUSH_BYTES,
     );
     info!(grpc = ?grpc.local_addr().ok(), admin = ?admin.local_addr().ok(), "controller serving");
@@ -139,6 +141,17 @@ pub async fn run_with<B: Backend>(
 }
 
 pub use backend::Backend;
+
+/// Resolves once the stop channel reads true or its sender is gone (the controller is
+/// stopping either way); never when there is no channel, e.g. a server built without one.
+pub(crate) async fn stopping(stop: Option<watch::Receiver<bool>>) {
+    match stop {
+        Some(mut rx) => {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+        None => std::future::pending().await,
+    }
+}
 
 /// Accepted gRPC connections with Nagle off: an EDS update is a few hundred bytes that
 /// must leave at once, not wait for the previous segment's ACK.

@@ -5,7 +5,7 @@
 //! ```text
 //!  runtime --set()--> Cache --generation watch--> every stream: diff -> DiscoveryResponse
 //!                       ^                                         |
-//!                       +------ ACK/NACK registry <-- requests ---+
+//!                       +---- EDS ACK registry <-- requests ------+
 //! ```
 //!
 //! SotW: Listeners and Clusters are sent whole (the protocol requires it for those types);
@@ -56,6 +56,9 @@ struct Inner {
 }
 
 /// What every stream has ACKed, for the two-phase park: stream id -> CLA name -> version.
+/// ClusterLoadAssignments only: a stream's requests of other types (routes above all,
+/// which Envoy asks for on the same stream) must not replace its endpoint subscription,
+/// or a park would stop waiting for that stream's ACK.
 type AckRegistry = HashMap<u64, HashMap<String, u64>>;
 
 /// The resources zenvoy serves, shared by the runtime (writer) and every ADS stream.
@@ -151,14 +154,26 @@ impl Cache {
             .any(|names| names.contains_key(name))
     }
 
-    /// Number of ADS streams connected now.
+    /// Number of connected ADS streams that have sent an endpoint (EDS) request.
     pub fn streams(&self) -> usize {
         lock(&self.acks).len()
     }
 
-    fn record_acks(&self, stream: u64, subscribed: &[String], acked: &HashMap<String, u64>) {
+    /// Record what `stream` subscribes to of `type_url` and the version of each it ACKed.
+    /// Only ClusterLoadAssignments are kept (see [`AckRegistry`]); other types are
+    /// ignored, so a route request leaves the stream's endpoint view as it was.
+    fn record_acks<'a>(
+        &self,
+        stream: u64,
+        type_url: &str,
+        subscribed: impl IntoIterator<Item = &'a String>,
+        acked: &HashMap<String, u64>,
+    ) {
+        if type_url != resources::ENDPOINT_TYPE {
+            return;
+        }
         let view = subscribed
-            .iter()
+            .into_iter()
             .map(|n| (n.clone(), acked.get(n).copied().unwrap_or(0)))
             .collect();
         lock(&self.acks).insert(stream, view);
@@ -175,6 +190,7 @@ pub struct AdsServer {
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
     next_id: Arc<std::sync::atomic::AtomicU64>,
+    shutdown: Option<watch::Receiver<bool>>,
 }
 
 impl AdsServer {
@@ -183,7 +199,17 @@ impl AdsServer {
             cache,
             metrics,
             next_id: Arc::default(),
+            shutdown: None,
         }
+    }
+
+    /// End every stream once `stop` reads true (or its sender is dropped). An ADS stream
+    /// never ends on its own, and a gRPC server's graceful shutdown waits for it; ended,
+    /// Envoy reconnects (to another replica, in HA). Without this, streams end only when
+    /// their client goes.
+    pub fn with_shutdown(mut self, stop: watch::Receiver<bool>) -> Self {
+        self.shutdown = Some(stop);
+        self
     }
 }
 
@@ -236,6 +262,7 @@ impl AdsServer {
                 self.metrics.clone(),
                 inbound,
                 tx,
+                self.shutdown.clone(),
             )
             .instrument(span),
         );
@@ -294,10 +321,13 @@ async fn serve_stream<P: Protocol>(
     metrics: Arc<Metrics>,
     mut inbound: Streaming<P::Req>,
     tx: mpsc::Sender<Result<P::Resp, Status>>,
+    shutdown: Option<watch::Receiver<bool>>,
 ) {
     let mut changed = cache.subscribe();
+    let shutdown = crate::stopping(shutdown);
+    tokio::pin!(shutdown);
     metrics.xds_streams.inc();
-    loop {
+    'serve: loop {
         let responses = tokio::select! {
             req = inbound.next() => match req {
                 Some(Ok(req)) => stream.on_request(req, &cache, &metrics),
@@ -314,13 +344,26 @@ async fn serve_stream<P: Protocol>(
                 stream.on_change(&cache)
             }
             () = tx.closed() => break,
+            () = &mut shutdown => {
+                info!(node = %stream.node(), "controller shutting down; ending ADS stream");
+                break;
+            }
         };
         for r in responses {
-            if tx.send(Ok(r)).await.is_err() {
-                break;
+            // A client that stopped reading must not hold the shutdown either.
+            tokio::select! {
+                sent = tx.send(Ok(r)) => if sent.is_err() {
+                    break 'serve;
+                },
+                () = &mut shutdown => {
+                    info!(node = %stream.node(), "controller shutting down; ending ADS stream");
+                    break 'serve;
+                }
             }
         }
     }
+    // Dropping `tx` (on return) ends the response stream: tonic then closes the call with
+    // status OK, and the client reconnects as it would after any stream end.
     cache.forget(id);
     metrics.xds_streams.dec();
     info!(node = %stream.node(), "ADS stream closed");
@@ -338,17 +381,22 @@ mod tests {
     fn subscribed_while_a_connected_stream_asks_for_the_name() {
         let cache = Cache::default();
         assert!(!cache.subscribed("a"), "no stream yet");
-        cache.record_acks(1, &["a".to_string()], &HashMap::new());
+        let eds = resources::ENDPOINT_TYPE;
+        cache.record_acks(1, eds, &["a".to_string()], &HashMap::new());
         assert!(cache.subscribed("a"), "subscribed, nothing ACKed yet");
         assert!(!cache.subscribed("b"));
         cache.record_acks(
             2,
+            eds,
             &["b".to_string()],
             &HashMap::from([("b".to_string(), 3)]),
         );
         assert!(cache.subscribed("b"));
+        // Another type's names leave the endpoint view alone.
+        cache.record_acks(1, resources::ROUTE_TYPE, &[], &HashMap::new());
+        assert!(cache.subscribed("a"));
         // Stream 1 narrows its subscription, then stream 2 disconnects.
-        cache.record_acks(1, &[], &HashMap::new());
+        cache.record_acks(1, eds, &[], &HashMap::new());
         assert!(!cache.subscribed("a"));
         cache.forget(2);
         assert!(!cache.subscribed("b"));

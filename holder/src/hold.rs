@@ -71,7 +71,8 @@ pub struct Hold {
     total: AtomicUsize,
     /// Bumped on every pending change: the pusher sends at once.
     pending_changed: watch::Sender<u64>,
-    /// Bumped when a new service appears: the xDS client subscribes to it.
+    /// Bumped when a service gets its first held connection or loses its last: the xDS
+    /// client changes its subscription.
     names_changed: watch::Sender<u64>,
 }
 
@@ -96,7 +97,22 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.slot.pending.fetch_sub(1, Ordering::AcqRel);
+        let slots = lock(&self.hold.slots);
+        let was = self.slot.pending.fetch_sub(1, Ordering::AcqRel);
+        if was == 1 {
+            // The last held connection of this service is gone: the xDS client drops the
+            // subscription, so the endpoints known now will not be kept current. Forget
+            // them; the next connection waits for a fresh assignment instead of dialing a
+            // service that may have been parked since. (Under the lock: an admit that
+            // races this drop sees either the old count or the cleared endpoints.)
+            self.slot.state.send_if_modified(|s| {
+                let had = !s.endpoints.is_empty();
+                s.endpoints.clear();
+                had
+            });
+            self.hold.names_changed.send_modify(|g| *g += 1);
+        }
+        drop(slots);
         self.hold.total.fetch_sub(1, Ordering::AcqRel);
         self.hold.pending_changed.send_modify(|g| *g += 1);
     }
@@ -115,22 +131,19 @@ impl Hold {
 
     /// Take a place in `service`'s queue, or say why not.
     pub fn admit(self: &Arc<Self>, service: &str) -> Result<Ticket, Refused> {
-        let slot = {
-            let mut slots = lock(&self.slots);
-            match slots.get(service) {
-                Some(s) => s.clone(),
-                None => {
-                    if slots.len() >= self.limits.max_services {
-                        return Err(Refused::TooManyServices(slots.len()));
-                    }
-                    let s = Arc::new(Slot {
-                        pending: AtomicUsize::new(0),
-                        state: watch::Sender::new(SlotState::default()),
-                    });
-                    slots.insert(service.to_string(), s.clone());
-                    self.names_changed.send_modify(|g| *g += 1);
-                    s
+        let mut slots = lock(&self.slots);
+        let slot = match slots.get(service) {
+            Some(s) => s.clone(),
+            None => {
+                if slots.len() >= self.limits.max_services {
+                    return Err(Refused::TooManyServices(slots.len()));
                 }
+                let s = Arc::new(Slot {
+                    pending: AtomicUsize::new(0),
+                    state: watch::Sender::new(SlotState::default()),
+                });
+                slots.insert(service.to_string(), s.clone());
+                s
             }
         };
         // Reserve, then check: concurrent admits can never overshoot a limit.
@@ -150,6 +163,11 @@ impl Hold {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Refused::ServiceFull(pending));
         }
+        if pending == 0 {
+            // First held connection: the xDS client subscribes to the service.
+            self.names_changed.send_modify(|g| *g += 1);
+        }
+        drop(slots);
         self.pending_changed.send_modify(|g| *g += 1);
         Ok(Ticket {
             hold: self.clone(),
@@ -166,9 +184,12 @@ impl Hold {
         policy: Option<ServicePolicy>,
     ) {
         if let Some(slot) = lock(&self.slots).get(service) {
+            // An assignment that arrives after the last held connection left (the
+            // unsubscribe crossed it) would go stale: only the policy is kept.
+            let held = slot.pending.load(Ordering::Acquire) > 0;
             slot.state.send_if_modified(|s| {
                 let next = SlotState {
-                    endpoints,
+                    endpoints: if held { endpoints } else { Vec::new() },
                     policy: policy.or(s.policy),
                 };
                 let changed = *s != next;
@@ -178,9 +199,15 @@ impl Hold {
         }
     }
 
-    /// The services seen so far (the xDS subscription), sorted.
+    /// The services with held connections now (the xDS subscription), sorted. Only these:
+    /// a holder that has seen thousands of services must not make every request and
+    /// every ACK carry all their names.
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = lock(&self.slots).keys().cloned().collect();
+        let mut names: Vec<String> = lock(&self.slots)
+            .iter()
+            .filter(|(_, s)| s.pending.load(Ordering::Acquire) > 0)
+            .map(|(n, _)| n.clone())
+            .collect();
         names.sort();
         names
     }
@@ -233,19 +260,57 @@ mod tests {
     }
 
     #[test]
-    fn pending_changes_and_new_names_are_signalled() {
+    fn the_subscription_is_the_services_with_held_connections() {
         let h = hold(10, 10, 10);
         let mut pending = h.watch_pending();
         let mut names = h.watch_names();
-        let t = h.admit("svc").expect("admit");
+        let t1 = h.admit("svc").expect("admit");
         assert!(pending.has_changed().expect("open"));
-        assert!(names.has_changed().expect("open"));
+        assert!(
+            names.has_changed().expect("open"),
+            "first connection: subscribe"
+        );
+        assert_eq!(h.names(), vec!["svc".to_string()]);
         pending.mark_unchanged();
         names.mark_unchanged();
-        drop(t);
+        let t2 = h.admit("svc").expect("admit");
         assert!(pending.has_changed().expect("open"));
-        assert!(!names.has_changed().expect("open"));
+        assert!(!names.has_changed().expect("open"), "second: no change");
+        drop(t1);
+        assert!(!names.has_changed().expect("open"), "one still held");
+        pending.mark_unchanged();
+        drop(t2);
+        assert!(pending.has_changed().expect("open"));
+        assert!(
+            names.has_changed().expect("open"),
+            "last one gone: unsubscribe"
+        );
+        assert!(h.names().is_empty());
         assert_eq!(h.pending(), vec![("svc".to_string(), 0)]);
+    }
+
+    #[test]
+    fn endpoints_are_forgotten_with_the_last_held_connection() {
+        let h = hold(10, 10, 10);
+        let ep: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        let policy = ServicePolicy {
+            hold_timeout: Duration::from_secs(1),
+            max_pending: 5,
+        };
+        let t = h.admit("svc").expect("admit");
+        h.set_state("svc", vec![ep], Some(policy));
+        drop(t);
+        // Unsubscribed: these endpoints will not be kept current, so a new connection
+        // must wait for a fresh assignment; the policy is kept.
+        let t = h.admit("svc").expect("admit");
+        let state = t.state().borrow().clone();
+        assert_eq!(
+            state,
+            SlotState {
+                endpoints: Vec::new(),
+                policy: Some(policy)
+            }
+        );
     }
 
     #[test]

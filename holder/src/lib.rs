@@ -106,26 +106,34 @@ pub async fn run(
     }
 }
 
-/// A listener for transparent mode: `IP_TRANSPARENT` lets it accept connections a TPROXY
-/// rule diverts to it, whatever address they were for; that address is the accepted
-/// socket's local address. Needs CAP_NET_ADMIN. socket2 provides the socket option, so
-/// the holder has no unsafe code of its own.
-pub fn bind_transparent(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Pending connections the kernel queues per listener before the holder accepts them.
+/// tokio's `TcpListener::bind` asks for 128, which a burst of clients arriving at a
+/// parked service overflows (each overflow costs a client a SYN retry, a second or more);
+/// Linux caps this at `net.core.somaxconn` (4096 by default).
+pub const BACKLOG: i32 = 4096;
+
+/// Bind a listener with [`BACKLOG`]. `transparent`: set `IP_TRANSPARENT` first, so it
+/// accepts connections a TPROXY rule diverts to it, whatever address they were for (that
+/// address is the accepted socket's local address); needs CAP_NET_ADMIN. socket2 provides
+/// the socket options, so the holder has no unsafe code of its own.
+pub fn bind(addr: SocketAddr, transparent: bool) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    let transparent = match addr {
-        SocketAddr::V4(_) => socket.set_ip_transparent_v4(true),
-        SocketAddr::V6(_) => socket.set_ip_transparent_v6(true),
-    };
-    transparent.map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("setting IP_TRANSPARENT (needs CAP_NET_ADMIN): {e}"),
-        )
-    })?;
+    if transparent {
+        let set = match addr {
+            SocketAddr::V4(_) => socket.set_ip_transparent_v4(true),
+            SocketAddr::V6(_) => socket.set_ip_transparent_v6(true),
+        };
+        set.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("setting IP_TRANSPARENT (needs CAP_NET_ADMIN): {e}"),
+            )
+        })?;
+    }
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
+    socket.listen(BACKLOG)?;
     TcpListener::from_std(socket.into())
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
+use tracing::{info, warn};
 use zenvoy_holder::ingress::{check_service_ports, DestinationMap, InvalidIngress, ServiceAddr};
 use zenvoy_holder::{Ingress, Limits, Settings, Timeouts};
 
@@ -86,7 +87,11 @@ async fn main() -> anyhow::Result<()> {
     } else {
         builder.init();
     }
-    let listeners = bind(&args).await?;
+    raise_nofile();
+    let listeners = bind(&args)?;
+    for (l, ingress) in &listeners {
+        info!(address = ?l.local_addr().ok(), ingress = ingress.kind(), "listening");
+    }
     let admin = TcpListener::bind(args.admin)
         .await
         .with_context(|| format!("binding --admin {}", args.admin))?;
@@ -113,8 +118,23 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Each held connection is one descriptor and each relay five more (the upstream socket
+/// and two pipes): raise the soft RLIMIT_NOFILE to the hard limit, as Go's runtime does
+/// for every program, so the holder is not stopped at the common soft default of 1024.
+fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => warn!(soft, hard, error = %e, "cannot raise the open-file limit"),
+        },
+        Ok((soft, _)) => info!(limit = soft, "open-file limit"),
+        Err(e) => warn!(error = %e, "cannot read the open-file limit"),
+    }
+}
+
 /// Check the ingress flags together, then bind every listener.
-async fn bind(args: &Args) -> anyhow::Result<Vec<(TcpListener, Ingress)>> {
+fn bind(args: &Args) -> anyhow::Result<Vec<(TcpListener, Ingress)>> {
     check_service_ports(&args.service_ports)?;
     let map = DestinationMap::try_new(&args.transparent_services)?;
     match (args.transparent, map.is_empty()) {
@@ -123,18 +143,16 @@ async fn bind(args: &Args) -> anyhow::Result<Vec<(TcpListener, Ingress)>> {
         _ => {}
     }
     let mut listeners = Vec::new();
-    let proxy = TcpListener::bind(args.listen)
-        .await
+    let proxy = zenvoy_holder::bind(args.listen, false)
         .with_context(|| format!("binding --listen {}", args.listen))?;
     listeners.push((proxy, Ingress::Proxy));
     for p in &args.service_ports {
-        let l = TcpListener::bind(p.addr)
-            .await
+        let l = zenvoy_holder::bind(p.addr, false)
             .with_context(|| format!("binding --service-port {}={}", p.service, p.addr))?;
         listeners.push((l, Ingress::Port(p.service.as_str().into())));
     }
     if let Some(addr) = args.transparent {
-        let l = zenvoy_holder::bind_transparent(addr)
+        let l = zenvoy_holder::bind(addr, true)
             .with_context(|| format!("binding --transparent {addr}"))?;
         listeners.push((l, Ingress::Transparent(map.into())));
     }

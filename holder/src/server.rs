@@ -8,6 +8,7 @@
 //! reaches the upstream first, in order.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,11 +19,16 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::hold::Hold;
+use crate::hold::{Hold, SlotState};
 use crate::ingress::Ingress;
 use crate::proxy::{self, ProxyError, ProxyHeader, PREFIX_LEN};
-use crate::relay;
+use crate::relay::{self, DialError};
 use crate::telemetry::{outcome, DirectionLabel, Metrics, ServiceLabel};
+
+/// A held connection that finds no file descriptor free retries after this, doubling up
+/// to the max.
+const FD_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const FD_BACKOFF_MAX: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -225,42 +231,46 @@ impl Server {
         self.metrics.pending.get_or_create(&label).inc();
         debug!(%service, "held");
         let mut state = ticket.state();
-        // The hold deadline follows the service's policy once the controller's assignment
-        // brings it (ms after the first connection of a service); until then the flag.
-        let waited = loop {
-            let (endpoints, hold_timeout) = {
-                let s = state.borrow_and_update();
-                let timeout = s.policy.map_or(self.timeouts.hold, |p| p.hold_timeout);
-                (s.endpoints.clone(), timeout)
-            };
-            if !endpoints.is_empty() {
-                break Ok(endpoints);
-            }
-            let deadline = tokio::time::Instant::from_std(started + hold_timeout);
-            tokio::select! {
-                changed = state.changed() => {
-                    if changed.is_err() {
-                        break Err(outcome::TIMEOUT); // registry gone: shutting down
-                    }
+        let mut backoff = FD_BACKOFF_MIN;
+        let (dialed, deadline) = loop {
+            let (endpoints, deadline) = match self.endpoints(&mut state, started, &client).await {
+                Ok(x) => x,
+                Err(o) => {
+                    self.metrics.pending.get_or_create(&label).dec();
+                    debug!(%service, outcome = o, "released without relay");
+                    return held(o);
                 }
-                () = tokio::time::sleep_until(deadline) => break Err(outcome::TIMEOUT),
-                () = client_gone(&client) => break Err(outcome::CLIENT_CLOSED),
+            };
+            let start = self.next.fetch_add(1, Ordering::Relaxed);
+            let first = endpoints[start % endpoints.len()];
+            let dialed = match relay::reserve(Some(first)).await {
+                Ok(mut reserved) => {
+                    relay::dial(&endpoints, start, self.timeouts.connect, &mut reserved)
+                        .await
+                        .map(|u| (u, reserved))
+                }
+                Err(e) if relay::out_of_descriptors(&e) => Err(DialError::NoDescriptors(e)),
+                Err(e) => Err(DialError::Reserve(e)),
+            };
+            match dialed {
+                Err(DialError::NoDescriptors(e)) => {
+                    // Out of file descriptors: the connection stays held (it is still
+                    // in its queue) until a relay ends and frees some, or its hold ends.
+                    self.fd_wait(&service, &e);
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep_until(deadline) => {}
+                        () = client_gone(&client) => {}
+                    }
+                    backoff = (backoff * 2).min(FD_BACKOFF_MAX);
+                }
+                other => break (other, deadline),
             }
         };
-        let endpoints = match waited {
-            Ok(e) => e,
-            Err(o) => {
-                self.metrics.pending.get_or_create(&label).dec();
-                debug!(%service, outcome = o, "released without relay");
-                return held(o);
-            }
-        };
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let dialed = relay::dial(&endpoints, start, self.timeouts.connect).await;
         // The connection leaves the queue either way.
         drop(ticket);
         self.metrics.pending.get_or_create(&label).dec();
-        let mut upstream = match dialed {
+        let (mut upstream, mut reserved) = match dialed {
             Ok(u) => u,
             Err(e) => {
                 warn!(%service, error = %e, "dial failed; closing held client");
@@ -270,13 +280,91 @@ impl Server {
         held(outcome::RELAYED);
         self.metrics.relayed.get_or_create(&label).inc();
         let _ = client.set_nodelay(true);
-        match relay::relay(&mut client, &mut upstream).await {
+        let mut backoff = FD_BACKOFF_MIN;
+        let relayed = 'relay: loop {
+            match relay::relay(&mut client, &mut upstream, reserved).await {
+                // Another fd consumer (accept) took the pipes' descriptors between the
+                // hand-over and tokio-splice: nothing moved; reserve again.
+                Err(e)
+                    if relay::out_of_descriptors(&e) && tokio::time::Instant::now() < deadline =>
+                {
+                    self.fd_wait(&service, &e);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(FD_BACKOFF_MAX);
+                    reserved = loop {
+                        match relay::reserve(None).await {
+                            Ok(r) => break r,
+                            Err(e)
+                                if relay::out_of_descriptors(&e)
+                                    && tokio::time::Instant::now() < deadline =>
+                            {
+                                self.fd_wait(&service, &e);
+                                tokio::time::sleep(backoff).await;
+                                backoff = (backoff * 2).min(FD_BACKOFF_MAX);
+                            }
+                            Err(e) => break 'relay Err(e),
+                        }
+                    };
+                }
+                r => break r,
+            }
+        };
+        match relayed {
             Ok((up, down)) => {
                 self.bytes("client_to_upstream", up);
                 self.bytes("upstream_to_client", down);
                 debug!(%service, up, down, "relay done");
             }
             Err(e) => debug!(%service, error = %e, "relay ended with error"),
+        }
+    }
+
+    /// Wait until the service has endpoints; returns them with the hold deadline, or the
+    /// outcome that ended the wait. The deadline follows the service's policy once the
+    /// controller's assignment brings it (ms after the first connection of a service);
+    /// until then the flag.
+    async fn endpoints(
+        &self,
+        state: &mut watch::Receiver<SlotState>,
+        started: Instant,
+        client: &TcpStream,
+    ) -> Result<(Vec<SocketAddr>, tokio::time::Instant), &'static str> {
+        loop {
+            let (endpoints, hold_timeout) = {
+                let s = state.borrow_and_update();
+                let timeout = s.policy.map_or(self.timeouts.hold, |p| p.hold_timeout);
+                (s.endpoints.clone(), timeout)
+            };
+            let deadline = tokio::time::Instant::from_std(started + hold_timeout);
+            if tokio::time::Instant::now() >= deadline {
+                return Err(outcome::TIMEOUT);
+            }
+            if !endpoints.is_empty() {
+                return Ok((endpoints, deadline));
+            }
+            tokio::select! {
+                changed = state.changed() => {
+                    if changed.is_err() {
+                        return Err(outcome::TIMEOUT); // registry gone: shutting down
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => return Err(outcome::TIMEOUT),
+                () = client_gone(client) => return Err(outcome::CLIENT_CLOSED),
+            }
+        }
+    }
+
+    /// Count a wait for file descriptors; say so in the log the first time and every
+    /// 1000th after (a flood of these is one problem, not a thousand).
+    fn fd_wait(&self, service: &str, e: &std::io::Error) {
+        let before = self.metrics.fd_waits.inc();
+        if before.is_multiple_of(1000) {
+            warn!(
+                service,
+                error = %e,
+                waits = before + 1,
+                "out of file descriptors: held connections wait for relays to end (raise the holder's RLIMIT_NOFILE)"
+            );
         }
     }
 

@@ -44,6 +44,7 @@ pub struct Metrics {
     pub relay_bytes: Family<DirectionLabel, Counter>,
     pub refused: Family<ReasonLabel, Counter>,
     pub pushes: Counter,
+    pub fd_waits: Counter,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -60,6 +61,7 @@ impl Metrics {
             relay_bytes: Family::default(),
             refused: Family::default(),
             pushes: Counter::default(),
+            fd_waits: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("zenvoy_holder");
         r.register(
@@ -91,6 +93,11 @@ impl Metrics {
             "metric_pushes",
             "Pending-count pushes sent to the controller",
             m.pushes.clone(),
+        );
+        r.register(
+            "fd_waits",
+            "Times a connection waited for a file descriptor (to dial, or for relay pipes) instead of failing",
+            m.fd_waits.clone(),
         );
         m
     }

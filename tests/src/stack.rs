@@ -55,6 +55,30 @@ impl ServiceSpec {
         Ok(spec.with("protocol: http"))
     }
 
+    /// An echo service whose command waits at a gate: it starts listening only once the
+    /// test opens the [`Gate`], whatever the controller does. Connections made before
+    /// that are held, deterministically.
+    pub fn gated_echo(name: &str, dir: &Path) -> anyhow::Result<(Self, Gate)> {
+        let mut spec = Self::echo(name, dir)?;
+        let fifo = dir.join(format!("{name}.gate"));
+        let status = Command::new("mkfifo").arg(&fifo).status()?;
+        anyhow::ensure!(status.success(), "mkfifo {}: {status}", fifo.display());
+        // Read and write: opening a FIFO so never blocks, and the line written later
+        // waits in it even if the reader opens it after that.
+        let gate = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open(&fifo)?;
+        let quoted: Vec<String> = spec.command.iter().map(|a| format!("'{a}'")).collect();
+        let script = format!(
+            "read go < '{}' && exec {}",
+            fifo.display(),
+            quoted.join(" ")
+        );
+        spec.command = vec!["sh".into(), "-c".into(), script];
+        Ok((spec, Gate(gate)))
+    }
+
     pub fn with(mut self, yaml: &str) -> Self {
         self.extra.push(yaml.to_string());
         self
@@ -75,6 +99,18 @@ impl ServiceSpec {
     }
 }
 
+/// The write end of the FIFO a gated service's command reads one line from before it
+/// starts (see [`ServiceSpec::gated_echo`]).
+#[derive(Debug)]
+pub struct Gate(std::fs::File);
+
+impl Gate {
+    pub fn open(&self) -> std::io::Result<()> {
+        use std::io::Write;
+        (&self.0).write_all(b"go\n")
+    }
+}
+
 /// How the stack is put together.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -84,6 +120,8 @@ pub struct Options {
     /// Envoy stats flush interval.
     pub flush: Duration,
     pub holder_args: Vec<String>,
+    /// Run the holder with this open-file limit (soft and hard, via util-linux `prlimit`).
+    pub holder_nofile: Option<u64>,
     /// Add the shared Host-routed HTTP listener (`http.listen`, port chosen by the OS).
     pub http: bool,
     /// Scrape mode alone: no Envoy stats sink, holder `--no-push`; the controller scrapes
@@ -98,6 +136,7 @@ impl Default for Options {
             defaults: vec!["idleTimeout: 3s".into(), "holdTimeout: 30s".into()],
             flush: Duration::from_millis(500),
             holder_args: Vec::new(),
+            holder_nofile: None,
             http: false,
             scrape: None,
         }
@@ -236,7 +275,16 @@ impl Stack {
         .await?;
         let (grpc, controller_admin) = (addr(&c, "grpc")?, addr(&c, "admin")?);
 
-        let mut cmd = Command::new(bin("zenvoy-holder")?);
+        let mut cmd = match opts.holder_nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(bin("zenvoy-holder")?);
+                c
+            }
+            None => Command::new(bin("zenvoy-holder")?),
+        };
         cmd.arg("--listen")
             .arg(holder_listen.to_string())
             .arg("--admin")

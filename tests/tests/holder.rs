@@ -372,6 +372,63 @@ async fn a_per_service_port_holds_without_a_header_and_relays_byte_exact() {
     assert_eq!(metric(&st, &pending("other")).await, 1.0);
 }
 
+/// Out of file descriptors is back-pressure, not loss. The holder runs with 96 of them:
+/// enough to hold 40 clients, not to relay them all at once (each relay takes five more:
+/// the upstream socket and two pipes). Held connections whose dial or pipes fail for
+/// lack of descriptors stay held and are relayed as earlier relays end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_held_connections_wait_and_are_all_relayed() {
+    const CONNS: usize = 40;
+    const LEN: u64 = 64 * 1024;
+    let _cpu = CPU.read().await;
+    let dir = Stack::tempdir().expect("tempdir");
+    let (echo, gate) = ServiceSpec::gated_echo("echo", dir.path()).expect("gated echo");
+    let st = Stack::start(
+        dir,
+        Options {
+            services: vec![echo.with("idleTimeout: 10m")],
+            holder_nofile: Some(96),
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("stack starts");
+    let mut conns = Vec::new();
+    for _ in 0..CONNS {
+        conns.push(held_conn(&st, "echo").await);
+    }
+    wait_metric(&st, &pending("echo"), CONNS as f64).await;
+    gate.open().expect("open the gate");
+    let echoes = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| tokio::spawn(holder_client::echo_pattern(c, 100 + i as u64, LEN)))
+        .collect::<Vec<_>>();
+    for (i, e) in echoes.into_iter().enumerate() {
+        tokio::time::timeout(BOUND, e)
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "connection {i}: no full echo within {BOUND:?}\n{}",
+                    st.logs()
+                )
+            })
+            .expect("echo task")
+            .unwrap_or_else(|e| panic!("connection {i}: {e}\n{}", st.logs()));
+    }
+    assert_eq!(
+        metric(&st, "zenvoy_holder_relayed_total{service=\"echo\"}").await,
+        CONNS as f64
+    );
+    assert_eq!(metric(&st, &held("dial_failed")).await, 0.0);
+    let waits = metric(&st, "zenvoy_holder_fd_waits_total").await;
+    assert!(
+        waits > 0.0,
+        "the limit never bit (no fd waits): this test proves nothing\n{}",
+        st.logs()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gibibyte_each_way_is_relayed_byte_exact_with_half_close() {
     const GIB: u64 = 1 << 30;

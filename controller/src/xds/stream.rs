@@ -187,8 +187,7 @@ impl AdsStream {
                 sub.acked.retain(|n, _| names.contains(n));
                 sub.names = names;
             }
-            let subscribed: Vec<String> = sub.names.iter().cloned().collect();
-            cache.record_acks(self.id, &subscribed, &sub.acked);
+            cache.record_acks(self.id, type_url, &sub.names, &sub.acked);
         }
         self.push(type_url, cache)
     }

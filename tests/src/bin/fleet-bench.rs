@@ -584,7 +584,7 @@ async fn part_b(args: &Args) -> anyhow::Result<()> {
     ])
     .arg(format!("http://{grpc_addr}"))
     .env("RUST_LOG", "warn");
-    let _holder = Proc::spawn("holder", cmd, Some(&dir.path().join("holder.log")))?;
+    let holder = Proc::spawn("holder", cmd, Some(&dir.path().join("holder.log")))?;
     wait::until("the holder to listen", Duration::from_secs(30), || async {
         Ok(TcpStream::connect(holder_addr).await.ok().map(|_| ()))
     })
@@ -618,8 +618,16 @@ async fn part_b(args: &Args) -> anyhow::Result<()> {
         pct(99.0),
         lat[lat.len() - 1]
     );
+    // The controller ends its ADS and metrics streams on shutdown; the holder goes too
+    // (its held connections first, so its drain has nothing to wait for), and the wait
+    // is bounded so a regression fails here instead of hanging the bench.
     let _ = stop_tx.send(());
-    let _ = controller.await;
+    drop(conns);
+    drop(holder);
+    tokio::time::timeout(Duration::from_secs(10), controller)
+        .await
+        .context("the in-process controller did not stop within 10 s of shutdown")?
+        .context("controller task")??;
     Ok(())
 }
 

@@ -159,3 +159,50 @@ fn all_acked_waits_for_every_subscribed_stream() {
         "a closed stream does not hold the park"
     );
 }
+
+#[test]
+fn a_request_of_another_type_keeps_the_endpoint_acks() {
+    let (cache, m) = (cache_with(&["a"]), metrics());
+    cache.set(
+        ROUTE_TYPE,
+        resources::HTTP_LISTENER,
+        resources::any(resources::route_configuration(&[])),
+    );
+    let mut s = AdsStream::new(1);
+    let r = s.on_request(req(ENDPOINT_TYPE, &["a"], None), &cache, &m);
+    s.on_request(req(ENDPOINT_TYPE, &["a"], Some(&r[0])), &cache, &m);
+    let v: u64 = r[0].version_info.parse().expect("numeric version");
+    assert!(cache.all_acked("a", v));
+    // Envoy asks for (and ACKs) routes on the same stream.
+    let rds = s.on_request(
+        req(ROUTE_TYPE, &[resources::HTTP_LISTENER], None),
+        &cache,
+        &m,
+    );
+    s.on_request(
+        req(ROUTE_TYPE, &[resources::HTTP_LISTENER], Some(&rds[0])),
+        &cache,
+        &m,
+    );
+
+    // A park publishes the holder again; this stream has not ACKed it.
+    let up = Endpoints::Upstream(vec!["127.0.0.1:2000".parse().expect("addr")]);
+    let v2 = cache.set(
+        ENDPOINT_TYPE,
+        "a",
+        resources::any(resources::load_assignment("a", &up)),
+    );
+    assert!(v2 > v);
+    assert!(
+        !cache.all_acked("a", v2),
+        "the stream still subscribes to a and has not ACKed {v2}"
+    );
+    assert!(
+        cache.subscribed("a"),
+        "a route request is no EDS unsubscribe"
+    );
+    let r2 = s.on_change(&cache);
+    assert_eq!(r2.len(), 1);
+    s.on_request(req(ENDPOINT_TYPE, &["a"], Some(&r2[0])), &cache, &m);
+    assert!(cache.all_acked("a", v2));
+}
