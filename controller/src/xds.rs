@@ -112,8 +112,15 @@ impl Cache {
     }
 
     /// The version of a type and, for each requested name (all when `names` is None),
-    /// its entry.
-    fn read(&self, type_url: &str, names: Option<&[String]>) -> (u64, Vec<(String, Entry)>) {
+    /// its entry, when `wanted(name, version)`. Only wanted entries are cloned: a wake
+    /// changes one resource, and a stream subscribed to 10,000 must not copy them all
+    /// to find it.
+    fn read(
+        &self,
+        type_url: &str,
+        names: Option<&[String]>,
+        wanted: impl Fn(&str, u64) -> bool,
+    ) -> (u64, Vec<(String, Entry)>) {
         let inner = lock(&self.inner);
         let Some(ty) = inner.types.get(type_url) else {
             return (0, Vec::new());
@@ -122,14 +129,27 @@ impl Cache {
             None => ty
                 .resources
                 .iter()
+                .filter(|(n, e)| wanted(n, e.version))
                 .map(|(n, e)| (n.clone(), e.clone()))
                 .collect(),
             Some(names) => names
                 .iter()
-                .filter_map(|n| ty.resources.get(n).map(|e| (n.clone(), e.clone())))
+                .filter_map(|n| ty.resources.get(n).map(|e| (n, e)))
+                .filter(|(n, e)| wanted(n, e.version))
+                .map(|(n, e)| (n.clone(), e.clone()))
                 .collect(),
         };
         (ty.version, entries)
+    }
+
+    /// Of `names`, those the cache has no resource of this type for.
+    fn missing<'n>(&self, type_url: &str, names: impl Iterator<Item = &'n String>) -> Vec<String> {
+        let inner = lock(&self.inner);
+        let ty = inner.types.get(type_url);
+        names
+            .filter(|n| !ty.is_some_and(|t| t.resources.contains_key(n.as_str())))
+            .cloned()
+            .collect()
     }
 
     fn subscribe(&self) -> watch::Receiver<u64> {

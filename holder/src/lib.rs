@@ -22,6 +22,7 @@ pub mod proxy;
 pub mod push;
 pub mod relay;
 pub mod server;
+pub mod sys;
 pub mod telemetry;
 pub mod xds;
 

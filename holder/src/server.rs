@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -232,7 +233,7 @@ impl Server {
         debug!(%service, "held");
         let mut state = ticket.state();
         let mut backoff = FD_BACKOFF_MIN;
-        let (dialed, deadline) = loop {
+        let dialed = loop {
             let (endpoints, deadline) = match self.endpoints(&mut state, started, &client).await {
                 Ok(x) => x,
                 Err(o) => {
@@ -243,7 +244,7 @@ impl Server {
             };
             let start = self.next.fetch_add(1, Ordering::Relaxed);
             let first = endpoints[start % endpoints.len()];
-            let dialed = match relay::reserve(Some(first)).await {
+            let dialed = match relay::reserve(first) {
                 Ok(mut reserved) => {
                     relay::dial(&endpoints, start, self.timeouts.connect, &mut reserved)
                         .await
@@ -264,13 +265,13 @@ impl Server {
                     }
                     backoff = (backoff * 2).min(FD_BACKOFF_MAX);
                 }
-                other => break (other, deadline),
+                other => break other,
             }
         };
         // The connection leaves the queue either way.
         drop(ticket);
         self.metrics.pending.get_or_create(&label).dec();
-        let (mut upstream, mut reserved) = match dialed {
+        let (upstream, reserved) = match dialed {
             Ok(u) => u,
             Err(e) => {
                 warn!(%service, error = %e, "dial failed; closing held client");
@@ -280,41 +281,22 @@ impl Server {
         held(outcome::RELAYED);
         self.metrics.relayed.get_or_create(&label).inc();
         let _ = client.set_nodelay(true);
-        let mut backoff = FD_BACKOFF_MIN;
-        let relayed = 'relay: loop {
-            match relay::relay(&mut client, &mut upstream, reserved).await {
-                // Another fd consumer (accept) took the pipes' descriptors between the
-                // hand-over and tokio-splice: nothing moved; reserve again.
-                Err(e)
-                    if relay::out_of_descriptors(&e) && tokio::time::Instant::now() < deadline =>
-                {
-                    self.fd_wait(&service, &e);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(FD_BACKOFF_MAX);
-                    reserved = loop {
-                        match relay::reserve(None).await {
-                            Ok(r) => break r,
-                            Err(e)
-                                if relay::out_of_descriptors(&e)
-                                    && tokio::time::Instant::now() < deadline =>
-                            {
-                                self.fd_wait(&service, &e);
-                                tokio::time::sleep(backoff).await;
-                                backoff = (backoff * 2).min(FD_BACKOFF_MAX);
-                            }
-                            Err(e) => break 'relay Err(e),
-                        }
-                    };
-                }
-                r => break r,
-            }
-        };
+        let up = self.bytes_counter("client_to_upstream");
+        let down = self.bytes_counter("upstream_to_client");
+        let relayed = relay::relay(
+            &client,
+            &upstream,
+            reserved,
+            |n| {
+                up.inc_by(n);
+            },
+            |n| {
+                down.inc_by(n);
+            },
+        )
+        .await;
         match relayed {
-            Ok((up, down)) => {
-                self.bytes("client_to_upstream", up);
-                self.bytes("upstream_to_client", down);
-                debug!(%service, up, down, "relay done");
-            }
+            Ok((up, down)) => debug!(%service, up, down, "relay done"),
             Err(e) => debug!(%service, error = %e, "relay ended with error"),
         }
     }
@@ -368,10 +350,10 @@ impl Server {
         }
     }
 
-    fn bytes(&self, direction: &'static str, n: u64) {
+    fn bytes_counter(&self, direction: &'static str) -> Counter {
         self.metrics
             .relay_bytes
             .get_or_create(&DirectionLabel { direction })
-            .inc_by(n);
+            .clone()
     }
 }

@@ -114,22 +114,20 @@ impl DeltaStream {
             return Vec::new();
         };
         let names: Vec<String> = sub.names.iter().cloned().collect();
-        let (type_version, entries) = if sub.wildcard {
-            cache.read(type_url, None)
+        let sent = &sub.sent;
+        let unsent = |n: &str, version: u64| sent.get(n) != Some(&version);
+        let (type_version, changed) = if sub.wildcard {
+            cache.read(type_url, None, unsent)
         } else {
-            cache.read(type_url, Some(&names))
+            cache.read(type_url, Some(&names), unsent)
         };
-        let present: std::collections::HashSet<&str> =
-            entries.iter().map(|(n, _)| n.as_str()).collect();
+        // Sent before, gone now: removed from the cache, or (named) unsubscribed.
+        let gone = cache.missing(type_url, sub.sent.keys());
         let removed: Vec<String> = sub
             .sent
             .keys()
-            .filter(|n| !present.contains(n.as_str()))
+            .filter(|n| gone.contains(n) || (!sub.wildcard && !sub.names.contains(*n)))
             .cloned()
-            .collect();
-        let changed: Vec<_> = entries
-            .into_iter()
-            .filter(|(n, e)| sub.sent.get(n) != Some(&e.version))
             .collect();
         if changed.is_empty() && removed.is_empty() {
             return Vec::new();

@@ -214,7 +214,7 @@ impl AdsStream {
             return Vec::new();
         };
         let (type_version, entries) = if wildcard(type_url) {
-            let (v, entries) = cache.read(type_url, None);
+            let (v, entries) = cache.read(type_url, None, |_, _| true);
             if sub.sent_type_version == Some(v) || (v == 0 && sub.sent_type_version.is_some()) {
                 return Vec::new();
             }
@@ -222,11 +222,10 @@ impl AdsStream {
             (v, entries)
         } else {
             let names: Vec<String> = sub.names.iter().cloned().collect();
-            let (v, entries) = cache.read(type_url, Some(&names));
-            let changed: Vec<_> = entries
-                .into_iter()
-                .filter(|(n, e)| sub.sent.get(n) != Some(&e.version))
-                .collect();
+            let sent = &sub.sent;
+            let (v, changed) = cache.read(type_url, Some(&names), |n, version| {
+                sent.get(n) != Some(&version)
+            });
             if changed.is_empty() {
                 return Vec::new();
             }

@@ -74,6 +74,11 @@ struct Args {
     /// Run one measure only.
     #[arg(long, value_enum)]
     only: Option<Measure>,
+    /// HAProxy's `tune.pipesize` (bytes); unset, HAProxy's default (the kernel's 64 KiB).
+    /// The holder asks for 1 MiB pipes: `--haproxy-pipesize 1048576` compares like with
+    /// like.
+    #[arg(long)]
+    haproxy_pipesize: Option<usize>,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -365,13 +370,18 @@ fn wait_listening(proc: &mut Proc, addrs: &[SocketAddr]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn start_haproxy(sink: SocketAddr, source: SocketAddr) -> anyhow::Result<Relay> {
+fn start_haproxy(
+    sink: SocketAddr,
+    source: SocketAddr,
+    pipesize: Option<usize>,
+) -> anyhow::Result<Relay> {
     let haproxy = which("haproxy")?;
     let dir = tempfile::tempdir()?;
     let (up, down) = (free_port()?, free_port()?);
     // TCP mode, splice(2) forced both ways (the holder splices too), defaults otherwise.
+    let tune = pipesize.map_or(String::new(), |n| format!("    tune.pipesize {n}\n"));
     let cfg = format!(
-        "global\n    maxconn 1000\n\
+        "global\n    maxconn 1000\n{tune}\
          defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n    option splice-request\n    option splice-response\n\
          frontend up\n    bind {up}\n    default_backend sink\n\
          backend sink\n    server sink {sink}\n\
@@ -652,7 +662,7 @@ async fn measure_relay(ctl: &Controller, args: &Args) -> anyhow::Result<()> {
     let (sink_addr, sunk) = sink()?;
     let source_addr = source()?;
     let holder = start_holder_relay(ctl, sink_addr, source_addr).await?;
-    let haproxy = start_haproxy(sink_addr, source_addr)?;
+    let haproxy = start_haproxy(sink_addr, source_addr, args.haproxy_pipesize)?;
     let socat = start_socat(sink_addr, source_addr)?;
     let relays = vec![holder, haproxy, socat];
     println!(

@@ -61,7 +61,7 @@ fn wildcard_then_one_resource_per_change() {
 #[test]
 fn initial_versions_are_not_resent_and_unsubscribe_stops_updates() {
     let (c, m) = (cache(), Metrics::register(&mut Registry::default()));
-    let (_, entries) = c.read(ENDPOINT_TYPE, Some(&["a".to_string()]));
+    let (_, entries) = c.read(ENDPOINT_TYPE, Some(&["a".to_string()]), |_, _| true);
     let current = entries[0].1.version;
     let mut s = DeltaStream::new(1);
     let mut r = req(ENDPOINT_TYPE, &["a", "b"], "");
