@@ -100,16 +100,8 @@ impl Drop for Ticket {
         let slots = lock(&self.hold.slots);
         let was = self.slot.pending.fetch_sub(1, Ordering::AcqRel);
         if was == 1 {
-            // The last held connection of this service is gone: the xDS client drops the
-            // subscription, so the endpoints known now will not be kept current. Forget
-            // them; the next connection waits for a fresh assignment instead of dialing a
-            // service that may have been parked since. (Under the lock: an admit that
-            // races this drop sees either the old count or the cleared endpoints.)
-            self.slot.state.send_if_modified(|s| {
-                let had = !s.endpoints.is_empty();
-                s.endpoints.clear();
-                had
-            });
+            // The last held connection of this service is gone: the xDS client may drop
+            // the subscription (see `forget_endpoints`).
             self.hold.names_changed.send_modify(|g| *g += 1);
         }
         drop(slots);
@@ -184,18 +176,35 @@ impl Hold {
         policy: Option<ServicePolicy>,
     ) {
         if let Some(slot) = lock(&self.slots).get(service) {
-            // An assignment that arrives after the last held connection left (the
-            // unsubscribe crossed it) would go stale: only the policy is kept.
-            let held = slot.pending.load(Ordering::Acquire) > 0;
             slot.state.send_if_modified(|s| {
                 let next = SlotState {
-                    endpoints: if held { endpoints } else { Vec::new() },
+                    endpoints,
                     policy: policy.or(s.policy),
                 };
                 let changed = *s != next;
                 *s = next;
                 changed
             });
+        }
+    }
+
+    /// The xDS client no longer subscribes to `services`, so their endpoints will not be
+    /// kept current: forget them (a policy is kept), unless a connection was held for
+    /// one meanwhile (it is back in the next subscription, and its endpoints are as
+    /// fresh as a moment ago). The next connection then waits for a fresh assignment
+    /// instead of dialing a service that may have been parked since.
+    pub fn forget_endpoints(&self, services: &[String]) {
+        let slots = lock(&self.slots);
+        for name in services {
+            if let Some(slot) = slots.get(name) {
+                if slot.pending.load(Ordering::Acquire) == 0 {
+                    slot.state.send_if_modified(|s| {
+                        let had = !s.endpoints.is_empty();
+                        s.endpoints.clear();
+                        had
+                    });
+                }
+            }
         }
     }
 
@@ -290,7 +299,7 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_are_forgotten_with_the_last_held_connection() {
+    fn endpoints_are_forgotten_when_the_subscription_drops() {
         let h = hold(10, 10, 10);
         let ep: SocketAddr = "127.0.0.1:9".parse().expect("addr");
         let policy = ServicePolicy {
@@ -300,8 +309,16 @@ mod tests {
         let t = h.admit("svc").expect("admit");
         h.set_state("svc", vec![ep], Some(policy));
         drop(t);
+        // Still subscribed (the xDS client has not sent the change yet): still current.
+        let t = h.admit("svc").expect("admit");
+        assert_eq!(t.state().borrow().endpoints, vec![ep]);
+        // Forgetting a service that holds a connection again does nothing.
+        h.forget_endpoints(&["svc".to_string()]);
+        assert_eq!(t.state().borrow().endpoints, vec![ep]);
+        drop(t);
         // Unsubscribed: these endpoints will not be kept current, so a new connection
         // must wait for a fresh assignment; the policy is kept.
+        h.forget_endpoints(&["svc".to_string()]);
         let t = h.admit("svc").expect("admit");
         let state = t.state().borrow().clone();
         assert_eq!(

@@ -147,10 +147,26 @@ async fn stream_once(controller: &str, node: &Node, hold: &Hold) -> Result<(), t
                 if changed.is_err() {
                     return Ok(());
                 }
-                names = hold.names();
-                debug!(subscribed = names.len(), "subscription changed");
+                let next = hold.names();
+                if next == names {
+                    // A service lost its last held connection and got a new one before
+                    // this task looked: still subscribed, its endpoints still current.
+                    continue;
+                }
+                // Both sorted.
+                let dropped: Vec<String> = names
+                    .iter()
+                    .filter(|n| next.binary_search(n).is_err())
+                    .cloned()
+                    .collect();
+                names = next;
+                debug!(subscribed = names.len(), dropped = dropped.len(), "subscription changed");
                 if tx.send(request(node, names.clone(), last.as_ref())).await.is_err() {
                     return Ok(());
+                }
+                hold.forget_endpoints(&dropped);
+                for n in &dropped {
+                    known.remove(n);
                 }
             }
             msg = inbound.message() => {
@@ -160,6 +176,8 @@ async fn stream_once(controller: &str, node: &Node, hold: &Hold) -> Result<(), t
                 let mut error = None;
                 for any in &resp.resources {
                     match ClusterLoadAssignment::decode(any.value.as_slice()) {
+                        // One that crossed an unsubscribe would not be kept current.
+                        Ok(cla) if names.binary_search(&cla.cluster_name).is_err() => {}
                         Ok(cla) => {
                             let eps = upstreams(&cla);
                             if known.get(&cla.cluster_name) != Some(&eps) {
