@@ -208,6 +208,13 @@ impl Hold {
         }
     }
 
+    /// Forget the endpoints of every service without held connections (a new xDS stream
+    /// will not subscribe to them).
+    pub fn forget_unheld_endpoints(&self) {
+        let names: Vec<String> = lock(&self.slots).keys().cloned().collect();
+        self.forget_endpoints(&names);
+    }
+
     /// The services with held connections now (the xDS subscription), sorted. Only these:
     /// a holder that has seen thousands of services must not make every request and
     /// every ACK carry all their names.
@@ -328,6 +335,21 @@ mod tests {
                 policy: Some(policy)
             }
         );
+    }
+
+    #[test]
+    fn a_new_xds_stream_forgets_endpoints_of_services_without_connections() {
+        let h = hold(10, 10, 10);
+        let ep: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        let held = h.admit("held").expect("admit");
+        let gone = h.admit("gone").expect("admit");
+        h.set_state("held", vec![ep], None);
+        h.set_state("gone", vec![ep], None);
+        drop(gone);
+        h.forget_unheld_endpoints();
+        assert_eq!(held.state().borrow().endpoints, vec![ep]);
+        let again = h.admit("gone").expect("admit");
+        assert!(again.state().borrow().endpoints.is_empty());
     }
 
     #[test]

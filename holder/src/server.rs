@@ -94,6 +94,8 @@ pub struct Server {
     pub metrics: Arc<Metrics>,
     pub timeouts: Timeouts,
     next: AtomicUsize,
+    /// Connections waiting for file descriptors now; while any do, nothing is accepted.
+    fd_waiting: AtomicUsize,
 }
 
 impl Server {
@@ -103,6 +105,7 @@ impl Server {
             metrics,
             timeouts,
             next: AtomicUsize::new(0),
+            fd_waiting: AtomicUsize::new(0),
         })
     }
 
@@ -156,6 +159,14 @@ impl Server {
         };
         tokio::pin!(stopped);
         loop {
+            // Held connections waiting for descriptors go first: an accept would take
+            // one they need, and the client waits unharmed in the accept queue.
+            while self.fd_waiting.load(Ordering::Acquire) > 0 {
+                tokio::select! {
+                    () = tokio::time::sleep(FD_BACKOFF_MIN) => {}
+                    () = &mut stopped => return,
+                }
+            }
             let (stream, peer) = tokio::select! {
                 r = listener.accept() => match r {
                     Ok(x) => x,
@@ -257,11 +268,20 @@ impl Server {
                 Err(DialError::NoDescriptors(e)) => {
                     // Out of file descriptors: the connection stays held (it is still
                     // in its queue) until a relay ends and frees some, or its hold ends.
+                    // Meanwhile the listeners stop accepting (see `accept`), so new
+                    // clients wait in the kernel's accept queue instead of taking the
+                    // descriptors a relay needs.
                     self.fd_wait(&service, &e);
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = tokio::time::sleep_until(deadline) => {}
-                        () = client_gone(&client) => {}
+                    self.fd_waiting.fetch_add(1, Ordering::AcqRel);
+                    let gone = tokio::select! {
+                        () = tokio::time::sleep(backoff) => false,
+                        () = tokio::time::sleep_until(deadline) => false,
+                        () = client_gone(&client) => true,
+                    };
+                    self.fd_waiting.fetch_sub(1, Ordering::AcqRel);
+                    if gone {
+                        self.metrics.pending.get_or_create(&label).dec();
+                        return held(outcome::CLIENT_CLOSED);
                     }
                     backoff = (backoff * 2).min(FD_BACKOFF_MAX);
                 }

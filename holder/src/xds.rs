@@ -128,9 +128,13 @@ async fn stream_once(controller: &str, node: &Node, hold: &Hold) -> Result<(), t
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let mut client = AggregatedDiscoveryServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(16);
+    // Seen before the names are read: a change made after this read is not lost.
     let mut names_rx = hold.watch_names();
+    names_rx.borrow_and_update();
+    // While there was no stream nothing kept any endpoints current: forget those of
+    // services without held connections (they are not in this subscription).
+    hold.forget_unheld_endpoints();
     let mut names = hold.names();
-    names_rx.mark_unchanged();
     if !names.is_empty() {
         let _ = tx.send(request(node, names.clone(), None)).await;
     }

@@ -32,7 +32,10 @@ impl<'a> Sample<'a> {
 
 /// The metric name a sample line starts with (the whole line for a malformed one).
 pub fn metric_name(line: &str) -> &str {
-    let end = line.find(['{', ' ', '\t']).unwrap_or(line.len());
+    let end = line
+        .bytes()
+        .position(|b| matches!(b, b'{' | b' ' | b'\t'))
+        .unwrap_or(line.len());
     &line[..end]
 }
 
