@@ -233,10 +233,16 @@ impl AdsStream {
         };
         self.nonce += 1;
         let nonce = self.nonce.to_string();
+        // Per-resource versions matter for named types (what changed since; what the
+        // two-phase park waits to see ACKed). A wildcard type is sent whole at a type
+        // version: remembering 10,000 names per stream for it would buy nothing.
+        let named = !wildcard(type_url);
         let mut resources = Vec::with_capacity(entries.len());
-        let mut versions = Vec::with_capacity(entries.len());
+        let mut versions = Vec::with_capacity(if named { entries.len() } else { 0 });
         for (name, e) in entries {
-            versions.push((name, e.version));
+            if named {
+                versions.push((name, e.version));
+            }
             resources.push(e.any);
         }
         sub.record_sent(nonce.clone(), versions);
