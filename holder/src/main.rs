@@ -87,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         builder.init();
     }
-    raise_nofile();
+    raise_nofile(args.max_pending_total);
     let listeners = bind(&args)?;
     for (l, ingress) in &listeners {
         info!(address = ?l.local_addr().ok(), ingress = ingress.kind(), "listening");
@@ -121,15 +121,40 @@ async fn main() -> anyhow::Result<()> {
 /// Each held connection is one descriptor and each relay five more (the upstream socket
 /// and two pipes): raise the soft RLIMIT_NOFILE to the hard limit, as Go's runtime does
 /// for every program, so the holder is not stopped at the common soft default of 1024.
-fn raise_nofile() {
+fn raise_nofile(max_pending_total: usize) {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
+    let limit = match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => info!(from = soft, to = hard, "raised the open-file limit"),
-            Err(e) => warn!(soft, hard, error = %e, "cannot raise the open-file limit"),
+            Ok(()) => {
+                info!(from = soft, to = hard, "raised the open-file limit");
+                hard
+            }
+            Err(e) => {
+                warn!(soft, hard, error = %e, "cannot raise the open-file limit");
+                soft
+            }
         },
-        Ok((soft, _)) => info!(limit = soft, "open-file limit"),
-        Err(e) => warn!(error = %e, "cannot read the open-file limit"),
+        Ok((soft, _)) => {
+            info!(limit = soft, "open-file limit");
+            soft
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot read the open-file limit");
+            return;
+        }
+    };
+    // Held connections take one descriptor each; relays need five more each while
+    // they run. Below this the hold queue itself cannot fill (new clients wait in the
+    // kernel's accept queue); above it, relays of a full queue may wait their turn for
+    // descriptors, which loses nothing (README: file descriptors).
+    let want = (max_pending_total as u64).saturating_add(256);
+    if limit < want {
+        warn!(
+            limit,
+            max_pending_total,
+            wanted = want,
+            "open-file limit below --max-pending-total + 256: the hold queue cannot fill"
+        );
     }
 }
 

@@ -93,7 +93,13 @@ async fn main() -> anyhow::Result<()> {
         "It parks again after its idleTimeout (15s in {}). Ctrl-C stops everything.",
         args.config.display()
     );
-    tokio::signal::ctrl_c().await?;
+    // Ctrl-C, or SIGTERM (`timeout`, `kill`, a supervisor): either way the processes this
+    // started are stopped by their guards on the way out, not orphaned.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
     println!("stopping");
     Ok(())
 }
