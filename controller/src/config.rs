@@ -671,5 +671,66 @@ fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
     Err(invalid(field, name, reason))
 }
 
+/// Why a valid new document cannot replace the running one without a restart.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: changing it needs a restart (only the timeouts and limits of existing services reload)")]
+pub struct NeedsRestart {
+    /// Path in the document, e.g. `services[2].upstream` or `controller`.
+    pub field: String,
+}
+
+/// What a reload changes: per service whose policy differs, the new policy. Everything
+/// else must be unchanged: listeners, addresses, commands and the set of services are
+/// wired into Envoy, the holder and the backend at start.
+///
+/// # Errors
+/// [`NeedsRestart`] naming the first field that differs and cannot be reloaded.
+pub fn policy_changes(old: &Config, new: &Config) -> Result<Vec<(String, Policy)>, NeedsRestart> {
+    let restart = |field: &str| NeedsRestart {
+        field: field.to_string(),
+    };
+    if old.controller != new.controller {
+        return Err(restart("controller"));
+    }
+    if old.holder != new.holder {
+        return Err(restart("holder"));
+    }
+    if old.http != new.http {
+        return Err(restart("http"));
+    }
+    if old.scrape != new.scrape {
+        return Err(restart("scrape"));
+    }
+    if old.services.len() != new.services.len() {
+        return Err(restart("services"));
+    }
+    let mut changes = Vec::new();
+    for (i, (o, n)) in old.services.iter().zip(&new.services).enumerate() {
+        let at = |key: &str| restart(&format!("services[{i}].{key}"));
+        if o.name != n.name {
+            return Err(at("name"));
+        }
+        if o.protocol != n.protocol {
+            return Err(at("protocol"));
+        }
+        if o.listen != n.listen {
+            return Err(at("listen"));
+        }
+        if o.namespace != n.namespace || o.domains != n.domains {
+            return Err(at("domains"));
+        }
+        if o.upstream != n.upstream {
+            return Err(at("upstream"));
+        }
+        if o.command != n.command {
+            return Err(at("command"));
+        }
+        if o.policy != n.policy {
+            changes.push((n.name.clone(), n.policy));
+        }
+    }
+    Ok(changes)
+}
+
 #[cfg(test)]
 mod tests;

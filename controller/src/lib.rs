@@ -17,6 +17,7 @@ pub mod admin;
 pub mod backend;
 pub mod config;
 pub mod ingest;
+pub mod reload;
 pub mod runtime;
 pub mod telemetry;
 pub mod xds;
@@ -48,9 +49,11 @@ pub enum RunError {
     Admin(#[from] std::io::Error),
 }
 
-/// Run the controller with the process backend on bound listeners until `shutdown`.
+/// Run the controller with the process backend on bound listeners until `shutdown`,
+/// reloading the config file's timeouts and limits when `reload` is given.
 pub async fn run(
     config: Config,
+    reload: Option<reload::Reload>,
     grpc: TcpListener,
     admin: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -61,12 +64,24 @@ pub async fn run(
             .iter()
             .map(|s| (s.name.clone(), s.upstream, s.command.clone())),
     );
-    run_with(config, Arc::new(backend), grpc, admin, shutdown).await
+    run_with_reload(config, reload, Arc::new(backend), grpc, admin, shutdown).await
 }
 
-/// Run the controller with any backend.
+/// Run the controller with any backend (no config reload).
 pub async fn run_with<B: Backend>(
     config: Config,
+    backend: Arc<B>,
+    grpc: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    run_with_reload(config, None, backend, grpc, admin, shutdown).await
+}
+
+/// Run the controller with any backend, reloading when `reload` is given.
+pub async fn run_with_reload<B: Backend>(
+    config: Config,
+    reload: Option<reload::Reload>,
     backend: Arc<B>,
     grpc: TcpListener,
     admin: TcpListener,
@@ -108,9 +123,22 @@ pub async fn run_with<B: Backend>(
             stopped(),
         ))
     });
-    // Everything has taken what it needs; this async fn would otherwise keep the whole
-    // parsed document (MBs at 10,000 services) until the controller stops.
-    drop(config);
+    // The watcher keeps the config in force (to compare the next one with); without it
+    // this async fn would keep the whole parsed document (MBs at 10,000 services) until
+    // the controller stops.
+    let reloading = match reload {
+        Some(r) => Some(tokio::spawn(reload::run(
+            r,
+            config,
+            events_tx.clone(),
+            metrics.clone(),
+            stopped(),
+        ))),
+        None => {
+            drop(config);
+            None
+        }
+    };
 
     // The gRPC server's graceful shutdown waits for open requests, and ADS and metrics
     // streams never end on their own: each one ends itself on the same stop signal.
@@ -137,6 +165,9 @@ pub async fn run_with<B: Backend>(
     let _ = runtime.await;
     if let Some(s) = scraping {
         let _ = s.await;
+    }
+    if let Some(r) = reloading {
+        let _ = r.await;
     }
     grpc?;
     admin?;

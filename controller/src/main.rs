@@ -20,6 +20,10 @@ struct Args {
     /// listening; useful with port 0.
     #[arg(long)]
     address_file: Option<PathBuf>,
+    /// How often the config file is read again; a change to services' timeouts and
+    /// limits applies without a restart (anything else is rejected and logged).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    reload_interval: std::time::Duration,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "ZENVOY_LOG_JSON")]
     log_json: bool,
@@ -43,7 +47,11 @@ async fn main() -> anyhow::Result<()> {
         });
         write_atomically(path, &json.to_string())?;
     }
-    zenvoy_controller::run(config, grpc, admin, shutdown_signal()).await?;
+    let reload = zenvoy_controller::reload::Reload {
+        path: args.config.clone(),
+        interval: args.reload_interval,
+    };
+    zenvoy_controller::run(config, Some(reload), grpc, admin, shutdown_signal()).await?;
     Ok(())
 }
 

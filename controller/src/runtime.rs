@@ -45,6 +45,10 @@ pub enum Event {
         service: String,
         result: Result<Vec<SocketAddr>, String>,
     },
+    /// The config file changed these services' timeouts and limits.
+    Reload {
+        policies: Vec<(String, crate::config::Policy)>,
+    },
 }
 
 struct Service {
@@ -61,6 +65,15 @@ fn hold_policy(p: &crate::config::Policy) -> HoldPolicy {
     HoldPolicy {
         hold_timeout: p.hold_timeout,
         max_pending: p.max_pending,
+    }
+}
+
+fn timing(p: &crate::config::Policy) -> Timing {
+    Timing {
+        idle_timeout: p.idle_timeout,
+        min_warm: p.min_warm,
+        wake_timeout: p.wake_timeout,
+        park_ack_timeout: p.park_ack_timeout,
     }
 }
 
@@ -100,12 +113,7 @@ impl<B: Backend> Runtime<B> {
             .services
             .iter()
             .map(|s| {
-                let timing = Timing {
-                    idle_timeout: s.policy.idle_timeout,
-                    min_warm: s.policy.min_warm,
-                    wake_timeout: s.policy.wake_timeout,
-                    park_ack_timeout: s.policy.park_ack_timeout,
-                };
+                let timing = timing(&s.policy);
                 cache.set(
                     CLUSTER_TYPE,
                     &s.name,
@@ -209,6 +217,11 @@ impl<B: Backend> Runtime<B> {
                     self.set_pending(&service, pending, now);
                 }
             }
+            Event::Reload { policies } => {
+                for (service, policy) in policies {
+                    self.reload(&service, &policy);
+                }
+            }
             Event::WakeDone { service, result } => match result {
                 Ok(endpoints) => {
                     if let Some(s) = self.services.get_mut(&service) {
@@ -228,6 +241,28 @@ impl<B: Backend> Runtime<B> {
                 }
             },
         }
+    }
+
+    /// New timeouts and limits for `service`: the state machine uses them from its next
+    /// step; a holder endpoint published now carries the new hold policy to the holders.
+    fn reload(&mut self, service: &str, policy: &crate::config::Policy) {
+        let Some(s) = self.services.get_mut(service) else {
+            return;
+        };
+        s.timing = timing(policy);
+        let hold = hold_policy(policy);
+        if hold != s.hold_policy {
+            s.hold_policy = hold;
+            if matches!(
+                s.state,
+                State::Parked | State::Parking { .. } | State::Waking { .. }
+            ) {
+                let cla =
+                    resources::load_assignment(service, &Endpoints::Holder(self.holder, hold));
+                s.holder_version = self.cache.set(ENDPOINT_TYPE, service, resources::any(cla));
+            }
+        }
+        info!(service, ?policy, "policy reloaded");
     }
 
     fn set_pending(&mut self, service: &str, pending: f64, now: Instant) {

@@ -64,6 +64,11 @@ impl From<&'static str> for TypeLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabel {
     pub source: &'static str,
 }
@@ -81,6 +86,7 @@ pub struct Metrics {
     pub xds_nacks: Family<TypeLabel, Counter>,
     pub ingest_samples: Family<SourceLabel, Counter>,
     pub ingest_errors: Family<SourceLabel, Counter>,
+    pub config_reloads: Family<ResultLabel, Counter>,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -102,8 +108,14 @@ impl Metrics {
             xds_nacks: Family::default(),
             ingest_samples: Family::default(),
             ingest_errors: Family::default(),
+            config_reloads: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("zenvoy");
+        r.register(
+            "config_reloads",
+            "Config file changes seen, by result (applied, rejected: invalid or needing a restart)",
+            m.config_reloads.clone(),
+        );
         r.register(
             "service_state",
             "1 for the state each service is in, 0 otherwise",

@@ -580,3 +580,65 @@ async fn the_configs_hold_timeout_reaches_the_holder() {
     let timeouts = "zenvoy_holder_held_seconds_count{outcome=\"timeout\"}";
     assert_eq!(st.holder_metric(timeouts).await.expect("metrics"), 1.0);
 }
+
+/// Rewrite the controller's config file in one step (what a ConfigMap update or an
+/// editor's save-and-rename does): the controller never reads half a file.
+fn rewrite_config(st: &Stack, from: &str, to: &str) {
+    let path = st.dir.path().join("zenvoy.yaml");
+    let text = std::fs::read_to_string(&path).expect("read config");
+    assert!(text.contains(from), "config has no {from:?}:\n{text}");
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text.replace(from, to)).expect("write config");
+    std::fs::rename(&tmp, &path).expect("replace config");
+}
+
+async fn wait_reloads(st: &Stack, result: &str, want: f64) {
+    let series = format!("zenvoy_config_reloads_total{{result=\"{result}\"}}");
+    wait::until(&format!("{series} to be {want}"), BOUND, || async {
+        let v = st.controller_metric(&series).await?;
+        Ok((v == want).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", st.logs()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_idle_timeout_applies_without_a_restart_and_an_invalid_edit_is_rejected() {
+    let st = stack(|d| Ok(vec![ServiceSpec::echo("echo", d)?.with("idleTimeout: 10m")])).await;
+    let addr = st.listener("echo").await.expect("listener");
+    echo_roundtrip(addr, &payload(1, 1000))
+        .await
+        .unwrap_or_else(|e| panic!("wake: {e}\n{}", st.logs()));
+    let pid = st.service("echo").running_pid().expect("awake");
+
+    // Invalid: rejected, counted, and the running config stays (10m: still awake).
+    rewrite_config(&st, "    idleTimeout: 10m", "    idleTimeout: 0s");
+    wait_reloads(&st, "rejected", 1.0).await;
+    // A change that needs a restart is refused the same way.
+    rewrite_config(
+        &st,
+        "    idleTimeout: 0s",
+        "    idleTimeout: 10m\n    namespace: other",
+    );
+    wait_reloads(&st, "rejected", 2.0).await;
+    assert_eq!(
+        st.controller_metric("zenvoy_config_reloads_total{result=\"applied\"}")
+            .await
+            .expect("metrics"),
+        0.0
+    );
+    assert_eq!(st.service("echo").running_pid(), Some(pid), "still awake");
+
+    // Valid: the service parks after the new idle timeout, with no restart.
+    rewrite_config(
+        &st,
+        "    idleTimeout: 10m\n    namespace: other",
+        "    idleTimeout: 1s",
+    );
+    wait_reloads(&st, "applied", 1.0).await;
+    wait_parked(&st, "echo").await;
+    // And the loop still works: a connection wakes it again.
+    echo_roundtrip(addr, &payload(2, 1000))
+        .await
+        .unwrap_or_else(|e| panic!("wake after reload: {e}\n{}", st.logs()));
+}

@@ -584,3 +584,37 @@ fn scrape_targets() {
     ));
     assert_eq!(field, "scrape.interval");
 }
+
+#[test]
+fn a_reload_changes_policies_and_nothing_else() {
+    let old = ok(&format!("defaults:\n  idleTimeout: 5m\n{SERVICE}"));
+    // Same document: nothing to do.
+    assert_eq!(policy_changes(&old, &old), Ok(Vec::new()));
+    // A new default reaches the service; a per-service override too.
+    let new = ok(&format!(
+        "defaults:\n  idleTimeout: 1s\n{SERVICE}    maxPending: 7\n"
+    ));
+    let changes = policy_changes(&old, &new).expect("reloadable");
+    assert_eq!(changes.len(), 1);
+    let (name, policy) = &changes[0];
+    assert_eq!(name, "echo");
+    assert_eq!(policy.idle_timeout, Duration::from_secs(1));
+    assert_eq!(policy.max_pending, 7);
+    // Wiring changes are named and refused.
+    let moved = ok(&SERVICE.replace("127.0.0.1:18080", "127.0.0.1:18081"));
+    let e = policy_changes(&old, &moved).expect_err("upstream moved");
+    assert_eq!(e.field, "services[0].upstream");
+    assert_eq!(
+        e.to_string(),
+        "services[0].upstream: changing it needs a restart (only the timeouts and limits of existing services reload)"
+    );
+    let more = ok(&format!(
+        "{SERVICE}  - name: two\n    listen: 127.0.0.1:10001\n    upstream: 127.0.0.1:18082\n    command: [x]\n"
+    ));
+    assert_eq!(
+        policy_changes(&old, &more)
+            .expect_err("a new service")
+            .field,
+        "services"
+    );
+}

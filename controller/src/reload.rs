@@ -1,0 +1,83 @@
+//! Hot reload of the config file: poll it, and when its text changes, validate it and
+//! hand the services' new timeouts and limits to the runtime. A document that is invalid,
+//! or that changes what needs a restart, is rejected with a log line naming the field and
+//! counted; the last good config stays in force.
+//!
+//! Polling (one read per interval) rather than inotify: it sees a ConfigMap's symlink
+//! swap and an editor's rename alike, and costs nothing worth a dependency.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::config::{policy_changes, Config};
+use crate::runtime::Event;
+use crate::telemetry::{Metrics, ResultLabel};
+
+/// Where the config came from and how often to look again.
+#[derive(Debug, Clone)]
+pub struct Reload {
+    pub path: PathBuf,
+    pub interval: Duration,
+}
+
+/// Watch `reload.path` until `shutdown`, starting from `current` (the config in force).
+pub async fn run(
+    reload: Reload,
+    mut current: Config,
+    events: mpsc::Sender<Event>,
+    metrics: std::sync::Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let path = reload.path.display().to_string();
+    let mut last_text = std::fs::read_to_string(&reload.path).ok();
+    let mut tick = tokio::time::interval(reload.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    let count = |result| {
+        metrics
+            .config_reloads
+            .get_or_create(&ResultLabel { result })
+            .inc()
+    };
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = &mut shutdown => return,
+        }
+        // A file that cannot be read right now (mid-replace) is looked at again next
+        // time; the config in force stays.
+        let Ok(text) = tokio::fs::read_to_string(&reload.path).await else {
+            continue;
+        };
+        if last_text.as_deref() == Some(text.as_str()) {
+            continue;
+        }
+        last_text = Some(text.clone());
+        let next = match Config::from_yaml(&text) {
+            Ok(c) => c,
+            Err(e) => {
+                count("rejected");
+                warn!(%path, error = %e, "config change rejected; the last good config stays");
+                continue;
+            }
+        };
+        let policies = match policy_changes(&current, &next) {
+            Ok(p) => p,
+            Err(e) => {
+                count("rejected");
+                warn!(%path, error = %e, "config change rejected; the last good config stays");
+                continue;
+            }
+        };
+        count("applied");
+        info!(%path, services = policies.len(), "config reloaded");
+        if !policies.is_empty() && events.send(Event::Reload { policies }).await.is_err() {
+            return; // runtime stopped
+        }
+        current = next;
+    }
+}
