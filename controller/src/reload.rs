@@ -25,15 +25,29 @@ pub struct Reload {
 }
 
 /// Watch `reload.path` until `shutdown`, starting from `current` (the config in force).
+///
+/// What is kept between looks is the text in force, not the parsed config: at 10,000
+/// services the parsed document is several times the size of its text, and it is needed
+/// only for the moment a change is compared.
 pub async fn run(
     reload: Reload,
-    mut current: Config,
+    current: Config,
     events: mpsc::Sender<Event>,
     metrics: std::sync::Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) {
     let path = reload.path.display().to_string();
     let mut last_text = std::fs::read_to_string(&reload.path).ok();
+    // The text in force: the file as the controller read it at start, moments ago (a
+    // change in between is seen as a change and compared like any other); without a
+    // readable file, the config itself stays the reference until a change is accepted.
+    let mut in_force: Result<String, Config> = match &last_text {
+        Some(t) => {
+            drop(current);
+            Ok(t.clone())
+        }
+        None => Err(current),
+    };
     let mut tick = tokio::time::interval(reload.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -65,6 +79,13 @@ pub async fn run(
                 continue;
             }
         };
+        let current = match &in_force {
+            Ok(text) => match Config::from_yaml(text) {
+                Ok(c) => c,
+                Err(_) => continue, // cannot happen: it was accepted before
+            },
+            Err(config) => config.clone(),
+        };
         let policies = match policy_changes(&current, &next) {
             Ok(p) => p,
             Err(e) => {
@@ -78,6 +99,7 @@ pub async fn run(
         if !policies.is_empty() && events.send(Event::Reload { policies }).await.is_err() {
             return; // runtime stopped
         }
-        current = next;
+        drop((current, next));
+        in_force = Ok(text);
     }
 }
