@@ -24,6 +24,14 @@ pub struct Reload {
     pub interval: Duration,
 }
 
+/// The config in force, as the watcher keeps it between looks.
+enum InForce {
+    /// Its text (normal): parsed again only when a change is compared.
+    Text(String),
+    /// Parsed, when the file could not be read at start.
+    Parsed(Config),
+}
+
 /// Watch `reload.path` until `shutdown`, starting from `current` (the config in force).
 ///
 /// What is kept between looks is the text in force, not the parsed config: at 10,000
@@ -41,12 +49,12 @@ pub async fn run(
     // The text in force: the file as the controller read it at start, moments ago (a
     // change in between is seen as a change and compared like any other); without a
     // readable file, the config itself stays the reference until a change is accepted.
-    let mut in_force: Result<String, Config> = match &last_text {
+    let mut in_force = match &last_text {
         Some(t) => {
             drop(current);
-            Ok(t.clone())
+            InForce::Text(t.clone())
         }
-        None => Err(current),
+        None => InForce::Parsed(current),
     };
     let mut tick = tokio::time::interval(reload.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -80,11 +88,11 @@ pub async fn run(
             }
         };
         let current = match &in_force {
-            Ok(text) => match Config::from_yaml(text) {
+            InForce::Text(text) => match Config::from_yaml(text) {
                 Ok(c) => c,
                 Err(_) => continue, // cannot happen: it was accepted before
             },
-            Err(config) => config.clone(),
+            InForce::Parsed(config) => config.clone(),
         };
         let policies = match policy_changes(&current, &next) {
             Ok(p) => p,
@@ -100,6 +108,6 @@ pub async fn run(
             return; // runtime stopped
         }
         drop((current, next));
-        in_force = Ok(text);
+        in_force = InForce::Text(text);
     }
 }

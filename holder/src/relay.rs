@@ -174,11 +174,10 @@ pub fn out_of_descriptors(e: &std::io::Error) -> bool {
 pub async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
-    reserved: Reserved,
+    mut reserved: Reserved,
     up: impl Fn(u64),
     down: impl Fn(u64),
 ) -> std::io::Result<(u64, u64)> {
-    let mut reserved = reserved;
     let [to_upstream, to_client] = &mut reserved.pipes;
     tokio::try_join!(
         one_way(client, upstream, to_upstream, up),

@@ -90,3 +90,45 @@ impl Drop for Proc {
         self.stop(Duration::from_secs(5));
     }
 }
+
+/// CPU seconds `pid` has used, from `/proc/<pid>/stat`: utime + stime, plus cutime +
+/// cstime (its reaped children, e.g. socat's forked relays) when `with_children`. Clock
+/// ticks from sysconf.
+pub fn cpu_seconds(pid: u32, with_children: bool) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| anyhow::anyhow!("reading /proc/{pid}/stat: {e}"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let last = if with_children { 14 } else { 12 };
+    let ticks: f64 = (11..=last)
+        .map(|i| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        })
+        .sum();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|h| *h > 0)
+        .map_or(100.0, |h| h as f64);
+    Ok(ticks / hz)
+}
+
+/// VmRSS of `pid` in MiB.
+pub fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| anyhow::anyhow!("reading /proc/{pid}/status: {e}"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/{pid}/status"))?;
+    Ok(kb / 1024.0)
+}

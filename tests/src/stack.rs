@@ -229,6 +229,33 @@ pub async fn address_file(what: &str, path: &Path, proc: &mut Proc) -> anyhow::R
     r.map_err(|e| anyhow::anyhow!("{e}\n{}", proc.log_tail(30)))
 }
 
+/// Start the controller `cmd` runs (the binary itself, or wrapped, e.g. in a network
+/// namespace) with `config`, its log and address file in `dir`; returns it with its gRPC
+/// and admin addresses once it is listening.
+pub async fn spawn_controller(
+    mut cmd: Command,
+    config: &Path,
+    dir: &Path,
+) -> anyhow::Result<(Proc, SocketAddr, SocketAddr)> {
+    cmd.arg("--config")
+        .arg(config)
+        .arg("--address-file")
+        .arg(dir.join("controller.json"))
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+    let mut controller = Proc::spawn("controller", cmd, Some(&dir.join("controller.log")))?;
+    let c = address_file(
+        "controller address file",
+        &dir.join("controller.json"),
+        &mut controller,
+    )
+    .await?;
+    let (grpc, admin) = (addr(&c, "grpc")?, addr(&c, "admin")?);
+    Ok((controller, grpc, admin))
+}
+
 /// An address from an address file.
 pub fn addr(v: &Value, key: &str) -> anyhow::Result<SocketAddr> {
     v[key]
@@ -257,23 +284,8 @@ impl Stack {
         let config = d.join("zenvoy.yaml");
         std::fs::write(&config, config_yaml(&opts, holder_listen, scrape))?;
 
-        let mut cmd = Command::new(bin("zenvoy-controller")?);
-        cmd.arg("--config")
-            .arg(&config)
-            .arg("--address-file")
-            .arg(d.join("controller.json"));
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        );
-        let mut controller = Proc::spawn("controller", cmd, Some(&d.join("controller.log")))?;
-        let c = address_file(
-            "controller address file",
-            &d.join("controller.json"),
-            &mut controller,
-        )
-        .await?;
-        let (grpc, controller_admin) = (addr(&c, "grpc")?, addr(&c, "admin")?);
+        let (controller, grpc, controller_admin) =
+            spawn_controller(Command::new(bin("zenvoy-controller")?), &config, &d).await?;
 
         let mut cmd = match opts.holder_nofile {
             Some(n) => {

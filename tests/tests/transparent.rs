@@ -15,16 +15,15 @@
 //! Needs root, `ip` and `nft`: skipped with the reason otherwise, and a failure instead
 //! under `ZENVOY_REQUIRE_PRIVILEGED=1`.
 
-use std::fs::File;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
 use zenvoy_tests::holder_client::{closed_within, echo_pattern};
 use zenvoy_tests::netns::{self, Netns};
 use zenvoy_tests::process::Proc;
-use zenvoy_tests::stack::{addr, address_file, config_yaml, Options, ServiceSpec};
+use zenvoy_tests::stack::{
+    addr, address_file, config_yaml, spawn_controller, Gate, Options, ServiceSpec,
+};
 use zenvoy_tests::{bin, metric_value, wait};
 
 const BOUND: Duration = Duration::from_secs(10);
@@ -40,8 +39,6 @@ const SERVICE: &str = "10.96.0.10:5432";
 /// Diverted by the same rule but named by no `--transparent-service`: the mapped address on
 /// another port, the mapped port on another address.
 const UNMAPPED: [&str; 2] = ["10.96.0.10:5433", "10.96.0.11:5432"];
-/// The woken echo, inside the server namespace (a fresh namespace: every port is free).
-const UPSTREAM: &str = "127.0.0.1:7001";
 
 /// Both virtual addresses on both ports go to the holder's transparent listener; the mark
 /// routes the packets to the local stack (policy route below).
@@ -80,9 +77,8 @@ struct World {
     holder: Proc,
     controller: Proc,
     holder_admin: SocketAddr,
-    /// The write end of the FIFO the echo's command reads one line from before it starts:
-    /// until the test writes it, the service cannot come up, whatever the controller does.
-    gate: File,
+    /// Until the test opens it, the echo service cannot come up.
+    gate: Gate,
     server: Netns,
     client: Netns,
     _dir: tempfile::TempDir,
@@ -99,30 +95,13 @@ impl World {
         netns::link(&server, SERVER_CIDR, &client, CLIENT_CIDR)?;
         client.ip(&format!("route add default via {GATEWAY}"))?;
 
-        let fifo = d.join("gate");
-        let status = Command::new("mkfifo").arg(&fifo).status()?;
-        anyhow::ensure!(status.success(), "mkfifo {}: {status}", fifo.display());
-        // Read and write: opening a FIFO so never blocks, and the line written later waits
-        // in it even if the reader opens it after that.
-        let gate = File::options().read(true).write(true).open(&fifo)?;
-
-        let pid_file = d.join("echo.pid");
-        let script = format!(
-            "read go < '{}' && exec '{}' --listen {UPSTREAM} --pid-file '{}'",
-            fifo.display(),
-            bin("zenvoy-echo")?.display(),
-            pid_file.display()
-        );
-        let echo = ServiceSpec {
-            name: "echo".into(),
-            upstream: parse(UPSTREAM),
-            command: vec!["sh".into(), "-c".into(), script],
-            // Relayed connections bypass Envoy (there is none here), so the controller sees
-            // no activity: a short idleTimeout would park the service mid-relay.
-            extra: vec!["idleTimeout: 10m".into()],
-            pid_file,
-            listen: None,
-        };
+        // The echo waits at a gate (not listening, whatever the controller does) until
+        // the test opens it. Inside a fresh namespace every port is free, so the port
+        // `gated_echo` picked in the test's namespace is free there too.
+        let (echo, gate) = ServiceSpec::gated_echo("echo", d)?;
+        // Relayed connections bypass Envoy (there is none here), so the controller sees no
+        // activity: a short idleTimeout would park the service mid-relay.
+        let echo = echo.with("idleTimeout: 10m");
         let opts = Options {
             services: vec![echo],
             ..Options::default()
@@ -132,21 +111,8 @@ impl World {
         let config = d.join("zenvoy.yaml");
         std::fs::write(&config, config_yaml(&opts, parse("127.0.0.1:15001"), None))?;
         let log_level = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-
-        let mut cmd = server.command(bin("zenvoy-controller")?);
-        cmd.arg("--config")
-            .arg(&config)
-            .arg("--address-file")
-            .arg(d.join("controller.json"))
-            .env("RUST_LOG", &log_level);
-        let mut controller = Proc::spawn("controller", cmd, Some(&d.join("controller.log")))?;
-        let c = address_file(
-            "controller address file",
-            &d.join("controller.json"),
-            &mut controller,
-        )
-        .await?;
-        let grpc = addr(&c, "grpc")?;
+        let (controller, grpc, _) =
+            spawn_controller(server.command(bin("zenvoy-controller")?), &config, d).await?;
 
         let mut cmd = server.command(bin("zenvoy-holder")?);
         cmd.args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
@@ -182,7 +148,7 @@ impl World {
 
     /// Let the echo service start.
     fn open_gate(&self) -> std::io::Result<()> {
-        (&self.gate).write_all(b"go\n")
+        self.gate.open()
     }
 
     /// One series from the holder's `/metrics`, read inside the server namespace; absent

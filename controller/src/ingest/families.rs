@@ -205,9 +205,14 @@ pub struct TextError(String);
 
 /// Parse Prometheus text, keeping Envoy's `name{} value` lines (see [`scraped`]).
 pub fn parse_text(text: &str) -> Result<prometheus_parse::Scrape, TextError> {
-    let lines = text
-        .lines()
-        .map(|l| Ok::<_, std::io::Error>(l.replacen("{} ", " ", 1)));
+    parse_lines(text.lines())
+}
+
+/// prometheus-parse over `lines`, each `name{} value` rewritten to `name value` first.
+fn parse_lines<'l>(
+    lines: impl Iterator<Item = &'l str>,
+) -> Result<prometheus_parse::Scrape, TextError> {
+    let lines = lines.map(|l| Ok::<_, std::io::Error>(l.replacen("{} ", " ", 1)));
     prometheus_parse::Scrape::parse(lines).map_err(|e| TextError(e.to_string()))
 }
 
@@ -243,12 +248,7 @@ pub fn scraped(
     let scrape = if slow.is_empty() {
         None
     } else {
-        let lines = slow
-            .into_iter()
-            .map(|l| Ok::<_, std::io::Error>(l.replacen("{} ", " ", 1)));
-        let scrape =
-            prometheus_parse::Scrape::parse(lines).map_err(|e| TextError(e.to_string()))?;
-        Some(scrape)
+        Some(parse_lines(slow.into_iter())?)
     };
     let mut c = Collector::new(protocol);
     for s in &fast {

@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use zenvoy_controller::backend::{Backend, BackendError, BoxFuture};
-use zenvoy_tests::process::Proc;
+use zenvoy_tests::process::{cpu_seconds, rss_mib, Proc};
 use zenvoy_tests::{bin, free_port, http_get, metric_value, monotonic_ns, wait};
 
 const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
@@ -89,23 +89,7 @@ fn config(
 
 /// `/proc/<pid>/stat` utime + stime in seconds, and VmRSS in MiB.
 fn cpu_and_rss(pid: u32) -> anyhow::Result<(f64, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    let hz = 100.0; // USER_HZ on Linux
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss_kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0);
-    Ok((ticks / hz, rss_kb / 1024.0))
+    Ok((cpu_seconds(pid, false)?, rss_mib(pid)?))
 }
 
 fn gauge(name: &str, v: f64) -> MetricFamily {

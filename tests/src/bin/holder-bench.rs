@@ -36,7 +36,7 @@ use zenvoy_controller::telemetry::Metrics;
 use zenvoy_controller::xds::resources::{any, load_assignment, Endpoints, ENDPOINT_TYPE};
 use zenvoy_controller::xds::{AdsServer, Cache};
 use zenvoy_tests::holder_client::header;
-use zenvoy_tests::process::Proc;
+use zenvoy_tests::process::{cpu_seconds, rss_mib, Proc};
 use zenvoy_tests::{bin, free_port, http_get, metric_value, monotonic_ns, wait};
 
 const GIB: f64 = (1u64 << 30) as f64;
@@ -229,45 +229,6 @@ fn holder_has_service_ports() -> anyhow::Result<bool> {
     Ok(String::from_utf8_lossy(&out.stdout).contains("--service-port"))
 }
 
-/// `/proc/<pid>/stat`: utime + stime + cutime + cstime in seconds (the last two are
-/// reaped children: socat's forked relays). Clock ticks from sysconf.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = (11..=14)
-        .map(|i| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        })
-        .sum();
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .filter(|h| *h > 0)
-        .map_or(100.0, |h| h as f64);
-    Ok(ticks / hz)
-}
-
-/// VmRSS of `pid` in MiB.
-fn rss_mib(pid: u32) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))?;
-    Ok(kb / 1024.0)
-}
-
 /// The machine's TcpExt ListenOverflows counter (/proc/net/netstat): connections whose
 /// handshake completed while a listener's accept queue was full; the client's SYN is
 /// dropped and retransmitted a second later.
@@ -323,7 +284,7 @@ struct Relay {
 
 impl Relay {
     fn cpu(&self) -> anyhow::Result<f64> {
-        self.pids.iter().map(|p| cpu_seconds(*p)).sum()
+        self.pids.iter().map(|p| cpu_seconds(*p, true)).sum()
     }
 }
 
