@@ -55,9 +55,44 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
 
 /// A loopback port free at the time of the call, for processes whose address must be
 /// known before they start (the holder, a woken upstream).
+///
+/// Drawn from below the kernel's ephemeral range (`ip_local_port_range`), never from it:
+/// a port from `bind(0)` is an ephemeral one, and in the moments before the child process
+/// binds it, any outgoing connection of a test running alongside could take it as its
+/// local port, and the child would fail with EADDRINUSE. Ports below the range are only
+/// ever taken by an explicit bind; this process never hands out the same one twice.
 pub fn free_port() -> anyhow::Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?)
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    const LOWEST: u16 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low <= LOWEST + 1_000 {
+        // No room below the range: fall back to an ephemeral port.
+        let l = TcpListener::bind("127.0.0.1:0")?;
+        return Ok(l.local_addr()?);
+    }
+    let span = u64::from(ephemeral_low - LOWEST);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    // A start that differs per process and per call; then walk the range.
+    let start = (monotonic_ns() as u64 ^ u64::from(std::process::id()).rotate_left(17))
+        .wrapping_add(given.len() as u64 * 7_919)
+        % span;
+    for i in 0..span {
+        let port = LOWEST + ((start + i) % span) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            given.insert(port);
+            return Ok(l.local_addr()?);
+        }
+    }
+    anyhow::bail!("no free loopback port in {LOWEST}..{ephemeral_low}")
 }
 
 /// GET a URL and return the body; errors name the URL and status.

@@ -23,6 +23,9 @@ impl Proc {
             cmd.stdout(f.try_clone()?).stderr(f);
         }
         cmd.stdin(Stdio::null());
+        // An error a binary exits with is the last thing in its log, and the harness prints
+        // log tails: no anyhow backtrace burying it (panics still print theirs).
+        cmd.env("RUST_LIB_BACKTRACE", "0");
         let child = cmd
             .spawn()
             .map_err(|e| anyhow::anyhow!("starting {name} ({cmd:?}): {e}"))?;
