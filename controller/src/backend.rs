@@ -29,6 +29,8 @@ pub enum BackendError {
         upstream: SocketAddr,
         waited: Duration,
     },
+    #[error("service {service:?}: {message}")]
+    Kubernetes { service: String, message: String },
     #[error("stopping service {service:?}: {source}")]
     Stop {
         service: String,

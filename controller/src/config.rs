@@ -59,8 +59,24 @@ pub struct Config {
     pub http: Option<HttpConfig>,
     /// Stats pages to scrape, for Envoys and holders that do not push.
     pub scrape: Option<ScrapeConfig>,
-    /// At least one; names and non-zero `listen` addresses are unique.
+    /// At least one with the process backend; names and non-zero `listen` addresses are
+    /// unique. None in Kubernetes mode (services are annotated Services there).
     pub services: Vec<ServiceConfig>,
+    /// `defaults` applied over the built-in defaults.
+    pub defaults: Policy,
+    /// Kubernetes mode: per-service policy by service name (`<name>.<namespace>`),
+    /// `defaults` with the entry's fields applied. Empty with the process backend.
+    pub overrides: Vec<(String, Policy)>,
+}
+
+/// Which backend a document is for: the schema is one, the rules for `services` differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `services` lists every service with its upstream and command.
+    Process,
+    /// `services` only overrides timeouts and limits of annotated Services by name
+    /// (`<name>.<namespace>`); there may be none.
+    Kubernetes,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -189,8 +205,19 @@ impl Config {
     /// [`ConfigError::Syntax`] if the text is not YAML of the schema's shape,
     /// [`ConfigError::Invalid`] for the first value that breaks a rule.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        Self::from_yaml_for(text, Mode::Process)
+    }
+
+    /// As [`Config::from_yaml`], with the `services` rules of `mode`.
+    ///
+    /// # Errors
+    /// As [`Config::from_yaml`].
+    pub fn from_yaml_for(text: &str, mode: Mode) -> Result<Self, ConfigError> {
         let raw: raw::Config = serde_norway::from_str(text).map_err(syntax)?;
-        raw.validate()
+        match mode {
+            Mode::Process => raw.validate(),
+            Mode::Kubernetes => raw.validate_kubernetes(),
+        }
     }
 
     /// Reads `path` and parses it with [`Config::from_yaml`].
@@ -304,8 +331,8 @@ mod raw {
         pub namespace: Option<String>,
         #[serde(default)]
         pub domains: Vec<String>,
-        pub upstream: String,
-        pub command: Vec<String>,
+        pub upstream: Option<String>,
+        pub command: Option<Vec<String>>,
         pub idle_timeout: Option<String>,
         pub hold_timeout: Option<String>,
         pub min_warm: Option<String>,
@@ -316,32 +343,25 @@ mod raw {
 }
 
 impl raw::Config {
-    fn validate(self) -> Result<Config, ConfigError> {
-        let c = self.controller.unwrap_or_default();
-        let controller = ControllerConfig {
-            listen: addr_or("controller.listen", c.listen, DEFAULT_CONTROLLER_LISTEN)?,
-            admin: addr_or("controller.admin", c.admin, DEFAULT_CONTROLLER_ADMIN)?,
-        };
-        let h = self.holder.unwrap_or_default();
-        let holder = HolderConfig {
-            address: addr_or("holder.address", h.address, DEFAULT_HOLDER_ADDRESS)?,
-        };
-        let http = self
-            .http
-            .map(|h| parse_addr("http.listen", &h.listen).map(|listen| HttpConfig { listen }))
-            .transpose()?;
-        let scrape = self.scrape.map(raw::Scrape::validate).transpose()?;
-        let defaults = Policy::default().apply("defaults", self.defaults.unwrap_or_default())?;
+    fn validate(mut self) -> Result<Config, ConfigError> {
+        let raw_services = std::mem::take(&mut self.services);
+        let Config {
+            controller,
+            holder,
+            http,
+            scrape,
+            defaults,
+            ..
+        } = self.validate_top()?;
 
-        if self.services.is_empty() {
+        if raw_services.is_empty() {
             return Err(invalid(
                 "services",
                 "[]",
                 "at least one service is required",
             ));
         }
-        let services = self
-            .services
+        let services = raw_services
             .into_iter()
             .enumerate()
             .map(|(i, s)| s.validate(&format!("services[{i}]"), defaults))
@@ -418,6 +438,85 @@ impl raw::Config {
             http,
             scrape,
             services,
+            defaults,
+            overrides: Vec::new(),
+        })
+    }
+
+    /// Kubernetes mode: the same top-level sections; `services` entries name a service
+    /// (`<name>.<namespace>`) and carry only timeouts and limits, since how Envoy fronts
+    /// it and what runs it come from the Service and its workload.
+    fn validate_kubernetes(mut self) -> Result<Config, ConfigError> {
+        let services = std::mem::take(&mut self.services);
+        let mut overrides: Vec<(String, Policy)> = Vec::with_capacity(services.len());
+        let top = self.validate_top()?;
+        for (i, s) in services.into_iter().enumerate() {
+            let at = format!("services[{i}]");
+            check_name(&format!("{at}.name"), &s.name)?;
+            let only_policy = [
+                ("protocol", s.protocol.is_some()),
+                ("listen", s.listen.is_some()),
+                ("namespace", s.namespace.is_some()),
+                ("domains", !s.domains.is_empty()),
+                ("upstream", s.upstream.is_some()),
+                ("command", s.command.is_some()),
+            ];
+            if let Some((key, _)) = only_policy.iter().find(|(_, set)| *set) {
+                return Err(invalid(
+                    format!("{at}.{key}"),
+                    "",
+                    "in kubernetes mode this comes from the Service and its annotations; \
+                     a services entry only overrides timeouts and limits",
+                ));
+            }
+            if let Some(first) = overrides.iter().position(|(n, _)| *n == s.name) {
+                return Err(invalid(
+                    format!("{at}.name"),
+                    s.name,
+                    format!("duplicate of services[{first}].name"),
+                ));
+            }
+            let policy = top.defaults.apply(
+                &at,
+                raw::Policy {
+                    idle_timeout: s.idle_timeout,
+                    hold_timeout: s.hold_timeout,
+                    min_warm: s.min_warm,
+                    wake_timeout: s.wake_timeout,
+                    park_ack_timeout: s.park_ack_timeout,
+                    max_pending: s.max_pending,
+                },
+            )?;
+            overrides.push((s.name, policy));
+        }
+        Ok(Config { overrides, ..top })
+    }
+
+    /// The top-level sections (no services).
+    fn validate_top(self) -> Result<Config, ConfigError> {
+        let c = self.controller.unwrap_or_default();
+        let controller = ControllerConfig {
+            listen: addr_or("controller.listen", c.listen, DEFAULT_CONTROLLER_LISTEN)?,
+            admin: addr_or("controller.admin", c.admin, DEFAULT_CONTROLLER_ADMIN)?,
+        };
+        let h = self.holder.unwrap_or_default();
+        let holder = HolderConfig {
+            address: addr_or("holder.address", h.address, DEFAULT_HOLDER_ADDRESS)?,
+        };
+        let http = self
+            .http
+            .map(|h| parse_addr("http.listen", &h.listen).map(|listen| HttpConfig { listen }))
+            .transpose()?;
+        let scrape = self.scrape.map(raw::Scrape::validate).transpose()?;
+        let defaults = Policy::default().apply("defaults", self.defaults.unwrap_or_default())?;
+        Ok(Config {
+            controller,
+            holder,
+            http,
+            scrape,
+            services: Vec::new(),
+            defaults,
+            overrides: Vec::new(),
         })
     }
 }
@@ -540,6 +639,13 @@ impl raw::Service {
             ));
         }
         let upstream_field = format!("{at}.upstream");
+        let Some(upstream) = upstream else {
+            return Err(invalid(
+                upstream_field,
+                "",
+                "required: the address the woken service listens on",
+            ));
+        };
         let upstream = parse_addr(&upstream_field, &upstream)?;
         if upstream.port() == 0 {
             return Err(invalid(
@@ -549,6 +655,7 @@ impl raw::Service {
             ));
         }
         let command_field = format!("{at}.command");
+        let command = command.unwrap_or_default();
         match command.first().map(String::as_str) {
             None => return Err(invalid(command_field, "[]", "must name a program")),
             Some("") => return Err(invalid(command_field + "[0]", "", "must not be empty")),
@@ -577,19 +684,21 @@ impl raw::Service {
 
 impl Policy {
     /// `self` with each field present in `raw` replaced; `at` prefixes field paths.
+    /// An `at` ending in '/' is a prefix (annotation keys: `zenvoy.io/idleTimeout`).
     fn apply(self, at: &str, raw: raw::Policy) -> Result<Self, ConfigError> {
         use Zero::{Allowed, Rejected};
+        let path = |name: &str| {
+            if at.ends_with('/') {
+                format!("{at}{name}")
+            } else {
+                format!("{at}.{name}")
+            }
+        };
         let dur = |name: &str, raw: Option<String>, current: Duration, zero: Zero| {
-            duration_or(&format!("{at}.{name}"), raw, current, zero)
+            duration_or(&path(name), raw, current, zero)
         };
         let max_pending = match raw.max_pending {
-            Some(0) => {
-                return Err(invalid(
-                    format!("{at}.maxPending"),
-                    "0",
-                    "must be at least 1",
-                ))
-            }
+            Some(0) => return Err(invalid(path("maxPending"), "0", "must be at least 1")),
             Some(n) => n,
             None => self.max_pending,
         };
@@ -606,6 +715,47 @@ impl Policy {
             )?,
             max_pending,
         })
+    }
+}
+
+/// Prefix of the annotations that override a service's policy in Kubernetes mode; the
+/// keys after it are the config's field names (`zenvoy.io/idleTimeout: 10m`).
+pub const ANNOTATION_PREFIX: &str = "zenvoy.io/";
+
+impl Policy {
+    /// `self` with the policy annotations present in `annotations` applied
+    /// (`zenvoy.io/idleTimeout`, `holdTimeout`, `minWarm`, `wakeTimeout`,
+    /// `parkAckTimeout`, `maxPending`). Other keys are ignored.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the annotation key and value.
+    pub fn with_annotations<'a>(
+        self,
+        annotations: impl Fn(&str) -> Option<&'a str>,
+    ) -> Result<Self, ConfigError> {
+        let get =
+            |name: &str| annotations(&format!("{ANNOTATION_PREFIX}{name}")).map(str::to_owned);
+        let max_pending = match get("maxPending") {
+            None => None,
+            Some(v) => Some(v.trim().parse::<u32>().map_err(|_| {
+                invalid(
+                    format!("{ANNOTATION_PREFIX}maxPending"),
+                    v.clone(),
+                    "not a whole number",
+                )
+            })?),
+        };
+        self.apply(
+            ANNOTATION_PREFIX,
+            raw::Policy {
+                idle_timeout: get("idleTimeout"),
+                hold_timeout: get("holdTimeout"),
+                min_warm: get("minWarm"),
+                wake_timeout: get("wakeTimeout"),
+                park_ack_timeout: get("parkAckTimeout"),
+                max_pending,
+            },
+        )
     }
 }
 

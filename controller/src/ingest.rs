@@ -9,7 +9,6 @@ pub mod scrape;
 pub mod text;
 pub mod window;
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -24,7 +23,7 @@ use tonic::server::{ClientStreamingService, Grpc, NamedService};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn, Instrument};
 
-use crate::config::Protocol;
+use crate::directory::Directory;
 use crate::runtime::Event;
 use crate::telemetry::{Metrics, SourceLabel};
 
@@ -137,7 +136,7 @@ impl Decoder for RawCodec {
 #[derive(Debug)]
 pub struct MetricsSink {
     next_stream: std::sync::atomic::AtomicU64,
-    services: Arc<HashMap<String, Protocol>>,
+    services: Arc<Directory>,
     events: mpsc::Sender<Event>,
     metrics: Arc<Metrics>,
     shutdown: Option<watch::Receiver<bool>>,
@@ -145,7 +144,7 @@ pub struct MetricsSink {
 
 impl MetricsSink {
     pub fn new(
-        services: Arc<HashMap<String, Protocol>>,
+        services: Arc<Directory>,
         events: mpsc::Sender<Event>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -197,14 +196,19 @@ impl MetricsSink {
                         break Ok(());
                     }
                 };
-                let mut collector = families::Collector::new(|s| self.services.get(s).copied());
-                match push::read(&msg, &mut collector) {
-                    Ok(Some(id)) if !named => {
+                // One read lock for the whole message, released before any await.
+                let read = self.services.read(|known| {
+                    let mut collector = families::Collector::new(|s| known.get(s).copied());
+                    push::read(&msg, &mut collector).map(|id| (id, collector.finish()))
+                });
+                let observations = match read {
+                    Ok((Some(id), observations)) if !named => {
                         node = id;
                         named = true;
                         info!(%node, "metrics stream opened");
+                        observations
                     }
-                    Ok(_) => {}
+                    Ok((_, observations)) => observations,
                     Err(e) => {
                         // A stream that sends garbage is ended: its windows are dropped
                         // (NodeGone below) rather than fed half a message.
@@ -213,8 +217,7 @@ impl MetricsSink {
                             "StreamMetricsMessage: {e}"
                         )));
                     }
-                }
-                let observations = collector.finish();
+                };
                 self.metrics.ingest_samples.get_or_create(&SOURCE).inc();
                 debug!(%node, bytes = msg.len(), services = observations.len(), "metrics");
                 if self

@@ -16,13 +16,14 @@ pub mod activity;
 pub mod admin;
 pub mod backend;
 pub mod config;
+pub mod directory;
 pub mod ingest;
+pub mod kubernetes;
 pub mod reload;
 pub mod runtime;
 pub mod telemetry;
 pub mod xds;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -35,7 +36,7 @@ use tracing::info;
 
 use crate::backend::process::ProcessBackend;
 use crate::config::Config;
-use crate::runtime::{Runtime, EVENT_QUEUE};
+use crate::runtime::{Event, Runtime, EVENT_QUEUE};
 use crate::telemetry::Metrics;
 
 /// A metrics push can carry every cluster of a large Envoy; allow more than tonic's 4 MiB.
@@ -87,91 +88,153 @@ pub async fn run_with_reload<B: Backend>(
     admin: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let mut registry = Registry::default();
-    let metrics = Arc::new(Metrics::register(&mut registry));
-    let registry = Arc::new(registry);
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = {
-        let stop_rx = stop_rx.clone();
-        move || stopping(Some(stop_rx.clone()))
-    };
-
-    let cache = Arc::new(xds::Cache::default());
-    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-    let services: Arc<HashMap<String, config::Protocol>> = Arc::new(
-        config
-            .services
-            .iter()
-            .map(|s| (s.name.clone(), s.protocol))
-            .collect(),
-    );
-    let runtime = Runtime::new(
-        &config,
-        cache.clone(),
-        backend,
-        metrics.clone(),
-        events_tx.clone(),
-    );
-    let runtime = tokio::spawn(runtime.run(events_rx, stopped()));
-    let scraping = config.scrape.clone().map(|s| {
-        tokio::spawn(ingest::scrape::run(
-            s,
-            services.clone(),
-            events_tx.clone(),
-            metrics.clone(),
-            stopped(),
+    let core = Core::new();
+    let reloading = reload.map(|r| {
+        tokio::spawn(reload::run(
+            r,
+            config.clone(),
+            core.events.clone(),
+            core.metrics.clone(),
+            core.stopped(),
         ))
     });
-    // The watcher keeps the config in force (to compare the next one with); without it
-    // this async fn would keep the whole parsed document (MBs at 10,000 services) until
-    // the controller stops.
-    let reloading = match reload {
-        Some(r) => Some(tokio::spawn(reload::run(
-            r,
-            config,
-            events_tx.clone(),
-            metrics.clone(),
-            stopped(),
-        ))),
-        None => {
-            drop(config);
-            None
+    core.serve(
+        config,
+        backend,
+        grpc,
+        admin,
+        shutdown,
+        reloading.into_iter().collect(),
+    )
+    .await
+}
+
+/// What every controller has, made before the backend so a backend (Kubernetes) can
+/// feed the runtime and count into the same metrics: the event queue, the metrics,
+/// the stop signal.
+pub struct Core {
+    registry: Registry,
+    pub metrics: Arc<Metrics>,
+    pub events: mpsc::Sender<Event>,
+    events_rx: mpsc::Receiver<Event>,
+    stop_tx: watch::Sender<bool>,
+    stop_rx: watch::Receiver<bool>,
+}
+
+impl Default for Core {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// How long a task the core was handed may take to end after the stop signal (e.g. a
+/// leader giving up its Lease) before it is aborted.
+const TASK_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+impl Core {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let metrics = Arc::new(Metrics::register(&mut registry));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
+        Core {
+            registry,
+            metrics,
+            events,
+            events_rx,
+            stop_tx,
+            stop_rx,
         }
-    };
-
-    // The gRPC server's graceful shutdown waits for open requests, and ADS and metrics
-    // streams never end on their own: each one ends itself on the same stop signal.
-    let ads = AggregatedDiscoveryServiceServer::new(
-        xds::AdsServer::new(cache, metrics.clone()).with_shutdown(stop_rx.clone()),
-    );
-    let sink = ingest::MetricsServer::new(
-        ingest::MetricsSink::new(services, events_tx, metrics).with_shutdown(stop_rx),
-        MAX_PUSH_BYTES,
-    );
-    info!(grpc = ?grpc.local_addr().ok(), admin = ?admin.local_addr().ok(), "controller serving");
-    let grpc = tonic::transport::Server::builder()
-        .add_service(ads)
-        .add_service(sink)
-        .serve_with_incoming_shutdown(with_nodelay(grpc), stopped());
-    let admin = admin::serve(admin, registry, stopped());
-
-    let stopper = async move {
-        shutdown.await;
-        info!("shutting down");
-        let _ = stop_tx.send(true);
-    };
-    let (grpc, admin, ()) = tokio::join!(grpc, admin, stopper);
-    let _ = runtime.await;
-    if let Some(s) = scraping {
-        let _ = s.await;
     }
-    if let Some(r) = reloading {
-        let _ = r.await;
+
+    /// Resolves when the controller stops.
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        stopping(Some(self.stop_rx.clone()))
     }
-    grpc?;
-    admin?;
-    Ok(())
+
+    /// Serve until `shutdown`; then stop, give each of `tasks` (which watch
+    /// [`Core::stopped`]) a moment to end, and abort the rest.
+    pub async fn serve<B: Backend>(
+        self,
+        config: Config,
+        backend: Arc<B>,
+        grpc: TcpListener,
+        admin: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+    ) -> Result<(), RunError> {
+        let Core {
+            registry,
+            metrics,
+            events: events_tx,
+            events_rx,
+            stop_tx,
+            stop_rx,
+        } = self;
+        let registry = Arc::new(registry);
+        let stopped = {
+            let stop_rx = stop_rx.clone();
+            move || stopping(Some(stop_rx.clone()))
+        };
+        let cache = Arc::new(xds::Cache::default());
+        let services = Arc::new(directory::Directory::default());
+        let runtime = Runtime::new(
+            &config,
+            cache.clone(),
+            backend,
+            metrics.clone(),
+            events_tx.clone(),
+            services.clone(),
+        );
+        let runtime = tokio::spawn(runtime.run(events_rx, stopped()));
+        let scraping = config.scrape.clone().map(|s| {
+            tokio::spawn(ingest::scrape::run(
+                s,
+                services.clone(),
+                events_tx.clone(),
+                metrics.clone(),
+                stopped(),
+            ))
+        });
+        // Not kept: at 10,000 services the parsed document is MBs (the reload watcher
+        // keeps its own copy of what it needs).
+        drop(config);
+
+        // The gRPC server's graceful shutdown waits for open requests, and ADS and metrics
+        // streams never end on their own: each one ends itself on the same stop signal.
+        let ads = AggregatedDiscoveryServiceServer::new(
+            xds::AdsServer::new(cache, metrics.clone()).with_shutdown(stop_rx.clone()),
+        );
+        let sink = ingest::MetricsServer::new(
+            ingest::MetricsSink::new(services, events_tx, metrics).with_shutdown(stop_rx),
+            MAX_PUSH_BYTES,
+        );
+        info!(grpc = ?grpc.local_addr().ok(), admin = ?admin.local_addr().ok(), "controller serving");
+        let grpc = tonic::transport::Server::builder()
+            .add_service(ads)
+            .add_service(sink)
+            .serve_with_incoming_shutdown(with_nodelay(grpc), stopped());
+        let admin = admin::serve(admin, registry, stopped());
+
+        let stopper = async move {
+            shutdown.await;
+            info!("shutting down");
+            let _ = stop_tx.send(true);
+        };
+        let (grpc, admin, ()) = tokio::join!(grpc, admin, stopper);
+        let _ = runtime.await;
+        if let Some(s) = scraping {
+            let _ = s.await;
+        }
+        for mut t in tasks {
+            if tokio::time::timeout(TASK_STOP_GRACE, &mut t).await.is_err() {
+                t.abort();
+            }
+        }
+        grpc?;
+        admin?;
+        Ok(())
+    }
 }
 
 pub use backend::Backend;

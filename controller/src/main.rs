@@ -13,9 +13,39 @@ use zenvoy_controller::config::Config;
     about = "zenvoy controller: xDS + activity windows + scale to zero"
 )]
 struct Args {
-    /// The YAML config file.
-    #[arg(long, short, env = "ZENVOY_CONFIG")]
-    config: PathBuf,
+    /// The YAML config file (process backend: local commands).
+    #[arg(
+        long,
+        short,
+        env = "ZENVOY_CONFIG",
+        required_unless_present = "kubernetes"
+    )]
+    config: Option<PathBuf>,
+    /// Kubernetes mode: the ConfigMap (`namespace/name`, key `zenvoy.yaml`) holding the
+    /// config. The API is reached in-cluster or through KUBECONFIG.
+    #[arg(
+        long,
+        env = "ZENVOY_CONFIGMAP",
+        conflicts_with = "config",
+        value_name = "NAMESPACE/NAME"
+    )]
+    kubernetes: Option<String>,
+    /// Kubernetes mode: a namespace whose Services may opt in (repeat, or separate with
+    /// commas); all namespaces when none is given.
+    #[arg(long = "namespace", env = "ZENVOY_NAMESPACES", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Kubernetes mode: the Lease (`namespace/name`) for leader election; default
+    /// `zenvoy-controller` in the ConfigMap's namespace.
+    #[arg(long, env = "ZENVOY_LEASE", value_name = "NAMESPACE/NAME")]
+    lease: Option<String>,
+    /// Kubernetes mode: how long a Lease holds without renewal; a new leader takes over
+    /// within this after the old one dies (at once after a clean stop).
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: std::time::Duration,
+    /// Kubernetes mode: this replica's identity in the Lease and its Events; default the
+    /// host name (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
     /// Write the bound addresses here as JSON ({"grpc": "...", "admin": "..."}) once
     /// listening; useful with port 0.
     #[arg(long)]
@@ -33,26 +63,105 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_tracing(args.log_json);
-    let config = Config::load(&args.config).with_context(|| "invalid configuration")?;
+    if let Some(cm) = &args.kubernetes {
+        return kubernetes(&args, cm).await;
+    }
+    let Some(path) = &args.config else {
+        anyhow::bail!("one of --config or --kubernetes is required");
+    };
+    let config = Config::load(path).with_context(|| "invalid configuration")?;
+    let (grpc, admin) = bind(&config, args.address_file.as_deref()).await?;
+    let reload = zenvoy_controller::reload::Reload {
+        path: path.clone(),
+        interval: args.reload_interval,
+    };
+    zenvoy_controller::run(config, Some(reload), grpc, admin, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// `namespace/name`, both non-empty.
+fn object_ref(flag: &str, v: &str) -> anyhow::Result<(String, String)> {
+    match v.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => anyhow::bail!("{flag} {v:?}: expected namespace/name"),
+    }
+}
+
+async fn kubernetes(args: &Args, cm: &str) -> anyhow::Result<()> {
+    use zenvoy_controller::kubernetes::{configmap, leader, Options};
+    let (namespace, name) = object_ref("--kubernetes", cm)?;
+    let (lease_ns, lease_name) = match &args.lease {
+        Some(l) => object_ref("--lease", l)?,
+        None => (namespace.clone(), "zenvoy-controller".to_string()),
+    };
+    let identity = match &args.identity {
+        Some(i) => i.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .map_or_else(
+                || format!("zenvoy-{}", std::process::id()),
+                |h| format!("{h}-{}", std::process::id()),
+            ),
+    };
+    if args.lease_duration < std::time::Duration::from_secs(2) {
+        anyhow::bail!(
+            "--lease-duration {:?}: must be at least 2s",
+            args.lease_duration
+        );
+    }
+    let client = kube::Client::try_default()
+        .await
+        .with_context(|| "cannot build a Kubernetes client (in-cluster or KUBECONFIG)")?;
+    let source = configmap::Source { namespace, name };
+    let (text, config) = configmap::load(&client, &source, std::time::Duration::from_secs(60))
+        .await
+        .with_context(|| "invalid configuration")?;
+    let (grpc, admin) = bind(&config, args.address_file.as_deref()).await?;
+    let options = Options {
+        config_map: source,
+        namespaces: args.namespaces.clone(),
+        lease: leader::LeaseConfig {
+            namespace: lease_ns,
+            name: lease_name,
+            identity,
+            duration: args.lease_duration,
+        },
+    };
+    zenvoy_controller::kubernetes::run(
+        client,
+        options,
+        text,
+        config,
+        grpc,
+        admin,
+        shutdown_signal(),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn bind(
+    config: &Config,
+    address_file: Option<&std::path::Path>,
+) -> anyhow::Result<(TcpListener, TcpListener)> {
     let grpc = TcpListener::bind(config.controller.listen)
         .await
         .with_context(|| format!("binding controller.listen {}", config.controller.listen))?;
     let admin = TcpListener::bind(config.controller.admin)
         .await
         .with_context(|| format!("binding controller.admin {}", config.controller.admin))?;
-    if let Some(path) = &args.address_file {
+    if let Some(path) = address_file {
         let json = serde_json::json!({
             "grpc": grpc.local_addr()?.to_string(),
             "admin": admin.local_addr()?.to_string(),
         });
         write_atomically(path, &json.to_string())?;
     }
-    let reload = zenvoy_controller::reload::Reload {
-        path: args.config.clone(),
-        interval: args.reload_interval,
-    };
-    zenvoy_controller::run(config, Some(reload), grpc, admin, shutdown_signal()).await?;
-    Ok(())
+    Ok((grpc, admin))
 }
 
 fn write_atomically(path: &std::path::Path, text: &str) -> anyhow::Result<()> {

@@ -29,7 +29,7 @@ enum InForce {
     /// Its text (normal): parsed again only when a change is compared.
     Text(String),
     /// Parsed, when the file could not be read at start.
-    Parsed(Config),
+    Parsed(Box<Config>),
 }
 
 /// Watch `reload.path` until `shutdown`, starting from `current` (the config in force).
@@ -54,7 +54,7 @@ pub async fn run(
             drop(current);
             InForce::Text(t.clone())
         }
-        None => InForce::Parsed(current),
+        None => InForce::Parsed(Box::new(current)),
     };
     let mut tick = tokio::time::interval(reload.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -92,7 +92,7 @@ pub async fn run(
                 Ok(c) => c,
                 Err(_) => continue, // cannot happen: it was accepted before
             },
-            InForce::Parsed(config) => config.clone(),
+            InForce::Parsed(config) => (**config).clone(),
         };
         let policies = match policy_changes(&current, &next) {
             Ok(p) => p,

@@ -13,7 +13,8 @@ use tracing::{info, warn};
 
 use crate::activity::{self, Action, Input, State, Timing, WakeOutcome};
 use crate::backend::Backend;
-use crate::config::{Config, Protocol};
+use crate::config::{Config, Policy, Protocol};
+use crate::directory::Directory;
 use crate::ingest::window::{Observation, Windows};
 use crate::telemetry::{Metrics, OutcomeLabel, ServiceLabel, StateValue};
 use crate::xds::resources::{
@@ -49,9 +50,50 @@ pub enum Event {
     Reload {
         policies: Vec<(String, crate::config::Policy)>,
     },
+    /// A service appeared or changed (Kubernetes: an opted-in Service).
+    Upsert(ServiceDef),
+    /// A service is gone (its Service was deleted or lost the opt-in).
+    Remove {
+        service: String,
+    },
+    /// The backend's view of a service's ready endpoints changed (pods came or went
+    /// while it is awake).
+    Endpoints {
+        service: String,
+        endpoints: Vec<SocketAddr>,
+    },
+}
+
+/// A service as the runtime needs it: how Envoy fronts it and its policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceDef {
+    pub name: String,
+    pub protocol: Protocol,
+    /// Envoy TCP listener, if any.
+    pub listen: Option<SocketAddr>,
+    /// HTTP virtual host domains (HTTP services).
+    pub domains: Vec<String>,
+    pub policy: Policy,
+    /// Its workload already runs (a restarted controller, or scaled by someone else):
+    /// start by waking it, which waits for ready endpoints, instead of parked.
+    pub running: bool,
+}
+
+impl ServiceDef {
+    pub fn from_config(s: &crate::config::ServiceConfig) -> Self {
+        ServiceDef {
+            name: s.name.clone(),
+            protocol: s.protocol,
+            listen: s.listen,
+            domains: s.domains.clone(),
+            policy: s.policy,
+            running: false,
+        }
+    }
 }
 
 struct Service {
+    def: ServiceDef,
     hold_policy: HoldPolicy,
     timing: Timing,
     state: State,
@@ -61,14 +103,14 @@ struct Service {
     pending: f64,
 }
 
-fn hold_policy(p: &crate::config::Policy) -> HoldPolicy {
+fn hold_policy(p: &Policy) -> HoldPolicy {
     HoldPolicy {
         hold_timeout: p.hold_timeout,
         max_pending: p.max_pending,
     }
 }
 
-fn timing(p: &crate::config::Policy) -> Timing {
+fn timing(p: &Policy) -> Timing {
     Timing {
         idle_timeout: p.idle_timeout,
         min_warm: p.min_warm,
@@ -91,6 +133,9 @@ pub struct Runtime<B> {
     /// Service names, fixed at start: the tick walks them without re-collecting.
     names: Vec<String>,
     holder: SocketAddr,
+    /// The shared HTTP listener, when HTTP services are routed by Host.
+    http: Option<SocketAddr>,
+    directory: Arc<Directory>,
     windows: Windows,
     cache: Arc<Cache>,
     backend: Arc<B>,
@@ -107,78 +152,152 @@ impl<B: Backend> Runtime<B> {
         backend: Arc<B>,
         metrics: Arc<Metrics>,
         events: mpsc::Sender<Event>,
+        directory: Arc<Directory>,
     ) -> Self {
-        let holder = config.holder.address;
-        let services: HashMap<String, Service> = config
-            .services
-            .iter()
-            .map(|s| {
-                let timing = timing(&s.policy);
-                cache.set(
-                    CLUSTER_TYPE,
-                    &s.name,
-                    resources::any(resources::cluster(&s.name, CONNECT_TIMEOUT)),
-                );
-                let holder_version = cache.set(
-                    ENDPOINT_TYPE,
-                    &s.name,
-                    resources::any(resources::load_assignment(
-                        &s.name,
-                        &Endpoints::Holder(holder, hold_policy(&s.policy)),
-                    )),
-                );
-                if let Some(listen) = s.listen {
-                    cache.set(
-                        LISTENER_TYPE,
-                        &s.name,
-                        resources::any(resources::listener(&s.name, listen)),
-                    );
-                }
-                metrics.set_state(&s.name, StateValue::Parked);
-                let svc = Service {
-                    hold_policy: hold_policy(&s.policy),
-                    timing,
-                    state: State::Parked,
-                    endpoints: Vec::new(),
-                    holder_version,
-                    pending: 0.0,
-                };
-                (s.name.clone(), svc)
-            })
-            .collect();
-        if let Some(http) = &config.http {
-            let hosts: Vec<VirtualHostSpec> = config
-                .services
-                .iter()
-                .filter(|s| s.protocol == Protocol::Http)
-                .map(|s| VirtualHostSpec {
-                    service: s.name.clone(),
-                    domains: s.domains.clone(),
-                    timeout: s.policy.wake_timeout + ROUTE_TIMEOUT_AFTER_WAKE,
-                })
-                .collect();
-            cache.set(
-                ROUTE_TYPE,
-                resources::HTTP_LISTENER,
-                resources::any(resources::route_configuration(&hosts)),
-            );
-            cache.set(
-                LISTENER_TYPE,
-                resources::HTTP_LISTENER,
-                resources::any(resources::http_listener(http.listen)),
-            );
-        }
-        let names = services.keys().cloned().collect();
-        Runtime {
-            services,
-            names,
-            holder,
+        let mut runtime = Runtime {
+            services: HashMap::with_capacity(config.services.len()),
+            names: Vec::with_capacity(config.services.len()),
+            holder: config.holder.address,
+            http: config.http.as_ref().map(|h| h.listen),
+            directory,
             windows: Windows::default(),
             cache,
             backend,
             metrics,
             events,
+        };
+        let now = Instant::now();
+        for s in &config.services {
+            runtime.upsert(ServiceDef::from_config(s), false, now);
         }
+        if let Some(listen) = runtime.http {
+            runtime.publish_routes();
+            runtime.cache.set(
+                LISTENER_TYPE,
+                resources::HTTP_LISTENER,
+                resources::any(resources::http_listener(listen)),
+            );
+        }
+        runtime
+    }
+
+    /// Add a service (published parked: Envoy gets the holder as its endpoint, so the
+    /// first connection is held, not refused; a running one is woken at once), or
+    /// update one: a new listener, domains or policy are published.
+    fn upsert(&mut self, def: ServiceDef, routes: bool, now: Instant) {
+        let name = def.name.clone();
+        if let Some(s) = self.services.get_mut(&name) {
+            let old = std::mem::replace(&mut s.def, def.clone());
+            if old.listen != def.listen {
+                match def.listen {
+                    Some(listen) => self.cache.set(
+                        LISTENER_TYPE,
+                        &name,
+                        resources::any(resources::listener(&name, listen)),
+                    ),
+                    None => {
+                        self.cache.remove(LISTENER_TYPE, &name);
+                        0
+                    }
+                };
+            }
+            if old.policy != def.policy {
+                self.reload(&name, &def.policy);
+            }
+            if old.protocol != def.protocol {
+                self.directory.insert(&name, def.protocol);
+            }
+            if routes && (old.protocol != def.protocol || old.domains != def.domains) {
+                self.publish_routes();
+            }
+            return;
+        }
+        let hold = hold_policy(&def.policy);
+        self.cache.set(
+            CLUSTER_TYPE,
+            &name,
+            resources::any(resources::cluster(&name, CONNECT_TIMEOUT)),
+        );
+        let holder_version = self.cache.set(
+            ENDPOINT_TYPE,
+            &name,
+            resources::any(resources::load_assignment(
+                &name,
+                &Endpoints::Holder(self.holder, hold),
+            )),
+        );
+        if let Some(listen) = def.listen {
+            self.cache.set(
+                LISTENER_TYPE,
+                &name,
+                resources::any(resources::listener(&name, listen)),
+            );
+        }
+        self.metrics.set_state(&name, StateValue::Parked);
+        self.directory.insert(&name, def.protocol);
+        let running = def.running;
+        let http = def.protocol == Protocol::Http;
+        self.services.insert(
+            name.clone(),
+            Service {
+                timing: timing(&def.policy),
+                def,
+                hold_policy: hold,
+                state: State::Parked,
+                endpoints: Vec::new(),
+                holder_version,
+                pending: 0.0,
+            },
+        );
+        self.names.push(name.clone());
+        if routes && http {
+            self.publish_routes();
+        }
+        if running {
+            info!(service = %name, "workload already running; waiting for its endpoints");
+            self.apply(&name, Input::Demand, now);
+        }
+    }
+
+    /// Forget a service: its Envoy resources go, a held connection for it is refused by
+    /// the holder (unknown service) once its hold timeout ends.
+    fn remove(&mut self, name: &str) {
+        let Some(s) = self.services.remove(name) else {
+            return;
+        };
+        self.names.retain(|n| n != name);
+        self.directory.remove(name);
+        self.cache.remove(LISTENER_TYPE, name);
+        self.cache.remove(CLUSTER_TYPE, name);
+        self.cache.remove(ENDPOINT_TYPE, name);
+        if s.def.protocol == Protocol::Http {
+            self.publish_routes();
+        }
+        self.metrics.forget_service(name);
+        info!(service = name, "service removed");
+    }
+
+    /// The HTTP route configuration: one virtual host per HTTP service, by name.
+    fn publish_routes(&self) {
+        if self.http.is_none() {
+            return;
+        }
+        let mut hosts: Vec<VirtualHostSpec> = self
+            .services
+            .values()
+            .filter(|s| s.def.protocol == Protocol::Http)
+            .map(|s| VirtualHostSpec {
+                service: s.def.name.clone(),
+                domains: s.def.domains.clone(),
+                timeout: s.def.policy.wake_timeout + ROUTE_TIMEOUT_AFTER_WAKE,
+            })
+            .collect();
+        hosts.sort_by(|a, b| a.service.cmp(&b.service));
+        self.cache.set(
+            ROUTE_TYPE,
+            resources::HTTP_LISTENER,
+            resources::any(resources::route_configuration(&hosts)),
+        );
     }
 
     /// Run until `shutdown` resolves, then stop every backend process.
@@ -219,7 +338,33 @@ impl<B: Backend> Runtime<B> {
             }
             Event::Reload { policies } => {
                 for (service, policy) in policies {
+                    if let Some(s) = self.services.get_mut(&service) {
+                        s.def.policy = policy;
+                    }
                     self.reload(&service, &policy);
+                }
+            }
+            Event::Upsert(def) => self.upsert(def, true, now),
+            Event::Remove { service } => self.remove(&service),
+            Event::Endpoints { service, endpoints } => {
+                let Some(s) = self.services.get_mut(&service) else {
+                    return;
+                };
+                // Only an awake service follows its pods; a waking one gets its endpoints
+                // from the wake, and a parked one keeps the holder. No ready endpoint
+                // at all keeps the last ones: Envoy's connect fails either way, and the
+                // next wake or sample decides.
+                if matches!(s.state, State::Awake { .. })
+                    && !endpoints.is_empty()
+                    && endpoints != s.endpoints
+                {
+                    s.endpoints = endpoints;
+                    let cla = resources::load_assignment(
+                        &service,
+                        &Endpoints::Upstream(s.endpoints.clone()),
+                    );
+                    self.cache.set(ENDPOINT_TYPE, &service, resources::any(cla));
+                    info!(service, endpoints = s.endpoints.len(), "endpoints changed");
                 }
             }
             Event::WakeDone { service, result } => match result {
@@ -245,7 +390,7 @@ impl<B: Backend> Runtime<B> {
 
     /// New timeouts and limits for `service`: the state machine uses them from its next
     /// step; a holder endpoint published now carries the new hold policy to the holders.
-    fn reload(&mut self, service: &str, policy: &crate::config::Policy) {
+    fn reload(&mut self, service: &str, policy: &Policy) {
         let Some(s) = self.services.get_mut(service) else {
             return;
         };

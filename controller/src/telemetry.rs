@@ -87,6 +87,15 @@ pub struct Metrics {
     pub ingest_samples: Family<SourceLabel, Counter>,
     pub ingest_errors: Family<SourceLabel, Counter>,
     pub config_reloads: Family<ResultLabel, Counter>,
+    /// 1 while this controller may scale (always with the process backend; the Lease
+    /// holder with Kubernetes).
+    pub leader: Gauge,
+    pub kube_api_errors: Family<OpLabel, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    pub op: &'static str,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -109,12 +118,24 @@ impl Metrics {
             ingest_samples: Family::default(),
             ingest_errors: Family::default(),
             config_reloads: Family::default(),
+            leader: Gauge::default(),
+            kube_api_errors: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("zenvoy");
         r.register(
             "config_reloads",
             "Config file changes seen, by result (applied, rejected: invalid or needing a restart)",
             m.config_reloads.clone(),
+        );
+        r.register(
+            "leader",
+            "1 while this controller replica may scale workloads (holds the Lease)",
+            m.leader.clone(),
+        );
+        r.register(
+            "kube_api_errors",
+            "Kubernetes API calls that failed, by operation (retried with backoff)",
+            m.kube_api_errors.clone(),
         );
         r.register(
             "service_state",
@@ -170,6 +191,16 @@ impl Metrics {
         self.xds_push_ack
             .get_or_create(&r#type.into())
             .observe(d.as_secs_f64());
+    }
+
+    /// Drop a removed service's state series.
+    pub fn forget_service(&self, service: &str) {
+        for s in StateValue::ALL {
+            self.service_state.remove(&StateLabels {
+                service: service.to_string(),
+                state: s.label(),
+            });
+        }
     }
 
     pub fn set_state(&self, service: &str, state: StateValue) {

@@ -111,6 +111,23 @@ impl Cache {
         generation
     }
 
+    /// Remove a resource (a service that is gone). Streams see the type change: SotW
+    /// sends the type whole without it, delta lists it as removed.
+    pub fn remove(&self, type_url: &'static str, name: &str) {
+        let mut inner = lock(&self.inner);
+        let generation = inner.generation + 1;
+        let Some(ty) = inner.types.get_mut(type_url) else {
+            return;
+        };
+        if ty.resources.remove(name).is_none() {
+            return;
+        }
+        ty.version = generation;
+        inner.generation = generation;
+        drop(inner);
+        self.changed.send_replace(generation);
+    }
+
     /// The version of a type and, for each requested name (all when `names` is None),
     /// its entry, when `wanted(name, version)`. Only wanted entries are cloned: a wake
     /// changes one resource, and a stream subscribed to 10,000 must not copy them all

@@ -374,9 +374,9 @@ fn missing_required_service_field() {
         ("upstream", "127.0.0.1:18080"),
         ("command", "[x]"),
     ];
-    // `listen` is optional for HTTP services, so its absence is a validation error
-    // (protocol_listen_and_domains_rules), not a schema one.
-    for (missing, _) in fields.iter().filter(|(k, _)| *k != "listen") {
+    // `listen` is optional for HTTP services, and `upstream` and `command` in Kubernetes
+    // mode, so their absence is a validation error, not a schema one.
+    for (missing, _) in fields.iter().filter(|(k, _)| *k == "name") {
         let rest: Vec<_> = fields
             .iter()
             .filter(|(k, _)| k != missing)
@@ -389,6 +389,68 @@ fn missing_required_service_field() {
         );
         assert!(msg.contains(" at line 2 column 5"), "{msg}");
     }
+}
+
+#[test]
+fn upstream_and_command_are_required_with_the_process_backend() {
+    for (missing, text) in [
+        (
+            "upstream",
+            "services:\n- {name: a, listen: \"127.0.0.1:1\", command: [x]}\n",
+        ),
+        (
+            "command",
+            "services:\n- {name: a, listen: \"127.0.0.1:1\", upstream: \"127.0.0.1:2\"}\n",
+        ),
+    ] {
+        let e = Config::from_yaml(text).expect_err(missing).to_string();
+        assert!(e.starts_with(&format!("services[0].{missing}: ")), "{e}");
+    }
+}
+
+#[test]
+fn kubernetes_mode_services_only_override_policy() {
+    use crate::config::Mode::Kubernetes;
+    let c = Config::from_yaml_for(
+        "defaults: {idleTimeout: 1m, maxPending: 5}\nservices:\n- {name: pg.db, holdTimeout: 9s}\n",
+        Kubernetes,
+    )
+    .expect("valid");
+    assert!(c.services.is_empty());
+    assert_eq!(c.defaults.idle_timeout, Duration::from_secs(60));
+    let (name, p) = &c.overrides[0];
+    assert_eq!(name, "pg.db");
+    assert_eq!(p.hold_timeout, Duration::from_secs(9));
+    assert_eq!(p.max_pending, 5, "defaults under the override");
+    assert!(
+        Config::from_yaml_for("{}", Kubernetes).is_ok(),
+        "no services is fine"
+    );
+    for (key, text) in [
+        (
+            "upstream",
+            "services:\n- {name: a.b, upstream: \"1.2.3.4:5\"}\n",
+        ),
+        ("command", "services:\n- {name: a.b, command: [x]}\n"),
+        (
+            "listen",
+            "services:\n- {name: a.b, listen: \"1.2.3.4:5\"}\n",
+        ),
+        (
+            "idleTimeout",
+            "services:\n- {name: a.b, idleTimeout: soon}\n",
+        ),
+        ("name", "services:\n- {name: a.b}\n- {name: a.b}\n"),
+    ] {
+        let e = Config::from_yaml_for(text, Kubernetes)
+            .expect_err(key)
+            .to_string();
+        assert!(e.contains(&format!("].{key}: ")), "{key}: {e}");
+    }
+    let e = Config::from_yaml("{}")
+        .expect_err("process mode needs a service")
+        .to_string();
+    assert!(e.starts_with("services: "), "{e}");
 }
 
 #[test]

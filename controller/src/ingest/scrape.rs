@@ -7,7 +7,6 @@
 //! outage, and its node is forgotten, so stale open connections of a dead Envoy do not
 //! keep a service awake.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +15,8 @@ use tokio::sync::mpsc;
 use tracing::{info, warn, Instrument};
 
 use super::families;
-use crate::config::{Protocol, ScrapeConfig, ScrapeTarget};
+use crate::config::{ScrapeConfig, ScrapeTarget};
+use crate::directory::Directory;
 use crate::runtime::Event;
 use crate::telemetry::{Metrics, SourceLabel};
 
@@ -59,7 +59,7 @@ async fn fetch(client: &reqwest::Client, url: &str) -> Result<String, ScrapeErro
 /// Scrape every target until `shutdown`.
 pub async fn run(
     config: ScrapeConfig,
-    services: Arc<HashMap<String, Protocol>>,
+    services: Arc<Directory>,
     events: mpsc::Sender<Event>,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
@@ -102,7 +102,7 @@ async fn target_loop(
     target: ScrapeTarget,
     interval: Duration,
     client: reqwest::Client,
-    services: Arc<HashMap<String, Protocol>>,
+    services: Arc<Directory>,
     events: mpsc::Sender<Event>,
     metrics: Arc<Metrics>,
 ) {
@@ -113,12 +113,12 @@ async fn target_loop(
     loop {
         tick.tick().await;
         let result = fetch(&client, &target.url).await.and_then(|text| {
-            families::scraped(&text, |s| services.get(s).copied()).map_err(|source| {
-                ScrapeError::Text {
+            services
+                .read(|m| families::scraped(&text, |s| m.get(s).copied()))
+                .map_err(|source| ScrapeError::Text {
                     url: target.url.clone(),
                     source,
-                }
-            })
+                })
         });
         let event = match result {
             Ok(observations) => {

@@ -1,0 +1,105 @@
+//! Kubernetes mode: services are opted-in Services, workloads are scaled through their
+//! `/scale` subresource, readiness comes from EndpointSlices, the config from a
+//! ConfigMap, and only the holder of a Lease scales.
+//!
+//! ```text
+//!  Services ----watch--> discovery --Upsert/Remove--> runtime --wake/park--> backend
+//!  EndpointSlices --reflector--> endpoints --Endpoints--^          |  (leader only)
+//!  ConfigMap --watch--> configmap --new config--> discovery        v
+//!  Lease <--get/replace-- leader --is leader--> backend      Deployment/StatefulSet
+//!                                                             /scale + annotation
+//! ```
+//!
+//! State lives in the API, not in the controller: the parked replica count is an
+//! annotation on the workload, and a (re)started controller reads each workload's
+//! replicas to know whether a service is parked or (being) woken.
+//!
+//! Followers (replicas without the Lease) run everything but the writes: they watch the
+//! same objects, serve xDS to the Envoys and holders connected to them from the same
+//! state, and their wakes wait for the endpoints the leader's scale-up brings.
+
+pub mod backend;
+pub mod configmap;
+pub mod discovery;
+pub mod endpoints;
+pub mod events;
+pub mod leader;
+pub mod service;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use kube::Client;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::{Core, RunError};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config_map: configmap::Source,
+    /// Namespaces whose Services may opt in; all when empty.
+    pub namespaces: Vec<String>,
+    pub lease: leader::LeaseConfig,
+}
+
+/// Run the controller in Kubernetes mode with the config `text` read from the ConfigMap
+/// (see [`configmap::load`]) until `shutdown`.
+pub async fn run(
+    client: Client,
+    options: Options,
+    text: String,
+    config: Config,
+    grpc: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let core = Core::new();
+    let targets = endpoints::Targets::default();
+    let (events, events_task) = events::Events::start(client.clone(), &options.lease.identity);
+    let (endpoints, mut tasks) = endpoints::start(
+        &client,
+        &options.namespaces,
+        targets.clone(),
+        core.events.clone(),
+    );
+    let (leader_tx, leader_rx) = watch::channel(false);
+    tasks.push(tokio::spawn(leader::run(
+        client.clone(),
+        options.lease.clone(),
+        leader_tx,
+        core.metrics.clone(),
+        core.stopped(),
+    )));
+    let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
+    tasks.push(tokio::spawn(configmap::watch(
+        client.clone(),
+        options.config_map.clone(),
+        text,
+        config_tx,
+        events.clone(),
+        core.metrics.clone(),
+        core.stopped(),
+    )));
+    let discovery = discovery::Discovery {
+        client: client.clone(),
+        namespaces: options.namespaces.clone(),
+        targets: targets.clone(),
+        runtime: core.events.clone(),
+        events: events.clone(),
+        config: config_rx,
+    };
+    tasks.push(tokio::spawn(discovery.run(core.stopped())));
+    tasks.push(events_task);
+    let backend = Arc::new(backend::KubeBackend::new(
+        client,
+        targets,
+        endpoints,
+        leader_rx,
+        events,
+        core.metrics.clone(),
+    ));
+    core.serve(config, backend, grpc, admin, shutdown, tasks)
+        .await
+}

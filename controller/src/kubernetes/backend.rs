@@ -1,0 +1,312 @@
+//! The Kubernetes backend: wakes and parks a Service's Deployment or StatefulSet through
+//! its `/scale` subresource, and reports ready endpoints from its EndpointSlices.
+//!
+//! - Park records the replica count on the workload (`zenvoy.io/parked-replicas`) and
+//!   then scales to 0; wake scales back to that count (1 if none). Both are the only
+//!   writes, so an HPA or KEDA that owns the count while it runs keeps it.
+//! - Only the Lease holder writes. A follower's wake waits for endpoints (the leader
+//!   sees the same demand and scales); a follower's park does nothing.
+//! - API errors are retried with backoff until the wake timeout; the held connections
+//!   wait in the holder meanwhile.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use kube::api::{Api, Patch, PatchParams};
+use kube::Client;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::endpoints::{self, Endpoints, Targets};
+use super::events::{reference, Events};
+use super::service::{Kind, Target, PARKED_REPLICAS};
+use crate::backend::{Backend, BackendError, BoxFuture};
+use crate::telemetry::{Metrics, OpLabel};
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A park retries for this long, then gives up (the workload stays up; the next wake
+/// finds it running).
+const PARK_RETRY_FOR: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+pub struct KubeBackend {
+    client: Client,
+    targets: Targets,
+    endpoints: Endpoints,
+    leader: watch::Receiver<bool>,
+    events: Events,
+    metrics: Arc<Metrics>,
+}
+
+fn api_error(service: &str, what: &str, e: &kube::Error) -> BackendError {
+    BackendError::Kubernetes {
+        service: service.to_string(),
+        message: format!("{what}: {e}"),
+    }
+}
+
+impl KubeBackend {
+    pub fn new(
+        client: Client,
+        targets: Targets,
+        endpoints: Endpoints,
+        leader: watch::Receiver<bool>,
+        events: Events,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        KubeBackend {
+            client,
+            targets,
+            endpoints,
+            leader,
+            events,
+            metrics,
+        }
+    }
+
+    fn count_error(&self, op: &'static str) {
+        self.metrics
+            .kube_api_errors
+            .get_or_create(&OpLabel { op })
+            .inc();
+    }
+
+    fn workload_ref(t: &Target) -> k8s_openapi::api::core::v1::ObjectReference {
+        let kind = match t.kind {
+            Kind::Deployment => "Deployment",
+            Kind::StatefulSet => "StatefulSet",
+        };
+        reference("apps/v1", kind, &t.namespace, &t.workload)
+    }
+
+    /// Scale `t` up to its remembered count if it is at 0. `Some((0, n))` when it did.
+    async fn scale_up(&self, t: &Target) -> Result<Option<(i32, i32)>, kube::Error> {
+        let current = replicas(&self.client, t).await?;
+        if current > 0 {
+            return Ok(None);
+        }
+        let remembered = parked_replicas(&self.client, t).await?.unwrap_or(1).max(1);
+        scale(&self.client, t, remembered).await?;
+        Ok(Some((current, remembered)))
+    }
+
+    /// Remember the count and scale `t` to 0. `Some(n)` when it scaled from n.
+    async fn scale_down(&self, t: &Target) -> Result<Option<i32>, kube::Error> {
+        let current = replicas(&self.client, t).await?;
+        if current == 0 {
+            return Ok(None);
+        }
+        let patch = serde_json::json!({"metadata": {"annotations": {PARKED_REPLICAS: current.to_string()}}});
+        match t.kind {
+            Kind::Deployment => {
+                Api::<Deployment>::namespaced(self.client.clone(), &t.namespace)
+                    .patch(&t.workload, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+            }
+            Kind::StatefulSet => {
+                Api::<StatefulSet>::namespaced(self.client.clone(), &t.namespace)
+                    .patch(&t.workload, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+            }
+        }
+        scale(&self.client, t, 0).await?;
+        Ok(Some(current))
+    }
+
+    async fn wake_loop(
+        self,
+        service: String,
+        timeout: Duration,
+    ) -> Result<Vec<SocketAddr>, BackendError> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let mut changes = self.endpoints.changes();
+        let mut leader = self.leader.clone();
+        let mut scaled = false;
+        let mut backoff = BACKOFF_FIRST;
+        let mut last_error: Option<String> = None;
+        loop {
+            let Some(t) = endpoints::target(&self.targets, &service) else {
+                return Err(BackendError::UnknownService(service));
+            };
+            let is_leader = *leader.borrow_and_update();
+            if !scaled && is_leader {
+                match self.scale_up(&t).await {
+                    Ok(Some((from, to))) => {
+                        scaled = true;
+                        info!(%service, workload = %t, from, to, "scaled up");
+                        self.events.normal(
+                            Self::workload_ref(&t),
+                            "Waking",
+                            format!("zenvoy scaled {t} from {from} to {to} replicas for a waiting connection"),
+                        );
+                    }
+                    Ok(None) => scaled = true,
+                    Err(e) => {
+                        self.count_error("scale_up");
+                        if last_error.is_none() {
+                            self.events.warning(
+                                Self::workload_ref(&t),
+                                "WakeFailed",
+                                format!("zenvoy cannot scale {t} up (retrying until the wake timeout): {e}"),
+                            );
+                        }
+                        warn!(%service, workload = %t, error = %e, retry_in = ?backoff, "scale up failed; retrying");
+                        last_error = Some(api_error(&service, "scale up", &e).to_string());
+                    }
+                }
+            }
+            let ready = self.endpoints.ready(&t);
+            if !ready.is_empty() && (scaled || !is_leader) {
+                debug!(%service, endpoints = ready.len(), took = ?started.elapsed(), "ready");
+                return Ok(ready);
+            }
+            let pause = if scaled || !is_leader {
+                BACKOFF_MAX
+            } else {
+                let b = backoff;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                b
+            };
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = leader.changed() => {}
+                () = tokio::time::sleep(pause) => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    let detail = last_error.unwrap_or_else(|| if is_leader {
+                        "no ready endpoint in its EndpointSlices".into()
+                    } else {
+                        "not the leader, and no ready endpoint appeared".into()
+                    });
+                    return Err(BackendError::Kubernetes {
+                        service,
+                        message: format!("not ready after {timeout:?}: {detail}"),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn park_loop(self, service: String) -> Result<(), BackendError> {
+        let deadline = Instant::now() + PARK_RETRY_FOR;
+        let mut backoff = BACKOFF_FIRST;
+        loop {
+            if !*self.leader.borrow() {
+                debug!(%service, "not the leader; the leader parks");
+                return Ok(());
+            }
+            let Some(t) = endpoints::target(&self.targets, &service) else {
+                return Err(BackendError::UnknownService(service));
+            };
+            match self.scale_down(&t).await {
+                Ok(Some(from)) => {
+                    info!(%service, workload = %t, from, "scaled to zero");
+                    self.events.normal(
+                        Self::workload_ref(&t),
+                        "Parked",
+                        format!("zenvoy scaled {t} from {from} to 0 replicas after its idle timeout ({PARKED_REPLICAS}={from})"),
+                    );
+                    return Ok(());
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    self.count_error("scale_down");
+                    if Instant::now() + backoff > deadline {
+                        self.events.warning(
+                            Self::workload_ref(&t),
+                            "ParkFailed",
+                            format!("zenvoy cannot scale {t} to zero: {e}"),
+                        );
+                        return Err(api_error(&service, "scale to zero", &e));
+                    }
+                    warn!(%service, workload = %t, error = %e, retry_in = ?backoff, "park failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+}
+
+impl Backend for KubeBackend {
+    fn wake(
+        &self,
+        service: &str,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<Vec<SocketAddr>, BackendError>> {
+        Box::pin(self.clone().wake_loop(service.to_string(), timeout))
+    }
+
+    fn park(&self, service: &str) -> BoxFuture<'static, Result<(), BackendError>> {
+        Box::pin(self.clone().park_loop(service.to_string()))
+    }
+
+    /// Workloads keep running when the controller stops: a restarted controller picks
+    /// them up from the API.
+    fn shutdown(&self) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// The workload's desired replicas, from its scale subresource.
+pub async fn replicas(client: &Client, t: &Target) -> Result<i32, kube::Error> {
+    let s = match t.kind {
+        Kind::Deployment => {
+            Api::<Deployment>::namespaced(client.clone(), &t.namespace)
+                .get_scale(&t.workload)
+                .await?
+        }
+        Kind::StatefulSet => {
+            Api::<StatefulSet>::namespaced(client.clone(), &t.namespace)
+                .get_scale(&t.workload)
+                .await?
+        }
+    };
+    Ok(s.spec.and_then(|s| s.replicas).unwrap_or(0))
+}
+
+async fn scale(client: &Client, t: &Target, replicas: i32) -> Result<(), kube::Error> {
+    let patch = serde_json::json!({"spec": {"replicas": replicas}});
+    let pp = PatchParams::default();
+    match t.kind {
+        Kind::Deployment => {
+            Api::<Deployment>::namespaced(client.clone(), &t.namespace)
+                .patch_scale(&t.workload, &pp, &Patch::Merge(&patch))
+                .await?;
+        }
+        Kind::StatefulSet => {
+            Api::<StatefulSet>::namespaced(client.clone(), &t.namespace)
+                .patch_scale(&t.workload, &pp, &Patch::Merge(&patch))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The count recorded at the last park; an unreadable value counts as none.
+async fn parked_replicas(client: &Client, t: &Target) -> Result<Option<i32>, kube::Error> {
+    let meta = match t.kind {
+        Kind::Deployment => {
+            Api::<Deployment>::namespaced(client.clone(), &t.namespace)
+                .get(&t.workload)
+                .await?
+                .metadata
+        }
+        Kind::StatefulSet => {
+            Api::<StatefulSet>::namespaced(client.clone(), &t.namespace)
+                .get(&t.workload)
+                .await?
+                .metadata
+        }
+    };
+    Ok(meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(PARKED_REPLICAS))
+        .and_then(|v| v.trim().parse::<i32>().ok())
+        .filter(|n| *n > 0))
+}

@@ -1,0 +1,234 @@
+//! Which Services zenvoy fronts: a watch of core/v1 Services, filtered by the opt-in
+//! annotation, turned into the runtime's `Upsert`/`Remove` events. A service first
+//! seen with replicas (a restarted controller, a wake in flight when the last one died)
+//! starts by waking, which only waits for its endpoints; one at 0 starts parked.
+//!
+//! A Service whose annotations are wrong gets a Warning Event naming the annotation and
+//! is left as it was (not added, or kept with its last good reading). A config change
+//! reapplies every service's policy layers.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, PoisonError};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use super::backend::replicas;
+use super::endpoints::Targets;
+use super::events::{reference, Events};
+use super::service::{self, service_name, Discovered};
+use crate::config::Config;
+use crate::runtime::{Event, ServiceDef};
+
+struct Known {
+    svc: Service,
+    def: ServiceDef,
+    /// Which watch (namespace) it came from: a re-list ends with the stream's own set.
+    stream: usize,
+}
+
+pub struct Discovery {
+    pub client: Client,
+    pub namespaces: Vec<String>,
+    pub targets: Targets,
+    pub runtime: mpsc::Sender<Event>,
+    pub events: Events,
+    pub config: watch::Receiver<Arc<Config>>,
+}
+
+impl Discovery {
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        let apis: Vec<Api<Service>> = if self.namespaces.is_empty() {
+            vec![Api::all(self.client.clone())]
+        } else {
+            self.namespaces
+                .iter()
+                .map(|n| Api::namespaced(self.client.clone(), n))
+                .collect()
+        };
+        let streams = apis.into_iter().enumerate().map(|(i, api)| {
+            watcher(api, watcher::Config::default())
+                .default_backoff()
+                .map(move |e| (i, e))
+                .boxed()
+        });
+        let mut merged = futures::stream::select_all(streams);
+        let mut known: HashMap<String, Known> = HashMap::new();
+        let mut listing: HashMap<usize, HashSet<String>> = HashMap::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                changed = self.config.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let config = self.config.borrow_and_update().clone();
+                    if !self.reapply(&mut known, &config).await {
+                        return;
+                    }
+                }
+                ev = merged.next() => {
+                    let Some((stream, ev)) = ev else { return };
+                    let ok = match ev {
+                        Ok(watcher::Event::Init) => {
+                            listing.insert(stream, HashSet::new());
+                            true
+                        }
+                        Ok(watcher::Event::InitApply(svc)) => {
+                            let key = service_name(&svc.name_any(), &svc.namespace().unwrap_or_default());
+                            listing.entry(stream).or_default().insert(key);
+                            self.applied(&mut known, svc, stream).await
+                        }
+                        Ok(watcher::Event::InitDone) => {
+                            let seen = listing.remove(&stream).unwrap_or_default();
+                            let gone: Vec<String> = known
+                                .iter()
+                                .filter(|(k, v)| v.stream == stream && !seen.contains(*k))
+                                .map(|(k, _)| k.clone())
+                                .collect();
+                            let mut ok = true;
+                            for k in gone {
+                                ok &= self.remove(&mut known, &k).await;
+                            }
+                            ok
+                        }
+                        Ok(watcher::Event::Apply(svc)) => self.applied(&mut known, svc, stream).await,
+                        Ok(watcher::Event::Delete(svc)) => {
+                            let key = service_name(&svc.name_any(), &svc.namespace().unwrap_or_default());
+                            self.remove(&mut known, &key).await
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "Service watch failed; retrying");
+                            true
+                        }
+                    };
+                    if !ok {
+                        return; // runtime stopped
+                    }
+                }
+            }
+        }
+    }
+
+    fn set_target(&self, name: &str, d: &Discovered) {
+        self.targets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_string(), d.target.clone());
+    }
+
+    /// False when the runtime is gone.
+    async fn applied(
+        &self,
+        known: &mut HashMap<String, Known>,
+        svc: Service,
+        stream: usize,
+    ) -> bool {
+        let ns = svc.namespace().unwrap_or_default();
+        let key = service_name(&svc.name_any(), &ns);
+        if !service::opted_in(&svc) {
+            return self.remove(known, &key).await;
+        }
+        let config = self.config.borrow().clone();
+        let d = match service::read(&svc, &config) {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(service = %key, error = %e, "Service annotations rejected");
+                self.events.warning(
+                    reference("v1", "Service", &ns, &svc.name_any()),
+                    "InvalidAnnotation",
+                    format!("zenvoy ignores this change: {e}"),
+                );
+                return true;
+            }
+        };
+        if let Some(listen) = d.def.listen.filter(|l| l.port() != 0) {
+            if let Some((other, _)) = known
+                .iter()
+                .find(|(k, v)| **k != key && v.def.listen == Some(listen))
+            {
+                warn!(service = %key, %listen, %other, "listener address already taken");
+                self.events.warning(
+                    reference("v1", "Service", &ns, &svc.name_any()),
+                    "ListenConflict",
+                    format!("zenvoy cannot front this Service: {listen} is the listener of {other}; set zenvoy.io/listen"),
+                );
+                return true;
+            }
+        }
+        self.set_target(&key, &d);
+        if let Some(k) = known.get_mut(&key) {
+            k.svc = svc;
+            if k.def == d.def {
+                return true;
+            }
+            k.def = d.def.clone();
+            return self.runtime.send(Event::Upsert(d.def)).await.is_ok();
+        }
+        let running = match replicas(&self.client, &d.target).await {
+            Ok(n) => n > 0,
+            Err(e) => {
+                warn!(service = %key, workload = %d.target, error = %e, "cannot read the workload's scale; starting parked");
+                self.events.warning(
+                    reference("v1", "Service", &ns, &svc.name_any()),
+                    "WorkloadUnreadable",
+                    format!("zenvoy cannot read the scale of {}: {e}", d.target),
+                );
+                false
+            }
+        };
+        info!(service = %key, workload = %d.target, running, "service discovered");
+        let mut def = d.def.clone();
+        def.running = running;
+        known.insert(
+            key,
+            Known {
+                svc,
+                def: d.def,
+                stream,
+            },
+        );
+        self.runtime.send(Event::Upsert(def)).await.is_ok()
+    }
+
+    async fn remove(&self, known: &mut HashMap<String, Known>, key: &str) -> bool {
+        if known.remove(key).is_none() {
+            return true;
+        }
+        self.targets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
+        info!(service = %key, "service no longer fronted");
+        self.runtime
+            .send(Event::Remove {
+                service: key.to_string(),
+            })
+            .await
+            .is_ok()
+    }
+
+    /// A new config: every service's policy again.
+    async fn reapply(&self, known: &mut HashMap<String, Known>, config: &Config) -> bool {
+        for (key, k) in known.iter_mut() {
+            match service::read(&k.svc, config) {
+                Ok(d) if d.def != k.def => {
+                    k.def = d.def.clone();
+                    if self.runtime.send(Event::Upsert(d.def)).await.is_err() {
+                        return false;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(service = %key, error = %e, "Service annotations rejected under the new config")
+                }
+            }
+        }
+        true
+    }
+}

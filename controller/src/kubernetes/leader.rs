@@ -1,0 +1,194 @@
+//! Leader election on a coordination.k8s.io/v1 Lease: only the holder scales.
+//!
+//! The algorithm is client-go's: read the Lease; take it if it is free or if its record
+//! has not changed for a whole lease duration as *we* observed it (no trust in other
+//! machines' clocks); renew it while we hold it. Every write is a replace guarded by
+//! the resourceVersion read, so of two candidates racing, one gets 409 Conflict.
+//!
+//! Why not kube-lease-manager: it takes a free Lease with server-side apply and relies on
+//! field-manager conflicts for mutual exclusion, and patches strategically; the
+//! resourceVersion-guarded replace used here is the whole safety argument in one line
+//! and is what client-go does.
+//!
+//! A leader that cannot renew for a lease duration (apiserver down) steps down before
+//! anyone else can take over, so two leaders never overlap as long as clocks run at the
+//! same rate.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, PostParams};
+use kube::Client;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::telemetry::Metrics;
+
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    pub namespace: String,
+    pub name: String,
+    pub identity: String,
+    pub duration: Duration,
+}
+
+/// Run the election until `shutdown`; `leader` reads true while this replica holds the
+/// Lease. On shutdown a held Lease is released so a follower takes over at once.
+pub async fn run(
+    client: Client,
+    config: LeaseConfig,
+    leader: watch::Sender<bool>,
+    metrics: std::sync::Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let api: Api<Lease> = Api::namespaced(client, &config.namespace);
+    let retry = config.duration / 3;
+    let mut observed: Option<(String, Instant)> = None; // (resourceVersion, when seen)
+    let mut renewed: Option<Instant> = None;
+    tokio::pin!(shutdown);
+    loop {
+        let held = try_acquire_or_renew(&api, &config, &mut observed).await;
+        let now = Instant::now();
+        match held {
+            Ok(true) => renewed = Some(now),
+            Ok(false) => renewed = None,
+            Err(e) => {
+                metrics
+                    .kube_api_errors
+                    .get_or_create(&crate::telemetry::OpLabel { op: "lease" })
+                    .inc();
+                warn!(lease = %config.name, error = %e, "cannot read or renew the Lease");
+                // Keep leading only while the last renewal is within the lease.
+                if renewed.is_some_and(|t| now.duration_since(t) >= config.duration - retry) {
+                    renewed = None;
+                }
+            }
+        }
+        let is_leader = renewed.is_some();
+        if *leader.borrow() != is_leader {
+            info!(identity = %config.identity, leader = is_leader, "leadership changed");
+            leader.send_replace(is_leader);
+            metrics.leader.set(i64::from(is_leader));
+        }
+        tokio::select! {
+            () = tokio::time::sleep(retry) => {}
+            () = &mut shutdown => break,
+        }
+    }
+    if *leader.borrow() {
+        leader.send_replace(false);
+        metrics.leader.set(0);
+        release(&api, &config).await;
+    }
+}
+
+fn now() -> MicroTime {
+    MicroTime(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// One round. `Ok(true)`: we hold the Lease now.
+async fn try_acquire_or_renew(
+    api: &Api<Lease>,
+    config: &LeaseConfig,
+    observed: &mut Option<(String, Instant)>,
+) -> Result<bool, kube::Error> {
+    let secs = i32::try_from(config.duration.as_secs()).unwrap_or(i32::MAX);
+    let lease = match api.get_opt(&config.name).await? {
+        None => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(config.name.clone()),
+                    namespace: Some(config.namespace.clone()),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(config.identity.clone()),
+                    lease_duration_seconds: Some(secs),
+                    acquire_time: Some(now()),
+                    renew_time: Some(now()),
+                    lease_transitions: Some(0),
+                    ..Default::default()
+                }),
+            };
+            return match api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+                Err(e) => Err(e),
+            };
+        }
+        Some(l) => l,
+    };
+    let rv = lease.metadata.resource_version.clone().unwrap_or_default();
+    let spec = lease.spec.clone().unwrap_or_default();
+    let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
+    let ours = holder.as_deref() == Some(config.identity.as_str());
+    if !ours && holder.is_some() {
+        // Someone else's: expired only if its record stood still for a whole duration.
+        let theirs = Duration::from_secs(
+            u64::try_from(spec.lease_duration_seconds.unwrap_or(secs)).unwrap_or(0),
+        );
+        let seen = match observed {
+            Some((v, at)) if *v == rv => *at,
+            _ => {
+                *observed = Some((rv.clone(), Instant::now()));
+                return Ok(false);
+            }
+        };
+        if seen.elapsed() < theirs {
+            return Ok(false);
+        }
+        info!(lease = %config.name, previous = ?holder, "Lease expired; taking it over");
+    }
+    let mut next = lease.clone();
+    let transitions = spec.lease_transitions.unwrap_or(0);
+    next.spec = Some(LeaseSpec {
+        holder_identity: Some(config.identity.clone()),
+        lease_duration_seconds: Some(secs),
+        acquire_time: if ours {
+            spec.acquire_time.clone()
+        } else {
+            Some(now())
+        },
+        renew_time: Some(now()),
+        lease_transitions: Some(if ours { transitions } else { transitions + 1 }),
+        ..spec
+    });
+    match api
+        .replace(&config.name, &PostParams::default(), &next)
+        .await
+    {
+        Ok(l) => {
+            *observed = l.metadata.resource_version.map(|v| (v, Instant::now()));
+            Ok(true)
+        }
+        // Another replica wrote first: read again next round.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Give the Lease up (client-go's ReleaseOnCancel): clear the holder so a follower need
+/// not wait out the duration. Best effort, bounded.
+async fn release(api: &Api<Lease>, config: &LeaseConfig) {
+    let attempt = async {
+        let mut lease = api.get(&config.name).await?;
+        let Some(spec) = lease.spec.as_mut() else {
+            return Ok(());
+        };
+        if spec.holder_identity.as_deref() != Some(config.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        api.replace(&config.name, &PostParams::default(), &lease)
+            .await
+            .map(|_| ())
+    };
+    match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+        Ok(Ok(())) => info!(lease = %config.name, "Lease released"),
+        Ok(Err(e)) => warn!(lease = %config.name, error = %e, "cannot release the Lease"),
+        Err(_) => warn!(lease = %config.name, "releasing the Lease timed out"),
+    }
+}

@@ -1,0 +1,302 @@
+//! An opted-in Kubernetes Service, read into what the runtime and the backend need.
+//! Pure: a `Service` object and the config in, a [`Discovered`] or an error naming the
+//! annotation out.
+//!
+//! ```yaml
+//! metadata:
+//!   annotations:
+//!     zenvoy.io/enabled: "true"              # opt-in; nothing else is touched
+//!     zenvoy.io/workload: statefulset/pg     # default: deployment/<service name>
+//!     zenvoy.io/port: postgres               # which Service port (name or number; default the first)
+//!     zenvoy.io/listen: "5432"               # Envoy's listener: port or ip:port (default 0.0.0.0:<port>)
+//!     zenvoy.io/protocol: tcp                # or http (a virtual host on http.listen)
+//!     zenvoy.io/idleTimeout: 10m             # any policy field of the config
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use k8s_openapi::api::core::v1::Service;
+
+use crate::config::{Config, ConfigError, Policy, Protocol};
+use crate::runtime::ServiceDef;
+
+pub const ENABLED: &str = "zenvoy.io/enabled";
+pub const WORKLOAD: &str = "zenvoy.io/workload";
+pub const PORT: &str = "zenvoy.io/port";
+pub const LISTEN: &str = "zenvoy.io/listen";
+pub const PROTOCOL: &str = "zenvoy.io/protocol";
+/// On the workload: the replica count it had when parked, restored on wake.
+pub const PARKED_REPLICAS: &str = "zenvoy.io/parked-replicas";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Deployment,
+    StatefulSet,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Deployment => "deployment",
+            Kind::StatefulSet => "statefulset",
+        }
+    }
+}
+
+/// Where a service's replicas come from and how its ready endpoints are found.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub namespace: String,
+    /// The Service's name (EndpointSlices carry it as `kubernetes.io/service-name`).
+    pub service: String,
+    pub kind: Kind,
+    pub workload: String,
+    /// The Service port's name ("" when unnamed): EndpointSlice ports carry the same.
+    pub port_name: String,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{}/{}",
+            self.namespace,
+            self.kind.as_str(),
+            self.workload
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Discovered {
+    pub def: ServiceDef,
+    pub target: Target,
+}
+
+/// zenvoy's name for a Service: `<name>.<namespace>`, a valid cluster and label name.
+pub fn service_name(name: &str, namespace: &str) -> String {
+    format!("{name}.{namespace}")
+}
+
+pub fn opted_in(svc: &Service) -> bool {
+    svc.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ENABLED))
+        .is_some_and(|v| v.trim() == "true")
+}
+
+fn bad(field: &str, value: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.to_string(),
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Read an opted-in Service. Its policy: the config's defaults, then the config's
+/// `services` entry for its name, then its annotations.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming the annotation (or field) that is wrong.
+pub fn read(svc: &Service, config: &Config) -> Result<Discovered, ConfigError> {
+    let empty = BTreeMap::new();
+    let annotations = svc.metadata.annotations.as_ref().unwrap_or(&empty);
+    let get = |k: &str| annotations.get(k).map(|v| v.trim());
+    let name = svc.metadata.name.as_deref().unwrap_or_default();
+    let namespace = svc.metadata.namespace.as_deref().unwrap_or("default");
+    let zname = service_name(name, namespace);
+
+    let (kind, workload) = match get(WORKLOAD) {
+        None => (Kind::Deployment, name.to_string()),
+        Some(v) => {
+            let (kind, wname) = v.split_once('/').ok_or_else(|| {
+                bad(
+                    WORKLOAD,
+                    v,
+                    "must be deployment/<name> or statefulset/<name>",
+                )
+            })?;
+            let kind = match kind.to_ascii_lowercase().as_str() {
+                "deployment" | "deployments" | "deploy" => Kind::Deployment,
+                "statefulset" | "statefulsets" | "sts" => Kind::StatefulSet,
+                _ => return Err(bad(WORKLOAD, v, "kind must be deployment or statefulset")),
+            };
+            if wname.is_empty() {
+                return Err(bad(WORKLOAD, v, "names no workload"));
+            }
+            (kind, wname.to_string())
+        }
+    };
+
+    let ports = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| bad("spec.ports", "[]", "the Service has no port"))?;
+    let port = match get(PORT) {
+        None => &ports[0],
+        Some(v) => ports
+            .iter()
+            .find(|p| p.name.as_deref() == Some(v) || p.port.to_string() == v)
+            .ok_or_else(|| bad(PORT, v, "no port of the Service has this name or number"))?,
+    };
+    let service_port = u16::try_from(port.port)
+        .map_err(|_| bad("spec.ports.port", &port.port.to_string(), "not a port"))?;
+
+    let protocol = match get(PROTOCOL) {
+        None | Some("tcp") => Protocol::Tcp,
+        Some("http") => Protocol::Http,
+        Some(v) => return Err(bad(PROTOCOL, v, "must be \"tcp\" or \"http\"")),
+    };
+    if protocol == Protocol::Http && config.http.is_none() {
+        return Err(bad(
+            PROTOCOL,
+            "http",
+            "HTTP services need `http.listen` in the zenvoy config",
+        ));
+    }
+    let listen = match get(LISTEN) {
+        Some(v) => Some(parse_listen(v)?),
+        None if protocol == Protocol::Tcp => Some(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            service_port,
+        )),
+        None => None,
+    };
+    let domains = if protocol == Protocol::Http {
+        vec![
+            name.to_string(),
+            format!("{name}.{namespace}"),
+            format!("{name}.{namespace}.svc"),
+            format!("{name}.{namespace}.svc.cluster.local"),
+        ]
+    } else {
+        Vec::new()
+    };
+
+    let base = config
+        .overrides
+        .iter()
+        .find(|(n, _)| *n == zname)
+        .map_or(config.defaults, |(_, p)| *p);
+    let policy: Policy = base.with_annotations(|k| annotations.get(k).map(String::as_str))?;
+
+    Ok(Discovered {
+        def: ServiceDef {
+            name: zname,
+            protocol,
+            listen,
+            domains,
+            policy,
+            running: false,
+        },
+        target: Target {
+            namespace: namespace.to_string(),
+            service: name.to_string(),
+            kind,
+            workload,
+            port_name: port.name.clone().unwrap_or_default(),
+        },
+    })
+}
+
+fn parse_listen(v: &str) -> Result<SocketAddr, ConfigError> {
+    if let Ok(port) = v.parse::<u16>() {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+    }
+    v.parse().map_err(|_| {
+        bad(
+            LISTEN,
+            v,
+            "must be a port (\"5432\") or ip:port (\"0.0.0.0:5432\")",
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(annotations: &[(&str, &str)], ports: &[(&str, i32)]) -> Service {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "pg", "namespace": "db",
+                "annotations": annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+            },
+            "spec": {"ports": ports.iter().map(|(n, p)| serde_json::json!({"name": n, "port": p})).collect::<Vec<_>>()},
+        }))
+        .expect("a Service")
+    }
+
+    fn config(yaml: &str) -> Config {
+        Config::from_yaml_for(yaml, crate::config::Mode::Kubernetes).expect("valid config")
+    }
+
+    #[test]
+    fn conventions_and_layers() {
+        let c =
+            config("defaults: {idleTimeout: 5m}\nservices:\n- name: pg.db\n  holdTimeout: 7s\n");
+        let s = svc(
+            &[(ENABLED, "true"), ("zenvoy.io/maxPending", "9")],
+            &[("sql", 5432)],
+        );
+        assert!(opted_in(&s));
+        let d = read(&s, &c).expect("readable");
+        assert_eq!(d.def.name, "pg.db");
+        assert_eq!(d.def.listen, Some("0.0.0.0:5432".parse().expect("addr")));
+        assert_eq!(
+            d.def.policy.idle_timeout,
+            std::time::Duration::from_secs(300)
+        );
+        assert_eq!(d.def.policy.hold_timeout, std::time::Duration::from_secs(7));
+        assert_eq!(d.def.policy.max_pending, 9);
+        assert_eq!(d.target.kind, Kind::Deployment);
+        assert_eq!(d.target.workload, "pg");
+        assert_eq!(d.target.port_name, "sql");
+    }
+
+    #[test]
+    fn annotations_pick_workload_port_and_listen() {
+        let c = config("{}");
+        let s = svc(
+            &[
+                (WORKLOAD, "statefulset/pg-main"),
+                (PORT, "6543"),
+                (LISTEN, "127.0.0.1:0"),
+            ],
+            &[("a", 5432), ("b", 6543)],
+        );
+        let d = read(&s, &c).expect("readable");
+        assert_eq!(d.target.kind, Kind::StatefulSet);
+        assert_eq!(d.target.workload, "pg-main");
+        assert_eq!(d.target.port_name, "b");
+        assert_eq!(d.def.listen, Some("127.0.0.1:0".parse().expect("addr")));
+        assert!(!opted_in(&s));
+    }
+
+    #[test]
+    fn errors_name_the_annotation() {
+        let c = config("{}");
+        for (k, v) in [
+            (WORKLOAD, "job/x"),
+            (WORKLOAD, "pg"),
+            (PORT, "nope"),
+            (LISTEN, "localhost:1"),
+            (PROTOCOL, "udp"),
+            (PROTOCOL, "http"),
+            ("zenvoy.io/idleTimeout", "soon"),
+            ("zenvoy.io/maxPending", "-1"),
+            ("zenvoy.io/holdTimeout", "0s"),
+        ] {
+            let err = read(&svc(&[(k, v)], &[("", 80)]), &c)
+                .expect_err(k)
+                .to_string();
+            assert!(err.contains(k), "{err} should name {k}");
+        }
+        let err = read(&svc(&[], &[]), &c).expect_err("no ports").to_string();
+        assert!(err.contains("spec.ports"), "{err}");
+    }
+}
