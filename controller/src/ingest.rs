@@ -169,6 +169,9 @@ impl MetricsSink {
         &self,
         request: Request<Streaming<Bytes>>,
     ) -> Result<Response<StreamMetricsResponse>, Status> {
+        if self.shutdown.as_ref().is_some_and(|end| *end.borrow()) {
+            return Err(Status::unavailable(crate::xds::NOT_SERVING));
+        }
         let peer = request.remote_addr();
         let mut inbound = request.into_inner();
         let span = tracing::info_span!("metrics_stream", peer = ?peer);

@@ -14,9 +14,12 @@
 //! annotation on the workload, and a (re)started controller reads each workload's
 //! replicas to know whether a service is parked or (being) woken.
 //!
-//! Followers (replicas without the Lease) run everything but the writes: they watch the
-//! same objects, serve xDS to the Envoys and holders connected to them from the same
-//! state, and their wakes wait for the endpoints the leader's scale-up brings.
+//! Followers (replicas without the Lease) are hot standbys: they watch the same objects
+//! and keep the same services, but make no writes and refuse ADS and metrics streams
+//! (UNAVAILABLE), so every Envoy and holder pushes its stats to, and takes its xDS from,
+//! the leader, the one replica whose state the stats drive. A leader that loses the
+//! Lease ends its streams; clients reconnect (list every replica, or use the
+//! controller's Service) and land on the new leader within the lease duration.
 
 pub mod backend;
 pub mod configmap;
@@ -55,7 +58,10 @@ pub async fn run(
     admin: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let core = Core::new();
+    let (leader_tx, leader_rx) = watch::channel(false);
+    // Only the leader serves streams: its state is the one driven by the stats, so
+    // every Envoy and holder must push to it (followers refuse; clients retry).
+    let core = Core::new().with_gate(leader_rx.clone());
     let targets = endpoints::Targets::default();
     let (events, events_task) = events::Events::start(client.clone(), &options.lease.identity);
     let (endpoints, mut tasks) = endpoints::start(
@@ -64,7 +70,6 @@ pub async fn run(
         targets.clone(),
         core.events.clone(),
     );
-    let (leader_tx, leader_rx) = watch::channel(false);
     tasks.push(tokio::spawn(leader::run(
         client.clone(),
         options.lease.clone(),
@@ -89,6 +94,7 @@ pub async fn run(
         runtime: core.events.clone(),
         events: events.clone(),
         config: config_rx,
+        leader: leader_rx.clone(),
     };
     tasks.push(tokio::spawn(discovery.run(core.stopped())));
     tasks.push(events_task);

@@ -119,6 +119,7 @@ pub struct Core {
     events_rx: mpsc::Receiver<Event>,
     stop_tx: watch::Sender<bool>,
     stop_rx: watch::Receiver<bool>,
+    gate: Option<watch::Receiver<bool>>,
 }
 
 impl Default for Core {
@@ -144,7 +145,16 @@ impl Core {
             events_rx,
             stop_tx,
             stop_rx,
+            gate: None,
         }
+    }
+
+    /// Serve ADS and metrics streams only while `gate` reads true (Kubernetes: while this
+    /// replica holds the Lease). Closed, new streams are refused with UNAVAILABLE and
+    /// open ones end, so clients reconnect, to the leader.
+    pub fn with_gate(mut self, gate: watch::Receiver<bool>) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// Resolves when the controller stops.
@@ -170,6 +180,7 @@ impl Core {
             events_rx,
             stop_tx,
             stop_rx,
+            gate,
         } = self;
         let registry = Arc::new(registry);
         let stopped = {
@@ -201,12 +212,17 @@ impl Core {
         drop(config);
 
         // The gRPC server's graceful shutdown waits for open requests, and ADS and metrics
-        // streams never end on their own: each one ends itself on the same stop signal.
+        // streams never end on their own: each one ends itself on the same stop signal,
+        // or when the gate closes.
+        let streams_end = match gate {
+            Some(gate) => closed_or_stopped(gate, stop_rx.clone()),
+            None => stop_rx.clone(),
+        };
         let ads = AggregatedDiscoveryServiceServer::new(
-            xds::AdsServer::new(cache, metrics.clone()).with_shutdown(stop_rx.clone()),
+            xds::AdsServer::new(cache, metrics.clone()).with_shutdown(streams_end.clone()),
         );
         let sink = ingest::MetricsServer::new(
-            ingest::MetricsSink::new(services, events_tx, metrics).with_shutdown(stop_rx),
+            ingest::MetricsSink::new(services, events_tx, metrics).with_shutdown(streams_end),
             MAX_PUSH_BYTES,
         );
         info!(grpc = ?grpc.local_addr().ok(), admin = ?admin.local_addr().ok(), "controller serving");
@@ -235,6 +251,30 @@ impl Core {
         admin?;
         Ok(())
     }
+}
+
+/// A signal that reads true while `gate` is false or `stop` is true.
+fn closed_or_stopped(
+    mut gate: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) -> watch::Receiver<bool> {
+    let end = |g: &watch::Receiver<bool>, s: &watch::Receiver<bool>| !*g.borrow() || *s.borrow();
+    let (tx, rx) = watch::channel(end(&gate, &stop));
+    tokio::spawn(async move {
+        loop {
+            let ended = tokio::select! {
+                r = gate.changed() => r.is_err(),
+                r = stop.changed() => r.is_err(),
+                () = tx.closed() => return,
+            };
+            let value = ended || end(&gate, &stop);
+            tx.send_if_modified(|v| std::mem::replace(v, value) != value);
+            if ended {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 pub use backend::Backend;

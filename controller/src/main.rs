@@ -54,6 +54,13 @@ struct Args {
     /// limits applies without a restart (anything else is rejected and logged).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     reload_interval: std::time::Duration,
+    /// Listen here for gRPC (ADS, MetricsService) instead of `controller.listen`, e.g.
+    /// when several replicas share one config on one host.
+    #[arg(long, value_name = "IP:PORT")]
+    listen: Option<std::net::SocketAddr>,
+    /// Serve /metrics, /healthz, /readyz here instead of `controller.admin`.
+    #[arg(long, value_name = "IP:PORT")]
+    admin: Option<std::net::SocketAddr>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "ZENVOY_LOG_JSON")]
     log_json: bool,
@@ -70,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("one of --config or --kubernetes is required");
     };
     let config = Config::load(path).with_context(|| "invalid configuration")?;
-    let (grpc, admin) = bind(&config, args.address_file.as_deref()).await?;
+    let (grpc, admin) = bind(&config, &args).await?;
     let reload = zenvoy_controller::reload::Reload {
         path: path.clone(),
         interval: args.reload_interval,
@@ -120,7 +127,7 @@ async fn kubernetes(args: &Args, cm: &str) -> anyhow::Result<()> {
     let (text, config) = configmap::load(&client, &source, std::time::Duration::from_secs(60))
         .await
         .with_context(|| "invalid configuration")?;
-    let (grpc, admin) = bind(&config, args.address_file.as_deref()).await?;
+    let (grpc, admin) = bind(&config, args).await?;
     let options = Options {
         config_map: source,
         namespaces: args.namespaces.clone(),
@@ -144,17 +151,16 @@ async fn kubernetes(args: &Args, cm: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn bind(
-    config: &Config,
-    address_file: Option<&std::path::Path>,
-) -> anyhow::Result<(TcpListener, TcpListener)> {
-    let grpc = TcpListener::bind(config.controller.listen)
+async fn bind(config: &Config, args: &Args) -> anyhow::Result<(TcpListener, TcpListener)> {
+    let listen = args.listen.unwrap_or(config.controller.listen);
+    let admin = args.admin.unwrap_or(config.controller.admin);
+    let grpc = TcpListener::bind(listen)
         .await
-        .with_context(|| format!("binding controller.listen {}", config.controller.listen))?;
-    let admin = TcpListener::bind(config.controller.admin)
+        .with_context(|| format!("binding the gRPC address {listen}"))?;
+    let admin = TcpListener::bind(admin)
         .await
-        .with_context(|| format!("binding controller.admin {}", config.controller.admin))?;
-    if let Some(path) = address_file {
+        .with_context(|| format!("binding the admin address {admin}"))?;
+    if let Some(path) = &args.address_file {
         let json = serde_json::json!({
             "grpc": grpc.local_addr()?.to_string(),
             "admin": admin.local_addr()?.to_string(),

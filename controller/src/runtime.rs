@@ -188,6 +188,7 @@ impl<B: Backend> Runtime<B> {
         let name = def.name.clone();
         if let Some(s) = self.services.get_mut(&name) {
             let old = std::mem::replace(&mut s.def, def.clone());
+            let parked = matches!(s.state, State::Parked);
             if old.listen != def.listen {
                 match def.listen {
                     Some(listen) => self.cache.set(
@@ -203,6 +204,12 @@ impl<B: Backend> Runtime<B> {
             }
             if old.policy != def.policy {
                 self.reload(&name, &def.policy);
+            }
+            // The backend says it runs (e.g. a new leader read the workloads): a service
+            // this runtime thought parked is woken, which finds it ready.
+            if def.running && parked {
+                info!(service = %name, "workload runs; waking to follow it");
+                self.apply(&name, Input::Demand, now);
             }
             if old.protocol != def.protocol {
                 self.directory.insert(&name, def.protocol);

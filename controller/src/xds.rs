@@ -250,6 +250,10 @@ impl AdsServer {
     }
 }
 
+/// Why a stream is refused: clients retry, and reach the leader.
+pub const NOT_SERVING: &str =
+    "this zenvoy-controller replica is not serving (not the Lease holder, or stopping); retry";
+
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// Responses queued per stream before the stream task waits for Envoy to read.
@@ -264,6 +268,7 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        self.open()?;
         Ok(self.spawn_stream("ads", AdsStream::new, request))
     }
 
@@ -271,11 +276,20 @@ impl AggregatedDiscoveryService for AdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        self.open()?;
         Ok(self.spawn_stream("delta_ads", DeltaStream::new, request))
     }
 }
 
 impl AdsServer {
+    /// Refuse a stream while the end signal reads true (stopping, or not the leader).
+    fn open(&self) -> Result<(), Status> {
+        match &self.shutdown {
+            Some(end) if *end.borrow() => Err(Status::unavailable(NOT_SERVING)),
+            _ => Ok(()),
+        }
+    }
+
     /// Serve one ADS stream of either protocol on its own task; the response stream
     /// is what tonic sends back.
     fn spawn_stream<P: Protocol>(

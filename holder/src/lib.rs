@@ -41,8 +41,9 @@ pub use server::Timeouts;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Controller gRPC URL, e.g. `http://127.0.0.1:18000`.
-    pub controller: String,
+    /// Controller gRPC URLs, e.g. `http://127.0.0.1:18000`: several replicas are tried
+    /// in turn on each reconnect (only the leader serves).
+    pub controllers: Vec<String>,
     pub node_id: String,
     pub limits: Limits,
     pub timeouts: Timeouts,
@@ -69,13 +70,13 @@ pub async fn run(
         ..Default::default()
     };
     let xds = tokio::spawn(xds::run(
-        settings.controller.clone(),
+        settings.controllers.clone(),
         node.clone(),
         hold.clone(),
     ));
     let push = settings.push.then(|| {
         tokio::spawn(push::run(
-            settings.controller.clone(),
+            settings.controllers.clone(),
             node,
             hold.clone(),
             metrics.clone(),

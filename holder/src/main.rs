@@ -36,9 +36,11 @@ struct Args {
     /// Admin HTTP address: /metrics, /healthz.
     #[arg(long, default_value = "127.0.0.1:15002")]
     admin: SocketAddr,
-    /// Controller gRPC URL (ADS and MetricsService).
-    #[arg(long, default_value = "http://127.0.0.1:18000")]
-    controller: String,
+    /// Controller gRPC URL (ADS and MetricsService). Repeat it, or separate with commas,
+    /// for several controller replicas: each reconnect tries the next one, and only the
+    /// leader accepts.
+    #[arg(long, default_value = "http://127.0.0.1:18000", value_delimiter = ',')]
+    controller: Vec<String>,
     /// Node id this holder uses towards the controller.
     #[arg(long, default_value = "zenvoy-holder")]
     node_id: String,
@@ -99,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
         write_addresses(path, &listeners, &admin)?;
     }
     let settings = Settings {
-        controller: args.controller,
+        controllers: args.controller,
         node_id: args.node_id,
         limits: Limits {
             max_pending_per_service: args.max_pending,

@@ -48,10 +48,12 @@ fn family(changes: &[(String, usize)]) -> MetricFamily {
     }
 }
 
-pub async fn run(controller: String, node: Node, hold: Arc<Hold>, metrics: Arc<Metrics>) {
+/// Keep one metrics stream to a controller open, reconnecting with backoff to the next
+/// of `controllers` each time.
+pub async fn run(controllers: Vec<String>, node: Node, hold: Arc<Hold>, metrics: Arc<Metrics>) {
     let mut backoff = RETRY_MIN;
-    loop {
-        match stream_once(&controller, &node, &hold, &metrics).await {
+    for controller in controllers.iter().cycle() {
+        match stream_once(controller, &node, &hold, &metrics).await {
             Ok(()) => backoff = RETRY_MIN,
             Err(e) => {
                 warn!(%controller, error = %e, retry_in = ?backoff, "metrics stream to controller failed")

@@ -91,12 +91,13 @@ pub fn upstreams(cla: &ClusterLoadAssignment) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// Keep one ADS stream to `controller` open for the life of the process, reconnecting
-/// with backoff. Endpoints already known are kept while disconnected.
-pub async fn run(controller: String, node: Node, hold: Arc<Hold>) {
+/// Keep one ADS stream to a controller open for the life of the process, reconnecting
+/// with backoff, to the next of `controllers` each time. Endpoints already known are
+/// kept while disconnected.
+pub async fn run(controllers: Vec<String>, node: Node, hold: Arc<Hold>) {
     let mut backoff = RETRY_MIN;
-    loop {
-        match stream_once(&controller, &node, &hold).await {
+    for controller in controllers.iter().cycle() {
+        match stream_once(controller, &node, &hold).await {
             Ok(()) => backoff = RETRY_MIN,
             Err(e) => {
                 warn!(%controller, error = %e, retry_in = ?backoff, "ADS stream to controller failed")

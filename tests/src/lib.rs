@@ -11,7 +11,9 @@
 //! Used by `tests/` and by the `zenvoy-local` launcher behind `make run`.
 
 pub mod envoy;
+pub mod fake_kube;
 pub mod holder_client;
+pub mod kube_stack;
 pub mod netns;
 pub mod process;
 pub mod stack;

@@ -38,6 +38,10 @@ pub struct Discovery {
     pub runtime: mpsc::Sender<Event>,
     pub events: Events,
     pub config: watch::Receiver<Arc<Config>>,
+    /// True while this replica leads: on becoming leader, every service's state is read
+    /// again from its workload (a follower's runtime saw no stats and may have parked
+    /// what the old leader kept awake).
+    pub leader: watch::Receiver<bool>,
 }
 
 impl Discovery {
@@ -63,6 +67,14 @@ impl Discovery {
         loop {
             tokio::select! {
                 () = &mut shutdown => return,
+                changed = self.leader.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if *self.leader.borrow_and_update() && !self.rederive(&known).await {
+                        return;
+                    }
+                }
                 changed = self.config.changed() => {
                     if changed.is_err() {
                         return;
@@ -211,6 +223,32 @@ impl Discovery {
             })
             .await
             .is_ok()
+    }
+
+    /// Tell the runtime which services' workloads run, so it wakes (and later parks)
+    /// them whatever it thought before.
+    async fn rederive(&self, known: &HashMap<String, Known>) -> bool {
+        for (key, k) in known {
+            let Some(target) = super::endpoints::target(&self.targets, key) else {
+                continue;
+            };
+            match replicas(&self.client, &target).await {
+                Ok(n) if n > 0 => {
+                    let mut def = k.def.clone();
+                    def.running = true;
+                    if self.runtime.send(Event::Upsert(def)).await.is_err() {
+                        return false;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => warn!(service = %key, error = %e, "cannot read the workload's scale"),
+            }
+        }
+        info!(
+            services = known.len(),
+            "leading: service states read from their workloads"
+        );
+        true
     }
 
     /// A new config: every service's policy again.

@@ -1,0 +1,393 @@
+//! A zenvoy stack in Kubernetes mode: the fake API server and simulated kubelet
+//! ([`crate::fake_kube`]), one or more `zenvoy-controller --kubernetes` replicas, a real
+//! holder and a real Envoy. Services, workloads and the ConfigMap are objects in the
+//! fake API, written by the test as an operator would with kubectl.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::envoy::{self, Envoy};
+use crate::fake_kube::{FakeApi, Kubelet, KubeletOptions};
+use crate::process::Proc;
+use crate::stack::{addr, address_file};
+use crate::{bin, free_port, http_get, metric_value, wait};
+
+/// Where the controllers' ConfigMap and Lease live.
+pub const NAMESPACE: &str = "zenvoy";
+pub const CONFIGMAP: &str = "zenvoy";
+pub const LEASE: &str = "zenvoy-controller";
+
+#[derive(Debug, Clone)]
+pub struct KubeOptions {
+    /// YAML lines under `defaults:` in the ConfigMap's document.
+    pub defaults: Vec<String>,
+    /// How long the kubelet takes to start a pod.
+    pub start_delay: Duration,
+    pub lease_duration: Duration,
+    /// Envoy stats flush interval.
+    pub flush: Duration,
+    /// Scrape mode: every controller reads Envoy's and the holder's stats pages (how
+    /// several replicas all see the same activity); else both push to controller 0.
+    pub scrape: Option<Duration>,
+}
+
+impl Default for KubeOptions {
+    fn default() -> Self {
+        KubeOptions {
+            defaults: vec!["idleTimeout: 3s".into(), "holdTimeout: 30s".into()],
+            start_delay: Duration::from_millis(300),
+            lease_duration: Duration::from_secs(4),
+            flush: Duration::from_millis(500),
+            scrape: None,
+        }
+    }
+}
+
+/// One controller replica. Its identity is also its API token, so the fake API's
+/// request log tells which replica wrote what.
+#[derive(Debug)]
+pub struct Controller {
+    pub identity: String,
+    pub proc: Proc,
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Controller {
+    pub async fn metric(&self, series: &str) -> anyhow::Result<f64> {
+        let page = http_get(&format!("http://{}/metrics", self.admin)).await?;
+        Ok(metric_value(&page, series).unwrap_or(0.0))
+    }
+}
+
+/// Drop order is field order: Envoy, holder, controllers, kubelet (stops the pods), API.
+pub struct KubeStack {
+    pub envoy: Envoy,
+    pub holder: Proc,
+    pub controllers: Vec<Controller>,
+    pub kubelet: Kubelet,
+    pub api: FakeApi,
+    pub opts: KubeOptions,
+    pub holder_listen: SocketAddr,
+    pub envoy_admin: SocketAddr,
+    pub holder_admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+/// The ConfigMap's document.
+pub fn config_document(
+    opts: &KubeOptions,
+    holder: SocketAddr,
+    envoy_admin: SocketAddr,
+    holder_admin: SocketAddr,
+) -> String {
+    let mut y = format!(
+        "controller:\n  listen: 127.0.0.1:0\n  admin: 127.0.0.1:0\nholder:\n  address: {holder}\n"
+    );
+    if let Some(interval) = opts.scrape {
+        y.push_str(&format!(
+            "scrape:\n  interval: {}ms\n  targets:\n    - name: envoy-1\n      url: http://{envoy_admin}/stats/prometheus\n    - name: holder-1\n      url: http://{holder_admin}/metrics\n",
+            interval.as_millis()
+        ));
+    }
+    y.push_str("defaults:\n");
+    for d in &opts.defaults {
+        y.push_str(&format!("  {d}\n"));
+    }
+    y
+}
+
+pub fn configmap(document: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": CONFIGMAP, "namespace": NAMESPACE},
+        "data": {"zenvoy.yaml": document},
+    })
+}
+
+/// A workload for the kubelet: `replicas` pods of zenvoy-echo on `port`, labelled
+/// `app: <name>`.
+pub fn workload(
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    replicas: i32,
+    port: u16,
+    annotations: &[(&str, &str)],
+) -> Value {
+    let annotations: serde_json::Map<String, Value> = annotations
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::from(*v)))
+        .collect();
+    json!({
+        "apiVersion": "apps/v1", "kind": kind,
+        "metadata": {"name": name, "namespace": namespace, "annotations": annotations},
+        "spec": {
+            "replicas": replicas,
+            "serviceName": name,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "echo", "image": "zenvoy-echo", "ports": [{"containerPort": port}]}]},
+            },
+        },
+    })
+}
+
+/// A Service selecting `app: <name>` on `port`, with `annotations`.
+pub fn service(namespace: &str, name: &str, port: u16, annotations: &[(&str, &str)]) -> Value {
+    let annotations: serde_json::Map<String, Value> = annotations
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::from(*v)))
+        .collect();
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace, "annotations": annotations},
+        "spec": {
+            "selector": {"app": name},
+            "ports": [{"name": "tcp", "port": port, "targetPort": port, "protocol": "TCP"}],
+        },
+    })
+}
+
+/// Opt-in annotations with Envoy's listener on a port the OS picks.
+pub const OPT_IN: [(&str, &str); 2] = [
+    ("zenvoy.io/enabled", "true"),
+    ("zenvoy.io/listen", "127.0.0.1:0"),
+];
+
+impl KubeStack {
+    /// Start the fake API and kubelet, `controllers` replicas (controller 0 first, and
+    /// the others once it leads, so replica 0 is the first leader), and the holder and
+    /// Envoy, each given every replica (only the leader accepts their streams).
+    pub async fn start(opts: KubeOptions, controllers: usize) -> anyhow::Result<KubeStack> {
+        let dir = tempfile::Builder::new().prefix("zenvoy-kube-").tempdir()?;
+        let d = dir.path().to_path_buf();
+        let api = FakeApi::start().await?;
+        let echo = bin("zenvoy-echo")?;
+        let kubelet = Kubelet::start(
+            &api,
+            KubeletOptions::new(opts.start_delay, move |addr: SocketAddr| {
+                let mut c = Command::new(&echo);
+                c.arg("--listen").arg(addr.to_string());
+                c
+            }),
+        );
+        let holder_listen = free_port()?;
+        let envoy_admin = free_port()?;
+        let holder_admin = free_port()?;
+        api.put(configmap(&config_document(
+            &opts,
+            holder_listen,
+            envoy_admin,
+            holder_admin,
+        )))?;
+
+        let mut stack_controllers = Vec::new();
+        for i in 0..controllers {
+            let c = spawn_controller(
+                &api,
+                &d,
+                &format!("controller-{i}"),
+                free_port()?,
+                opts.lease_duration,
+            )
+            .await?;
+            if i == 0 {
+                wait_leader(&api, &c.identity, opts.lease_duration * 3).await?;
+            }
+            stack_controllers.push(c);
+        }
+        let urls: Vec<String> = stack_controllers
+            .iter()
+            .map(|c| format!("http://{}", c.grpc))
+            .collect();
+
+        let mut cmd = Command::new(bin("zenvoy-holder")?);
+        cmd.arg("--listen")
+            .arg(holder_listen.to_string())
+            .arg("--admin")
+            .arg(holder_admin.to_string())
+            .args(["--node-id", "holder-1"])
+            .arg("--controller")
+            .arg(urls.join(","))
+            .arg("--address-file")
+            .arg(d.join("holder.json"))
+            .args(opts.scrape.map(|_| "--no-push"))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            );
+        let mut holder = Proc::spawn("holder", cmd, Some(&d.join("holder.log")))?;
+        address_file("holder address file", &d.join("holder.json"), &mut holder).await?;
+
+        let grpc = stack_controllers[0].grpc;
+        let mut boot = match opts.scrape {
+            Some(_) => {
+                envoy::bootstrap_without_push("envoy-1", grpc, envoy_admin.port(), opts.flush)
+            }
+            None => envoy::bootstrap("envoy-1", grpc, envoy_admin.port(), opts.flush),
+        };
+        // Every replica in the controller cluster, and quick reconnects: a refused or
+        // ended stream is retried (on the next host) within a second.
+        let hosts: Vec<Value> = stack_controllers
+            .iter()
+            .map(|c| json!({"endpoint": {"address": {"socket_address": {"address": c.grpc.ip().to_string(), "port_value": c.grpc.port()}}}}))
+            .collect();
+        boot["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]
+            ["lb_endpoints"] = Value::from(hosts);
+        boot["dynamic_resources"]["ads_config"]["grpc_services"][0]["envoy_grpc"]["retry_policy"] =
+            json!({"retry_back_off": {"base_interval": "0.25s", "max_interval": "1s"}});
+        let envoy = Envoy::start(&d, "envoy", &boot, Some(&d.join("envoy.log"))).await?;
+        Ok(KubeStack {
+            envoy,
+            holder,
+            controllers: stack_controllers,
+            kubelet,
+            api,
+            opts,
+            holder_listen,
+            envoy_admin,
+            holder_admin,
+            dir,
+        })
+    }
+
+    /// Kill controller `i` (SIGKILL: no Lease release, no goodbye) and start it again
+    /// with the same identity and gRPC address.
+    pub async fn restart_controller(&mut self, i: usize) -> anyhow::Result<()> {
+        let old = &mut self.controllers[i];
+        old.proc.kill();
+        let (identity, grpc) = (old.identity.clone(), old.grpc);
+        let c = spawn_controller(
+            &self.api,
+            self.dir.path(),
+            &identity,
+            grpc,
+            self.opts.lease_duration,
+        )
+        .await?;
+        self.controllers[i] = c;
+        Ok(())
+    }
+
+    /// Where clients connect for zenvoy service `name` (`<service>.<namespace>`), once
+    /// Envoy has its listener.
+    pub async fn listener(&self, name: &str) -> anyhow::Result<SocketAddr> {
+        let what = format!("Envoy listener {name}");
+        wait::until(&what, Duration::from_secs(20), || async {
+            Ok(self.envoy.listener(name).await.ok())
+        })
+        .await
+    }
+
+    /// `spec.replicas` of a workload.
+    pub fn replicas(&self, kind: &str, namespace: &str, name: &str) -> Option<i64> {
+        self.api
+            .get("apps/v1", kind, namespace, name)
+            .and_then(|w| w["spec"]["replicas"].as_i64())
+    }
+
+    pub async fn wait_replicas(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        want: i64,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let what = format!("{kind} {namespace}/{name} at {want} replicas");
+        wait::until(&what, timeout, || async {
+            Ok((self.replicas(kind, namespace, name) == Some(want)).then_some(()))
+        })
+        .await
+    }
+
+    /// Writes to any `/scale` subresource, as (token, path) in order.
+    pub fn scale_writes(&self) -> Vec<(String, String)> {
+        self.api
+            .requests()
+            .into_iter()
+            .filter(|r| {
+                r.path.ends_with("/scale")
+                    && matches!(r.method.as_str(), "PATCH" | "PUT")
+                    && r.status < 300
+            })
+            .map(|r| (r.token.clone().unwrap_or_default(), r.path.clone()))
+            .collect()
+    }
+
+    /// Log tails of every process, for a failure message.
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for c in &self.controllers {
+            s.push_str(&c.proc.log_tail(40));
+        }
+        s.push_str(&self.holder.log_tail(20));
+        s
+    }
+}
+
+/// Start `zenvoy-controller --kubernetes` as `identity` (also its API token).
+pub async fn spawn_controller(
+    api: &FakeApi,
+    dir: &Path,
+    identity: &str,
+    grpc: SocketAddr,
+    lease: Duration,
+) -> anyhow::Result<Controller> {
+    let kubeconfig: PathBuf = api.kubeconfig(dir, identity)?;
+    let address_path = dir.join(format!("{identity}.json"));
+    let _ = std::fs::remove_file(&address_path);
+    let mut cmd = Command::new(bin("zenvoy-controller")?);
+    cmd.arg("--kubernetes")
+        .arg(format!("{NAMESPACE}/{CONFIGMAP}"))
+        .arg("--identity")
+        .arg(identity)
+        .arg("--lease-duration")
+        .arg(format!("{}ms", lease.as_millis()))
+        .arg("--listen")
+        .arg(grpc.to_string())
+        .arg("--admin")
+        .arg("127.0.0.1:0")
+        .arg("--address-file")
+        .arg(&address_path)
+        .env("KUBECONFIG", &kubeconfig)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
+        );
+    let log = dir.join(format!("{identity}.log"));
+    let mut proc = Proc::spawn(identity, cmd, Some(&log))?;
+    let a = address_file("controller address file", &address_path, &mut proc).await?;
+    Ok(Controller {
+        identity: identity.to_string(),
+        grpc: addr(&a, "grpc")?,
+        admin: addr(&a, "admin")?,
+        proc,
+    })
+}
+
+/// The Lease's holder, if any.
+pub fn lease_holder(api: &FakeApi) -> Option<String> {
+    api.get("coordination.k8s.io/v1", "Lease", NAMESPACE, LEASE)
+        .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+}
+
+pub async fn wait_leader(
+    api: &FakeApi,
+    identity: &str,
+    timeout: Duration,
+) -> anyhow::Result<Duration> {
+    let started = tokio::time::Instant::now();
+    let what = format!("{identity} to hold the Lease");
+    wait::until(&what, timeout, || async {
+        Ok((lease_holder(api).as_deref() == Some(identity)).then_some(()))
+    })
+    .await?;
+    Ok(started.elapsed())
+}

@@ -1,0 +1,367 @@
+//! Kubernetes mode end to end: a real Envoy, holder and `zenvoy-controller --kubernetes`
+//! against the fake API server and simulated kubelet in `zenvoy_tests::fake_kube`
+//! (real HTTP, real upstream processes). What must hold is issue #5's list.
+
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use zenvoy_tests::holder_client::{echo_pattern, is_open};
+use zenvoy_tests::kube_stack::{self, service, workload, KubeOptions, KubeStack, OPT_IN};
+use zenvoy_tests::{free_port, wait};
+
+const ECHO_BYTES: u64 = 256 * 1024;
+
+async fn echo_through(stack: &KubeStack, name: &str, seed: u64) -> anyhow::Result<()> {
+    let l = stack.listener(name).await?;
+    let s = TcpStream::connect(l).await?;
+    tokio::time::timeout(Duration::from_secs(40), echo_pattern(s, seed, ECHO_BYTES))
+        .await
+        .map_err(|_| anyhow::anyhow!("no echo from {name} within 40 s\n{}", stack.logs()))?
+}
+
+fn port() -> anyhow::Result<u16> {
+    Ok(free_port()?.port())
+}
+
+/// 1 and 6: a parked Deployment and a parked StatefulSet wake on a connection through
+/// Envoy, serve it byte-exact and park again; a Deployment running at 3 parks with 3
+/// remembered and wakes to 3; Services without the opt-in are never scaled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wakes_and_parks_deployments_and_statefulsets() -> anyhow::Result<()> {
+    let stack = KubeStack::start(KubeOptions::default(), 1).await?;
+    let api = &stack.api;
+    let (web, db, big, plain, off) = (port()?, port()?, port()?, port()?, port()?);
+    api.put(workload("Deployment", "default", "web", 0, web, &[]))?;
+    api.put(service("default", "web", web, &OPT_IN))?;
+    api.put(workload("StatefulSet", "data", "db", 0, db, &[]))?;
+    let mut db_ann = OPT_IN.to_vec();
+    db_ann.push(("zenvoy.io/workload", "statefulset/db"));
+    api.put(service("data", "db", db, &db_ann))?;
+    api.put(workload("Deployment", "default", "big", 3, big, &[]))?;
+    api.put(service("default", "big", big, &OPT_IN))?;
+    // Not opted in: no annotation, and "false".
+    api.put(workload("Deployment", "default", "plain", 0, plain, &[]))?;
+    api.put(service(
+        "default",
+        "plain",
+        plain,
+        &[("zenvoy.io/listen", "127.0.0.1:0")],
+    ))?;
+    api.put(workload("Deployment", "default", "off", 2, off, &[]))?;
+    api.put(service(
+        "default",
+        "off",
+        off,
+        &[("zenvoy.io/enabled", "false")],
+    ))?;
+
+    // The running Deployment is found running, idles, and parks remembering 3.
+    stack
+        .wait_replicas("Deployment", "default", "big", 0, Duration::from_secs(30))
+        .await?;
+    let big_ann = api
+        .get("apps/v1", "Deployment", "default", "big")
+        .and_then(|d| {
+            d["metadata"]["annotations"]["zenvoy.io/parked-replicas"]
+                .as_str()
+                .map(str::to_string)
+        });
+    assert_eq!(
+        big_ann.as_deref(),
+        Some("3"),
+        "parked count recorded on the workload"
+    );
+
+    for (name, kind, ns, wname, want, seed) in [
+        ("web.default", "Deployment", "default", "web", 1, 1),
+        ("db.data", "StatefulSet", "data", "db", 1, 2),
+        ("big.default", "Deployment", "default", "big", 3, 3),
+    ] {
+        assert_eq!(
+            stack.replicas(kind, ns, wname),
+            Some(0),
+            "{name} starts parked"
+        );
+        echo_through(&stack, name, seed).await?;
+        assert_eq!(
+            stack.replicas(kind, ns, wname),
+            Some(want),
+            "{name} woke to {want}"
+        );
+        assert_eq!(
+            stack.kubelet.running(ns, wname),
+            want as usize,
+            "{name}: kubelet pods"
+        );
+        stack
+            .wait_replicas(kind, ns, wname, 0, Duration::from_secs(30))
+            .await?;
+    }
+
+    // 6: never scaled, never fronted.
+    assert_eq!(stack.replicas("Deployment", "default", "plain"), Some(0));
+    assert_eq!(stack.replicas("Deployment", "default", "off"), Some(2));
+    for (_, path) in stack.scale_writes() {
+        assert!(
+            !path.contains("/plain/") && !path.contains("/off/"),
+            "scaled a Service without opt-in: {path}"
+        );
+    }
+    assert!(
+        stack.envoy.listener("plain.default").await.is_err(),
+        "no listener without opt-in"
+    );
+    // Opting in later is picked up; opting out again removes it.
+    api.put(service("default", "plain", plain, &OPT_IN))?;
+    stack.listener("plain.default").await?;
+    api.put(service("default", "plain", plain, &[]))?;
+    wait::until(
+        "plain.default's listener to go",
+        Duration::from_secs(20),
+        || async {
+            Ok(stack
+                .envoy
+                .listener("plain.default")
+                .await
+                .is_err()
+                .then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// 2: the controller is killed mid-wake (scaled, pods not ready yet) and started again:
+/// the wake completes and the held connection is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_killed_mid_wake_finishes_it_after_restart() -> anyhow::Result<()> {
+    let opts = KubeOptions {
+        start_delay: Duration::from_secs(4),
+        ..KubeOptions::default()
+    };
+    let mut stack = KubeStack::start(opts, 1).await?;
+    let p = port()?;
+    stack
+        .api
+        .put(workload("Deployment", "default", "web", 0, p, &[]))?;
+    stack.api.put(service("default", "web", p, &OPT_IN))?;
+    let l = stack.listener("web.default").await?;
+    let client = TcpStream::connect(l).await?;
+    stack
+        .wait_replicas("Deployment", "default", "web", 1, Duration::from_secs(20))
+        .await?;
+    assert_eq!(
+        stack.kubelet.running("default", "web"),
+        0,
+        "killed before the pod is up"
+    );
+    stack.restart_controller(0).await?;
+    tokio::time::timeout(Duration::from_secs(40), echo_pattern(client, 7, ECHO_BYTES))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "held connection not served after the restart\n{}",
+                stack.logs()
+            )
+        })??;
+    let ups = stack.scale_writes().len();
+    assert_eq!(
+        ups,
+        1,
+        "the restarted controller found the wake under way: {:?}",
+        stack.scale_writes()
+    );
+    Ok(())
+}
+
+/// 3: the API server is down for 10 s while a connection waits: the controller retries
+/// and the connection is served once it is back, within its hold timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apiserver_outage_during_a_wake_delays_it() -> anyhow::Result<()> {
+    let stack = KubeStack::start(KubeOptions::default(), 1).await?;
+    let p = port()?;
+    stack
+        .api
+        .put(workload("Deployment", "default", "web", 0, p, &[]))?;
+    stack.api.put(service("default", "web", p, &OPT_IN))?;
+    let l = stack.listener("web.default").await?;
+    stack.api.set_available(false);
+    let client = TcpStream::connect(l).await?;
+    let down = tokio::time::Instant::now();
+    wait::until(
+        "the controller to fail a scale call",
+        Duration::from_secs(10),
+        || async {
+            Ok((stack.controllers[0]
+                .metric("zenvoy_kube_api_errors_total{op=\"scale_up\"}")
+                .await?
+                >= 1.0)
+                .then_some(()))
+        },
+    )
+    .await?;
+    // The outage lasts 10 s whatever the test observed meanwhile.
+    tokio::time::sleep_until(down + Duration::from_secs(10)).await;
+    assert!(is_open(&client), "the held connection survived the outage");
+    assert_eq!(
+        stack.replicas("Deployment", "default", "web"),
+        Some(0),
+        "nothing scaled while down"
+    );
+    stack.api.set_available(true);
+    tokio::time::timeout(Duration::from_secs(19), echo_pattern(client, 9, ECHO_BYTES))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("not served within its 30 s hold timeout\n{}", stack.logs())
+        })??;
+    Ok(())
+}
+
+/// 4: the ConfigMap's idle timeout changes without a restart; an invalid edit is
+/// rejected with an Event naming the field and the old value keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configmap_edits_reload_and_bad_ones_are_rejected() -> anyhow::Result<()> {
+    let opts = KubeOptions {
+        defaults: vec!["idleTimeout: 1h".into(), "holdTimeout: 30s".into()],
+        ..KubeOptions::default()
+    };
+    let stack = KubeStack::start(opts.clone(), 1).await?;
+    let c = &stack.controllers[0];
+    let p = port()?;
+    stack
+        .api
+        .put(workload("Deployment", "default", "web", 0, p, &[]))?;
+    stack.api.put(service("default", "web", p, &OPT_IN))?;
+    echo_through(&stack, "web.default", 1).await?;
+
+    let doc = |idle: &str| {
+        let o = KubeOptions {
+            defaults: vec![format!("idleTimeout: {idle}"), "holdTimeout: 30s".into()],
+            ..opts.clone()
+        };
+        kube_stack::config_document(
+            &o,
+            stack.holder_listen,
+            stack.envoy_admin,
+            stack.holder_admin,
+        )
+    };
+    stack.api.put(kube_stack::configmap(&doc("2s")))?;
+    wait::until(
+        "the config change to apply",
+        Duration::from_secs(20),
+        || async {
+            Ok((c
+                .metric("zenvoy_config_reloads_total{result=\"applied\"}")
+                .await?
+                >= 1.0)
+                .then_some(()))
+        },
+    )
+    .await?;
+    stack
+        .wait_replicas("Deployment", "default", "web", 0, Duration::from_secs(20))
+        .await?;
+
+    stack.api.put(kube_stack::configmap(&doc("soon")))?;
+    wait::until(
+        "the bad config to be rejected",
+        Duration::from_secs(20),
+        || async {
+            Ok((c
+                .metric("zenvoy_config_reloads_total{result=\"rejected\"}")
+                .await?
+                >= 1.0)
+                .then_some(()))
+        },
+    )
+    .await?;
+    let event = wait::until(
+        "a ConfigRejected Event",
+        Duration::from_secs(20),
+        || async {
+            Ok(stack
+                .api
+                .list("events.k8s.io/v1", "Event", Some(kube_stack::NAMESPACE))
+                .into_iter()
+                .find(|e| e["reason"] == "ConfigRejected"))
+        },
+    )
+    .await?;
+    let note = event["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("defaults.idleTimeout") && note.contains("soon"),
+        "Event names the field: {note}"
+    );
+    assert_eq!(event["regarding"]["name"], kube_stack::CONFIGMAP);
+    // The 2 s idle timeout is still in force.
+    echo_through(&stack, "web.default", 2).await?;
+    stack
+        .wait_replicas("Deployment", "default", "web", 0, Duration::from_secs(20))
+        .await?;
+    Ok(())
+}
+
+/// 5: two controllers: only the Lease holder scales; killing it hands the Lease over
+/// within the lease duration, and the new leader serves and scales.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_lease_holder_scales_and_a_follower_takes_over() -> anyhow::Result<()> {
+    let lease = Duration::from_secs(4);
+    let opts = KubeOptions {
+        lease_duration: lease,
+        ..KubeOptions::default()
+    };
+    let mut stack = KubeStack::start(opts, 2).await?;
+    let (a, b) = (
+        stack.controllers[0].identity.clone(),
+        stack.controllers[1].identity.clone(),
+    );
+    assert_eq!(
+        kube_stack::lease_holder(&stack.api).as_deref(),
+        Some(a.as_str())
+    );
+    let p = port()?;
+    stack
+        .api
+        .put(workload("Deployment", "default", "web", 0, p, &[]))?;
+    stack.api.put(service("default", "web", p, &OPT_IN))?;
+    echo_through(&stack, "web.default", 1).await?;
+    stack
+        .wait_replicas("Deployment", "default", "web", 0, Duration::from_secs(30))
+        .await?;
+    let writes = stack.scale_writes();
+    assert_eq!(writes.len(), 2, "one wake, one park: {writes:?}");
+    assert!(
+        writes.iter().all(|(who, _)| *who == a),
+        "only the leader scaled: {writes:?}"
+    );
+    assert_eq!(stack.controllers[1].metric("zenvoy_leader").await?, 0.0);
+    // The follower refuses streams: Envoy and the holder are on the leader.
+    assert_eq!(
+        stack.controllers[1].metric("zenvoy_xds_streams").await?,
+        0.0
+    );
+
+    stack.controllers[0].proc.kill();
+    let took = kube_stack::wait_leader(&stack.api, &b, Duration::from_secs(20)).await?;
+    // client-go's rule: a follower takes over once the Lease record has stood still for
+    // a lease duration as it observed it; it looks every duration / 3.
+    let bound = lease + lease / 3 * 2;
+    assert!(
+        took <= bound,
+        "handed over in {took:?}, more than {bound:?}"
+    );
+    wait::until(
+        "Envoy and the holder on the new leader",
+        Duration::from_secs(20),
+        || async {
+            Ok((stack.controllers[1].metric("zenvoy_xds_streams").await? >= 2.0).then_some(()))
+        },
+    )
+    .await?;
+    echo_through(&stack, "web.default", 2).await?;
+    let writes = stack.scale_writes();
+    assert_eq!(writes.len(), 3, "{writes:?}");
+    assert_eq!(writes[2].0, b, "the new leader woke it: {writes:?}");
+    Ok(())
+}
