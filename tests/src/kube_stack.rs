@@ -357,6 +357,14 @@ pub async fn spawn_controller(
         .arg("--address-file")
         .arg(&address_path)
         .env("KUBECONFIG", &kubeconfig)
+        // kube applies HTTP(S)_PROXY even to an http://127.0.0.1 cluster, and without its
+        // http-proxy feature fails to build the client: the fake is local.
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy")
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("ALL_PROXY")
+        .env_remove("all_proxy")
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
@@ -390,4 +398,107 @@ pub async fn wait_leader(
     })
     .await?;
     Ok(started.elapsed())
+}
+
+/// One API request as RBAC sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Access {
+    pub group: String,
+    /// `deployments`, or `deployments/scale` for a subresource.
+    pub resource: String,
+    pub verb: String,
+    pub namespace: Option<String>,
+    /// The object's name (or a list's `metadata.name` field selector).
+    pub name: Option<String>,
+}
+
+/// What RBAC would check for a request the fake API served.
+pub fn access(method: &str, path: &str, query: &str) -> Option<Access> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", "v1", rest @ ..] => (String::new(), rest),
+        ["apis", g, _v, rest @ ..] => (g.to_string(), rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
+        _ => (None, rest),
+    };
+    let (resource, name) = match rest {
+        [r] => (r.to_string(), None),
+        [r, n] => (r.to_string(), Some(n.to_string())),
+        [r, n, sub] => (format!("{r}/{sub}"), Some(n.to_string())),
+        _ => return None,
+    };
+    let params: Vec<(&str, &str)> = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    let watch = params
+        .iter()
+        .any(|(k, v)| *k == "watch" && (*v == "true" || *v == "1"));
+    let by_name = params.iter().find_map(|(k, v)| {
+        (*k == "fieldSelector")
+            .then(|| v.replace("%3D", "=").replace("%3d", "="))
+            .and_then(|f| f.strip_prefix("metadata.name=").map(str::to_string))
+    });
+    let verb = match (method, &name) {
+        ("GET", Some(_)) => "get",
+        ("GET", None) if watch => "watch",
+        ("GET", None) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", _) => "delete",
+        _ => return None,
+    };
+    Some(Access {
+        group,
+        resource,
+        verb: verb.to_string(),
+        namespace,
+        name: name.or(by_name),
+    })
+}
+
+/// The rules of `deploy/rbac.yaml`: (rule, namespaced to the controller's namespace).
+pub fn rbac_rules(path: &Path) -> anyhow::Result<Vec<(Value, bool)>> {
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(path)?;
+    let mut rules = Vec::new();
+    for doc in serde_norway::Deserializer::from_str(&text) {
+        let v = Value::deserialize(doc)?;
+        let namespaced = match v["kind"].as_str() {
+            Some("ClusterRole") => false,
+            Some("Role") => true,
+            _ => continue,
+        };
+        for r in v["rules"].as_array().into_iter().flatten() {
+            rules.push((r.clone(), namespaced));
+        }
+    }
+    Ok(rules)
+}
+
+fn has(list: &Value, item: &str) -> bool {
+    list.as_array()
+        .is_some_and(|l| l.iter().any(|x| x == item || x == "*"))
+}
+
+/// Whether `rule` allows `a` (Role rules only in `own_namespace`).
+pub fn allows(rule: &Value, namespaced: bool, a: &Access, own_namespace: &str) -> bool {
+    if namespaced && a.namespace.as_deref() != Some(own_namespace) {
+        return false;
+    }
+    let names_ok = match rule["resourceNames"].as_array() {
+        None => true,
+        Some(_) => a
+            .name
+            .as_deref()
+            .is_some_and(|n| has(&rule["resourceNames"], n)),
+    };
+    has(&rule["apiGroups"], &a.group)
+        && has(&rule["resources"], &a.resource)
+        && has(&rule["verbs"], &a.verb)
+        && names_ok
 }

@@ -325,10 +325,37 @@ async fn only_the_lease_holder_scales_and_a_follower_takes_over() -> anyhow::Res
         .api
         .put(workload("Deployment", "default", "web", 0, p, &[]))?;
     stack.api.put(service("default", "web", p, &OPT_IN))?;
+    // A running service kept busy through the leader: the follower, which sees no
+    // stats, finds it idle and parks it in its own state machine, and must not write.
+    let q = port()?;
+    stack
+        .api
+        .put(workload("Deployment", "default", "api", 1, q, &[]))?;
+    stack.api.put(service("default", "api", q, &OPT_IN))?;
+    let busy = TcpStream::connect(stack.listener("api.default").await?).await?;
+    let (mut busy_w, mut busy_r) = zenvoy_tests::holder_client::pattern_stream(busy, 5);
+    busy_w.write(1024).await?;
+    busy_r.read_at_least(1024).await?;
     echo_through(&stack, "web.default", 1).await?;
     stack
         .wait_replicas("Deployment", "default", "web", 0, Duration::from_secs(30))
         .await?;
+    wait::until(
+        "the follower to park api.default in its own state",
+        Duration::from_secs(30),
+        || async {
+            let series = "zenvoy_service_state{service=\"api.default\",state=\"parked\"}";
+            Ok((stack.controllers[1].metric(series).await? == 1.0).then_some(()))
+        },
+    )
+    .await?;
+    assert_eq!(
+        stack.replicas("Deployment", "default", "api"),
+        Some(1),
+        "the busy service runs"
+    );
+    busy_w.write(1024).await?;
+    busy_r.read_at_least(2048).await?;
     let writes = stack.scale_writes();
     assert_eq!(writes.len(), 2, "one wake, one park: {writes:?}");
     assert!(
@@ -363,5 +390,76 @@ async fn only_the_lease_holder_scales_and_a_follower_takes_over() -> anyhow::Res
     let writes = stack.scale_writes();
     assert_eq!(writes.len(), 3, "{writes:?}");
     assert_eq!(writes[2].0, b, "the new leader woke it: {writes:?}");
+    Ok(())
+}
+
+/// RBAC: every request the controllers made in a wake/park/lease/config run is allowed by
+/// `deploy/rbac.yaml`, and every verb there was used, bar the one kube's Event recorder
+/// uses only for a repeated Event (patch events: a series).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_covers_exactly_what_the_controller_does() -> anyhow::Result<()> {
+    let opts = KubeOptions {
+        defaults: vec!["idleTimeout: 2s".into(), "holdTimeout: 30s".into()],
+        ..KubeOptions::default()
+    };
+    let stack = KubeStack::start(opts, 1).await?;
+    let p = port()?;
+    stack
+        .api
+        .put(workload("Deployment", "default", "web", 0, p, &[]))?;
+    stack.api.put(service("default", "web", p, &OPT_IN))?;
+    echo_through(&stack, "web.default", 1).await?;
+    stack
+        .wait_replicas("Deployment", "default", "web", 0, Duration::from_secs(30))
+        .await?;
+    let mut bad = OPT_IN.to_vec();
+    bad.push(("zenvoy.io/idleTimeout", "soon"));
+    stack.api.put(service("default", "web", p, &bad))?;
+    wait::until(
+        "an InvalidAnnotation Event",
+        Duration::from_secs(20),
+        || async {
+            Ok(stack
+                .api
+                .list("events.k8s.io/v1", "Event", Some("default"))
+                .into_iter()
+                .find(|e| e["reason"] == "InvalidAnnotation"))
+        },
+    )
+    .await?;
+
+    let rules = kube_stack::rbac_rules(&zenvoy_tests::workspace_root().join("deploy/rbac.yaml"))?;
+    let mut used = std::collections::HashSet::new();
+    let identity = stack.controllers[0].identity.clone();
+    for r in stack.api.requests() {
+        if r.token.as_deref() != Some(identity.as_str()) {
+            continue;
+        }
+        let a = kube_stack::access(&r.method, &r.path, &r.query)
+            .ok_or_else(|| anyhow::anyhow!("unexpected request {} {}", r.method, r.path))?;
+        let mut allowed = false;
+        for (i, (rule, namespaced)) in rules.iter().enumerate() {
+            if kube_stack::allows(rule, *namespaced, &a, kube_stack::NAMESPACE) {
+                allowed = true;
+                used.insert((i, a.verb.clone()));
+            }
+        }
+        assert!(
+            allowed,
+            "deploy/rbac.yaml does not allow {a:?} ({} {}?{})",
+            r.method, r.path, r.query
+        );
+    }
+    for (i, (rule, _)) in rules.iter().enumerate() {
+        for verb in rule["verbs"].as_array().into_iter().flatten() {
+            let verb = verb.as_str().unwrap_or_default();
+            // kube's Recorder patches an Event only when it repeats (a series).
+            let series_only = rule["resources"] == serde_json::json!(["events"]) && verb == "patch";
+            assert!(
+                series_only || used.contains(&(i, verb.to_string())),
+                "verb {verb:?} of rule {rule} never used by the controller"
+            );
+        }
+    }
     Ok(())
 }

@@ -28,6 +28,9 @@ use crate::telemetry::{Metrics, OpLabel};
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Bound on one scale step's API calls. kube retries 503s internally for minutes; a
+/// wake must see the failure and go on retrying (and counting) on its own schedule.
+pub const API_TIMEOUT: Duration = Duration::from_secs(10);
 /// A park retries for this long, then gives up (the workload stays up; the next wake
 /// finds it running).
 const PARK_RETRY_FOR: Duration = Duration::from_secs(60);
@@ -42,7 +45,20 @@ pub struct KubeBackend {
     metrics: Arc<Metrics>,
 }
 
-fn api_error(service: &str, what: &str, e: &kube::Error) -> BackendError {
+/// `f` bounded by [`API_TIMEOUT`], its error as text.
+pub async fn bounded<T>(
+    f: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(API_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!(
+            "no answer from the API server within {API_TIMEOUT:?}"
+        )),
+    }
+}
+
+fn api_error(service: &str, what: &str, e: &str) -> BackendError {
     BackendError::Kubernetes {
         service: service.to_string(),
         message: format!("{what}: {e}"),
@@ -135,7 +151,7 @@ impl KubeBackend {
             };
             let is_leader = *leader.borrow_and_update();
             if !scaled && is_leader {
-                match self.scale_up(&t).await {
+                match bounded(self.scale_up(&t)).await {
                     Ok(Some((from, to))) => {
                         scaled = true;
                         info!(%service, workload = %t, from, to, "scaled up");
@@ -202,7 +218,7 @@ impl KubeBackend {
             let Some(t) = endpoints::target(&self.targets, &service) else {
                 return Err(BackendError::UnknownService(service));
             };
-            match self.scale_down(&t).await {
+            match bounded(self.scale_down(&t)).await {
                 Ok(Some(from)) => {
                     info!(%service, workload = %t, from, "scaled to zero");
                     self.events.normal(

@@ -182,7 +182,7 @@ impl Discovery {
             k.def = d.def.clone();
             return self.runtime.send(Event::Upsert(d.def)).await.is_ok();
         }
-        let running = match replicas(&self.client, &d.target).await {
+        let running = match super::backend::bounded(replicas(&self.client, &d.target)).await {
             Ok(n) => n > 0,
             Err(e) => {
                 warn!(service = %key, workload = %d.target, error = %e, "cannot read the workload's scale; starting parked");
@@ -232,7 +232,7 @@ impl Discovery {
             let Some(target) = super::endpoints::target(&self.targets, key) else {
                 continue;
             };
-            match replicas(&self.client, &target).await {
+            match super::backend::bounded(replicas(&self.client, &target)).await {
                 Ok(n) if n > 0 => {
                     let mut def = k.def.clone();
                     def.running = true;

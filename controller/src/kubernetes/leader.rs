@@ -49,7 +49,15 @@ pub async fn run(
     let mut renewed: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
-        let held = try_acquire_or_renew(&api, &config, &mut observed).await;
+        // Bounded: a round that hangs (kube retries 503s for minutes) must not leave a
+        // stale "leader" standing past the lease.
+        let held =
+            match tokio::time::timeout(retry, try_acquire_or_renew(&api, &config, &mut observed))
+                .await
+            {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer from the API server within {retry:?}")),
+            };
         let now = Instant::now();
         match held {
             Ok(true) => renewed = Some(now),
@@ -60,8 +68,10 @@ pub async fn run(
                     .get_or_create(&crate::telemetry::OpLabel { op: "lease" })
                     .inc();
                 warn!(lease = %config.name, error = %e, "cannot read or renew the Lease");
-                // Keep leading only while the last renewal is within the lease.
-                if renewed.is_some_and(|t| now.duration_since(t) >= config.duration - retry) {
+                // Keep leading only while the last renewal is recent enough that the
+                // next look (at most a round's timeout and a pause away, 2 x retry)
+                // still falls within the lease: nobody can take it over before then.
+                if renewed.is_some_and(|t| now.duration_since(t) >= config.duration - 2 * retry) {
                     renewed = None;
                 }
             }
