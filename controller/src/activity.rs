@@ -61,6 +61,9 @@ pub enum Input {
     WakeFailed,
     /// Every connected Envoy subscribed to the service's assignment has ACKed the holder.
     Acked,
+    /// The backend found the workload at zero replicas (parked by another controller
+    /// replica, or by someone else): the holder goes back in front of it.
+    ScaledToZero,
     /// Time passed.
     Tick,
 }
@@ -196,6 +199,12 @@ pub fn step(state: State, input: Input, now: Instant, t: &Timing) -> (State, Ste
             if now.saturating_duration_since(since) >= t.park_ack_timeout =>
         {
             (Parked, Step::act(&[ScaleDown]))
+        }
+
+        // Nothing runs behind the published endpoints: publish the holder so the next
+        // connection is held (and wakes it), not refused. No scale call: it is at zero.
+        (Awake { .. } | Parking { .. }, Input::ScaledToZero) => {
+            (Parked, Step::act(&[PublishHolder]))
         }
 
         (s, _) => (s, Step::default()),

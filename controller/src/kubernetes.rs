@@ -60,15 +60,19 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let (leader_tx, leader_rx) = watch::channel(false);
     // Only the leader serves streams: its state is the one driven by the stats, so
-    // every Envoy and holder must push to it (followers refuse; clients retry).
-    let core = Core::new().with_gate(leader_rx.clone());
+    // every Envoy and holder must push to it (followers refuse; clients retry). The
+    // gate opens once a new leader's runtime knows what runs (discovery opens it).
+    let (serving_tx, serving_rx) = watch::channel(false);
+    let core = Core::new().with_gate(serving_rx);
     let targets = endpoints::Targets::default();
-    let (events, events_task) = events::Events::start(client.clone(), &options.lease.identity);
+    let (events, events_task) =
+        events::Events::start(client.clone(), &options.lease.identity, leader_rx.clone());
     let (endpoints, mut tasks) = endpoints::start(
         &client,
         &options.namespaces,
         targets.clone(),
         core.events.clone(),
+        || core.stopped(),
     );
     tasks.push(tokio::spawn(leader::run(
         client.clone(),
@@ -95,6 +99,7 @@ pub async fn run(
         events: events.clone(),
         config: config_rx,
         leader: leader_rx.clone(),
+        serving: serving_tx,
     };
     tasks.push(tokio::spawn(discovery.run(core.stopped())));
     tasks.push(events_task);

@@ -242,8 +242,9 @@ impl Core {
         if let Some(s) = scraping {
             let _ = s.await;
         }
+        let grace = tokio::time::Instant::now() + TASK_STOP_GRACE;
         for mut t in tasks {
-            if tokio::time::timeout(TASK_STOP_GRACE, &mut t).await.is_err() {
+            if tokio::time::timeout_at(grace, &mut t).await.is_err() {
                 t.abort();
             }
         }

@@ -44,6 +44,9 @@ pub enum Event {
     },
     WakeDone {
         service: String,
+        /// Which wake of the service this was: a late result of an earlier wake (one
+        /// that outlived its timeout) is ignored.
+        wake: u64,
         result: Result<Vec<SocketAddr>, String>,
     },
     /// The config file changed these services' timeouts and limits.
@@ -61,6 +64,13 @@ pub enum Event {
     Endpoints {
         service: String,
         endpoints: Vec<SocketAddr>,
+    },
+    /// The backend read the workload's replicas (a replica that just became leader):
+    /// running wakes a service this runtime thought parked, zero parks one it thought
+    /// awake, so what is published matches what runs.
+    Observed {
+        service: String,
+        running: bool,
     },
 }
 
@@ -101,6 +111,8 @@ struct Service {
     /// Version of the holder assignment published when the current park began.
     holder_version: u64,
     pending: f64,
+    /// Count of wakes started; the current one's number.
+    wakes: u64,
 }
 
 fn hold_policy(p: &Policy) -> HoldPolicy {
@@ -136,6 +148,9 @@ pub struct Runtime<B> {
     /// The shared HTTP listener, when HTTP services are routed by Host.
     http: Option<SocketAddr>,
     directory: Arc<Directory>,
+    /// An HTTP service came, went or changed: the route configuration is rebuilt once
+    /// after the event (not per service: at start that would be quadratic).
+    routes_dirty: bool,
     windows: Windows,
     cache: Arc<Cache>,
     backend: Arc<B>,
@@ -160,6 +175,7 @@ impl<B: Backend> Runtime<B> {
             holder: config.holder.address,
             http: config.http.as_ref().map(|h| h.listen),
             directory,
+            routes_dirty: false,
             windows: Windows::default(),
             cache,
             backend,
@@ -215,7 +231,7 @@ impl<B: Backend> Runtime<B> {
                 self.directory.insert(&name, def.protocol);
             }
             if routes && (old.protocol != def.protocol || old.domains != def.domains) {
-                self.publish_routes();
+                self.routes_dirty = true;
             }
             return;
         }
@@ -254,11 +270,12 @@ impl<B: Backend> Runtime<B> {
                 endpoints: Vec::new(),
                 holder_version,
                 pending: 0.0,
+                wakes: 0,
             },
         );
         self.names.push(name.clone());
         if routes && http {
-            self.publish_routes();
+            self.routes_dirty = true;
         }
         if running {
             info!(service = %name, "workload already running; waiting for its endpoints");
@@ -278,7 +295,7 @@ impl<B: Backend> Runtime<B> {
         self.cache.remove(CLUSTER_TYPE, name);
         self.cache.remove(ENDPOINT_TYPE, name);
         if s.def.protocol == Protocol::Http {
-            self.publish_routes();
+            self.routes_dirty = true;
         }
         self.metrics.forget_service(name);
         info!(service = name, "service removed");
@@ -318,7 +335,13 @@ impl<B: Backend> Runtime<B> {
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
-                Some(ev) = events.recv() => self.on_event(ev, Instant::now()),
+                Some(ev) = events.recv() => {
+                    self.on_event(ev, Instant::now());
+                    if self.routes_dirty {
+                        self.routes_dirty = false;
+                        self.publish_routes();
+                    }
+                }
                 _ = tick.tick() => self.on_tick(Instant::now()),
                 () = &mut shutdown => break,
             }
@@ -352,20 +375,28 @@ impl<B: Backend> Runtime<B> {
                 }
             }
             Event::Upsert(def) => self.upsert(def, true, now),
+            Event::Observed { service, running } => {
+                let input = if running {
+                    Input::Demand
+                } else {
+                    Input::ScaledToZero
+                };
+                self.apply(&service, input, now);
+            }
             Event::Remove { service } => self.remove(&service),
             Event::Endpoints { service, endpoints } => {
                 let Some(s) = self.services.get_mut(&service) else {
                     return;
                 };
-                // Only an awake service follows its pods; a waking one gets its endpoints
-                // from the wake, and a parked one keeps the holder. No ready endpoint
-                // at all keeps the last ones: Envoy's connect fails either way, and the
-                // next wake or sample decides.
-                if matches!(s.state, State::Awake { .. })
-                    && !endpoints.is_empty()
-                    && endpoints != s.endpoints
-                {
-                    s.endpoints = endpoints;
+                // The latest ready endpoints are kept in any state (a cancelled park
+                // publishes them, not the ones from its wake); only an awake service
+                // publishes them now. No ready endpoint at all keeps the last ones:
+                // Envoy's connect fails either way, and the next wake or sample decides.
+                if endpoints.is_empty() || endpoints == s.endpoints {
+                    return;
+                }
+                s.endpoints = endpoints;
+                if matches!(s.state, State::Awake { .. }) {
                     let cla = resources::load_assignment(
                         &service,
                         &Endpoints::Upstream(s.endpoints.clone()),
@@ -374,7 +405,14 @@ impl<B: Backend> Runtime<B> {
                     info!(service, endpoints = s.endpoints.len(), "endpoints changed");
                 }
             }
-            Event::WakeDone { service, result } => match result {
+            Event::WakeDone {
+                service,
+                wake,
+                result,
+            } => match result {
+                _ if self.services.get(&service).is_none_or(|s| s.wakes != wake) => {
+                    info!(%service, wake, "result of an earlier wake ignored");
+                }
                 Ok(endpoints) => {
                     if let Some(s) = self.services.get_mut(&service) {
                         s.endpoints = endpoints;
@@ -487,12 +525,19 @@ impl<B: Backend> Runtime<B> {
             match action {
                 Action::ScaleUp => {
                     self.metrics.wakes.get_or_create(&label()).inc();
+                    s.wakes += 1;
+                    let number = s.wakes;
                     let wake = self.backend.wake(service, s.timing.wake_timeout);
                     let events = self.events.clone();
                     let service = service.to_string();
                     tokio::spawn(async move {
                         let result = wake.await.map_err(|e| e.to_string());
-                        let _ = events.send(Event::WakeDone { service, result }).await;
+                        let done = Event::WakeDone {
+                            service,
+                            wake: number,
+                            result,
+                        };
+                        let _ = events.send(done).await;
                     });
                 }
                 Action::PublishUpstream => {

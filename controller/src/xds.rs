@@ -77,8 +77,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Default for Cache {
     fn default() -> Self {
+        // Versions start at this process's start time in microseconds, so a version a
+        // client got from another controller (an earlier run, the previous leader) does
+        // not coincide with one of ours: a delta client's initial_resource_versions
+        // then never make us skip a resource, or count it as ACKed, by accident.
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX >> 1));
         Cache {
-            inner: Mutex::default(),
+            inner: Mutex::new(Inner {
+                generation: epoch,
+                types: HashMap::new(),
+            }),
             changed: watch::Sender::new(0),
             acks: Mutex::default(),
         }

@@ -98,6 +98,28 @@ async fn wakes_and_parks_deployments_and_statefulsets() -> anyhow::Result<()> {
             .await?;
     }
 
+    // A second opted-in Service on web's workload is refused with an Event.
+    let mut twin = OPT_IN.to_vec();
+    twin.push(("zenvoy.io/workload", "deployment/web"));
+    api.put(service("default", "web-twin", web, &twin))?;
+    wait::until(
+        "a WorkloadConflict Event",
+        Duration::from_secs(20),
+        || async {
+            Ok(api
+                .list("events.k8s.io/v1", "Event", Some("default"))
+                .into_iter()
+                .find(|e| {
+                    e["reason"] == "WorkloadConflict" && e["regarding"]["name"] == "web-twin"
+                }))
+        },
+    )
+    .await?;
+    assert!(
+        stack.envoy.listener("web-twin.default").await.is_err(),
+        "the twin is not fronted"
+    );
+
     // 6: never scaled, never fronted.
     assert_eq!(stack.replicas("Deployment", "default", "plain"), Some(0));
     assert_eq!(stack.replicas("Deployment", "default", "off"), Some(2));

@@ -218,3 +218,31 @@ fn two_full_cycles() {
         ]
     );
 }
+
+#[test]
+fn scaled_to_zero_elsewhere_puts_the_holder_back_without_a_scale_call() {
+    let b = Instant::now();
+    let awake = State::Awake {
+        since: b,
+        last_active: b,
+    };
+    let parking = State::Parking {
+        since: b,
+        woke: b,
+        acked_at: None,
+    };
+    for s0 in [awake, parking] {
+        let (s, step) = step(s0, Input::ScaledToZero, secs(b, 1), &T);
+        assert_eq!(
+            (s, step.actions),
+            (State::Parked, vec![PublishHolder]),
+            "{s0:?}"
+        );
+    }
+    // A wake in flight scales up itself; parked stays parked.
+    let waking = State::Waking { since: b };
+    for s0 in [waking, State::Parked] {
+        let (s, step) = step(s0, Input::ScaledToZero, secs(b, 1), &T);
+        assert_eq!((s, step.actions), (s0, vec![]), "{s0:?}");
+    }
+}

@@ -9,8 +9,10 @@
 //! - API errors are retried with backoff until the wake timeout; the held connections
 //!   wait in the holder meanwhile.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -43,6 +45,7 @@ pub struct KubeBackend {
     leader: watch::Receiver<bool>,
     events: Events,
     metrics: Arc<Metrics>,
+    slots: Arc<std::sync::Mutex<HashMap<String, Arc<Slot>>>>,
 }
 
 /// `f` bounded by [`API_TIMEOUT`], its error as text.
@@ -81,6 +84,7 @@ impl KubeBackend {
             leader,
             events,
             metrics,
+            slots: Arc::default(),
         }
     }
 
@@ -133,27 +137,45 @@ impl KubeBackend {
         Ok(Some(current))
     }
 
+    /// The service's slot, made on first use.
+    fn slot(&self, service: &str) -> Arc<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.entry(service.to_string()).or_default().clone()
+    }
+
     async fn wake_loop(
         self,
         service: String,
         timeout: Duration,
+        slot: Arc<Slot>,
     ) -> Result<Vec<SocketAddr>, BackendError> {
         let started = Instant::now();
         let deadline = started + timeout;
         let mut changes = self.endpoints.changes();
         let mut leader = self.leader.clone();
-        let mut scaled = false;
         let mut backoff = BACKOFF_FIRST;
         let mut last_error: Option<String> = None;
+        // Leader: the workload was seen with replicas (this wake scaled it, or it ran).
+        let mut running = false;
+        // Read the scale on this pass (first, after a pause or a leadership change; not
+        // on every EndpointSlice change anywhere).
+        let mut check = true;
+        // Addresses ready when this wake found the workload at 0: pods still terminating
+        // after a park, not the ones it is waiting for. Dropped as they leave the slices.
+        let mut stale: Option<Vec<SocketAddr>> = None;
         loop {
             let Some(t) = endpoints::target(&self.targets, &service) else {
                 return Err(BackendError::UnknownService(service));
             };
             let is_leader = *leader.borrow_and_update();
-            if !scaled && is_leader {
+            if is_leader && check {
+                // Serialized with this service's park: a park in flight finishes first,
+                // and this wake then finds 0 and scales up.
+                let _scaling = slot.lock.lock().await;
                 match bounded(self.scale_up(&t)).await {
                     Ok(Some((from, to))) => {
-                        scaled = true;
+                        running = true;
+                        stale = Some(self.endpoints.ready(&t));
                         info!(%service, workload = %t, from, to, "scaled up");
                         self.events.normal(
                             Self::workload_ref(&t),
@@ -161,8 +183,9 @@ impl KubeBackend {
                             format!("zenvoy scaled {t} from {from} to {to} replicas for a waiting connection"),
                         );
                     }
-                    Ok(None) => scaled = true,
+                    Ok(None) => running = true,
                     Err(e) => {
+                        running = false;
                         self.count_error("scale_up");
                         if last_error.is_none() {
                             self.events.warning(
@@ -176,22 +199,34 @@ impl KubeBackend {
                     }
                 }
             }
-            let ready = self.endpoints.ready(&t);
-            if !ready.is_empty() && (scaled || !is_leader) {
+            let mut ready = self.endpoints.ready(&t);
+            if let Some(old) = stale.as_mut() {
+                old.retain(|a| ready.contains(a));
+                ready.retain(|a| !old.contains(a));
+            }
+            if !ready.is_empty() && (running || !is_leader) {
                 debug!(%service, endpoints = ready.len(), took = ?started.elapsed(), "ready");
                 return Ok(ready);
             }
-            let pause = if scaled || !is_leader {
+            let pause = if running || !is_leader {
                 BACKOFF_MAX
             } else {
                 let b = backoff;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 b
             };
+            check = false;
             tokio::select! {
-                _ = changes.changed() => {}
-                _ = leader.changed() => {}
-                () = tokio::time::sleep(pause) => {}
+                r = changes.changed() => if r.is_err() {
+                    return Err(BackendError::Kubernetes { service, message: "controller stopping".into() });
+                },
+                r = leader.changed() => {
+                    if r.is_err() {
+                        return Err(BackendError::Kubernetes { service, message: "controller stopping".into() });
+                    }
+                    check = true;
+                }
+                () = tokio::time::sleep(pause) => check = true,
                 () = tokio::time::sleep_until(deadline) => {
                     let detail = last_error.unwrap_or_else(|| if is_leader {
                         "no ready endpoint in its EndpointSlices".into()
@@ -207,7 +242,12 @@ impl KubeBackend {
         }
     }
 
-    async fn park_loop(self, service: String) -> Result<(), BackendError> {
+    async fn park_loop(
+        self,
+        service: String,
+        slot: Arc<Slot>,
+        epoch: u64,
+    ) -> Result<(), BackendError> {
         let deadline = Instant::now() + PARK_RETRY_FOR;
         let mut backoff = BACKOFF_FIRST;
         loop {
@@ -218,7 +258,17 @@ impl KubeBackend {
             let Some(t) = endpoints::target(&self.targets, &service) else {
                 return Err(BackendError::UnknownService(service));
             };
-            match bounded(self.scale_down(&t)).await {
+            let scaled = {
+                let _scaling = slot.lock.lock().await;
+                // A wake asked for after this park supersedes it (a park retried through
+                // an outage must not stop what a later connection woke).
+                if slot.epoch.load(Ordering::SeqCst) != epoch {
+                    info!(%service, "park superseded by a later wake");
+                    return Ok(());
+                }
+                bounded(self.scale_down(&t)).await
+            };
+            match scaled {
                 Ok(Some(from)) => {
                     info!(%service, workload = %t, from, "scaled to zero");
                     self.events.normal(
@@ -248,17 +298,29 @@ impl KubeBackend {
     }
 }
 
+/// Per service: scale steps of its wakes and parks are serialized, and each wake bumps
+/// the epoch so that an older park gives up.
+#[derive(Debug, Default)]
+pub struct Slot {
+    lock: tokio::sync::Mutex<()>,
+    epoch: AtomicU64,
+}
+
 impl Backend for KubeBackend {
     fn wake(
         &self,
         service: &str,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<Vec<SocketAddr>, BackendError>> {
-        Box::pin(self.clone().wake_loop(service.to_string(), timeout))
+        let slot = self.slot(service);
+        slot.epoch.fetch_add(1, Ordering::SeqCst);
+        Box::pin(self.clone().wake_loop(service.to_string(), timeout, slot))
     }
 
     fn park(&self, service: &str) -> BoxFuture<'static, Result<(), BackendError>> {
-        Box::pin(self.clone().park_loop(service.to_string()))
+        let slot = self.slot(service);
+        let epoch = slot.epoch.load(Ordering::SeqCst);
+        Box::pin(self.clone().park_loop(service.to_string(), slot, epoch))
     }
 
     /// Workloads keep running when the controller stops: a restarted controller picks

@@ -42,6 +42,9 @@ pub struct Discovery {
     /// again from its workload (a follower's runtime saw no stats and may have parked
     /// what the old leader kept awake).
     pub leader: watch::Receiver<bool>,
+    /// Opened (true) once a new leader's runtime has been told what runs, closed when it
+    /// stops leading: the gate for ADS and metrics streams.
+    pub serving: watch::Sender<bool>,
 }
 
 impl Discovery {
@@ -71,8 +74,13 @@ impl Discovery {
                     if changed.is_err() {
                         return;
                     }
-                    if *self.leader.borrow_and_update() && !self.rederive(&known).await {
-                        return;
+                    if *self.leader.borrow_and_update() {
+                        if !self.rederive(&known).await {
+                            return;
+                        }
+                        self.serving.send_replace(true);
+                    } else {
+                        self.serving.send_replace(false);
                     }
                 }
                 changed = self.config.changed() => {
@@ -173,6 +181,43 @@ impl Discovery {
                 return true;
             }
         }
+        let about = || reference("v1", "Service", &ns, &svc.name_any());
+        let shared = self
+            .targets
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|(k, t)| {
+                **k != key
+                    && t.namespace == d.target.namespace
+                    && t.kind == d.target.kind
+                    && t.workload == d.target.workload
+            })
+            .map(|(k, _)| k.clone());
+        if let Some(other) = shared {
+            warn!(service = %key, workload = %d.target, %other, "workload already fronted by another Service");
+            self.events.warning(
+                about(),
+                "WorkloadConflict",
+                format!(
+                    "zenvoy cannot front this Service: {} is already parked and woken for {other}",
+                    d.target
+                ),
+            );
+            return true;
+        }
+        if let Some(old) = super::endpoints::target(&self.targets, &key).filter(|t| *t != d.target)
+        {
+            if old.kind != d.target.kind || old.workload != d.target.workload {
+                warn!(service = %key, from = %old, to = %d.target, "workload change refused");
+                self.events.warning(
+                    about(),
+                    "WorkloadChange",
+                    format!("zenvoy keeps scaling {old}: to move this Service to {}, remove {} and add it back", d.target, service::ENABLED),
+                );
+                return true;
+            }
+        }
         self.set_target(&key, &d);
         if let Some(k) = known.get_mut(&key) {
             k.svc = svc;
@@ -225,22 +270,24 @@ impl Discovery {
             .is_ok()
     }
 
-    /// Tell the runtime which services' workloads run, so it wakes (and later parks)
-    /// them whatever it thought before.
+    /// Tell the runtime which services' workloads run and which are at zero, so what it
+    /// publishes matches the workloads whatever it thought as a follower (it saw no
+    /// stats): running ones are woken (and later parked), zero ones get the holder.
     async fn rederive(&self, known: &HashMap<String, Known>) -> bool {
-        for (key, k) in known {
+        for key in known.keys() {
             let Some(target) = super::endpoints::target(&self.targets, key) else {
                 continue;
             };
             match super::backend::bounded(replicas(&self.client, &target)).await {
-                Ok(n) if n > 0 => {
-                    let mut def = k.def.clone();
-                    def.running = true;
-                    if self.runtime.send(Event::Upsert(def)).await.is_err() {
+                Ok(n) => {
+                    let observed = Event::Observed {
+                        service: key.clone(),
+                        running: n > 0,
+                    };
+                    if self.runtime.send(observed).await.is_err() {
                         return false;
                     }
                 }
-                Ok(_) => {}
                 Err(e) => warn!(service = %key, error = %e, "cannot read the workload's scale"),
             }
         }

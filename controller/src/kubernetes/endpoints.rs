@@ -1,14 +1,14 @@
-//! Ready endpoints of each service, from EndpointSlices (discovery.k8s.io/v1), kept by
-//! kube's reflector. Every change bumps a generation that waiting wakes watch, and
+//! Ready endpoints of each service, from EndpointSlices (discovery.k8s.io/v1), indexed
+//! by Service (kube's reflector keeps a flat store: a lookup would scan every slice, and
+//! a re-list at 10,000 services would be quadratic). Every change bumps a generation that waiting wakes watch, and
 //! tells the runtime the service's new endpoints (an awake service follows its pods).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use futures::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::{mpsc, watch};
@@ -63,17 +63,34 @@ pub fn ready<'a>(
     out
 }
 
+/// The slices of one watch, by (namespace, Service name), then slice name: a wake or a
+/// slice change looks at its own Service's slices only, not at every slice.
+type Index = HashMap<(String, String), BTreeMap<String, EndpointSlice>>;
+
+fn key_of(s: &EndpointSlice) -> Option<(String, String)> {
+    Some((s.namespace()?, s.labels().get(SERVICE_LABEL)?.clone()))
+}
+
 /// Shared view of the EndpointSlices of the watched namespaces.
 #[derive(Clone)]
 pub struct Endpoints {
-    stores: Vec<Store<EndpointSlice>>,
+    indexes: Vec<Arc<RwLock<Index>>>,
     changed: watch::Receiver<u64>,
 }
 
 impl Endpoints {
     pub fn ready(&self, target: &Target) -> Vec<SocketAddr> {
-        let slices: Vec<_> = self.stores.iter().flat_map(Store::state).collect();
-        ready(slices.iter().map(AsRef::as_ref), target)
+        let key = (target.namespace.clone(), target.service.clone());
+        let mut out = Vec::new();
+        for index in &self.indexes {
+            let index = index.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(slices) = index.get(&key) {
+                out.extend(ready(slices.values(), target));
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Changes whenever any slice changes.
@@ -92,14 +109,71 @@ pub fn target(targets: &Targets, service: &str) -> Option<Target> {
         .cloned()
 }
 
+/// Apply one watch event to `index`; returns the (namespace, Service) keys it touched.
+/// A re-list (`Init` .. `InitDone`) is buffered in `relist` and swapped in whole, so a
+/// slice deleted while the watch was down disappears too.
+fn apply(
+    index: &RwLock<Index>,
+    relist: &mut Option<Index>,
+    ev: watcher::Event<EndpointSlice>,
+) -> Vec<(String, String)> {
+    let mut index = index.write().unwrap_or_else(PoisonError::into_inner);
+    match ev {
+        watcher::Event::Init => {
+            *relist = Some(Index::new());
+            Vec::new()
+        }
+        watcher::Event::InitApply(s) => {
+            if let (Some(key), Some(buf)) = (key_of(&s), relist.as_mut()) {
+                buf.entry(key).or_default().insert(s.name_any(), s);
+            }
+            Vec::new()
+        }
+        watcher::Event::InitDone => {
+            let fresh = relist.take().unwrap_or_default();
+            let old = std::mem::replace(&mut *index, fresh);
+            let mut touched: Vec<_> = old.into_keys().chain(index.keys().cloned()).collect();
+            touched.sort();
+            touched.dedup();
+            touched
+        }
+        watcher::Event::Apply(s) => {
+            let Some(key) = key_of(&s) else {
+                return Vec::new();
+            };
+            index
+                .entry(key.clone())
+                .or_default()
+                .insert(s.name_any(), s);
+            vec![key]
+        }
+        watcher::Event::Delete(s) => {
+            let Some(key) = key_of(&s) else {
+                return Vec::new();
+            };
+            if let Some(slices) = index.get_mut(&key) {
+                slices.remove(&s.name_any());
+                if slices.is_empty() {
+                    index.remove(&key);
+                }
+            }
+            vec![key]
+        }
+    }
+}
+
 /// Start watching EndpointSlices of `namespaces` (all when empty). The watchers retry
 /// with kube's default backoff for as long as the controller runs.
-pub fn start(
+pub fn start<F>(
     client: &Client,
     namespaces: &[String],
     targets: Targets,
     events: mpsc::Sender<Event>,
-) -> (Endpoints, Vec<tokio::task::JoinHandle<()>>) {
+    stopped: impl Fn() -> F,
+) -> (Endpoints, Vec<tokio::task::JoinHandle<()>>)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
     let apis: Vec<Api<EndpointSlice>> = if namespaces.is_empty() {
         vec![Api::all(client.clone())]
     } else {
@@ -110,42 +184,45 @@ pub fn start(
     };
     let (tx, rx) = watch::channel(0u64);
     let tx = Arc::new(tx);
-    let mut stores = Vec::new();
+    let mut indexes = Vec::new();
     let mut tasks = Vec::new();
     for api in apis {
-        let (store, writer) = reflector::store();
-        stores.push(store.clone());
+        let index = Arc::new(RwLock::new(Index::new()));
+        indexes.push(index.clone());
         let config = watcher::Config::default().labels(SERVICE_LABEL);
-        let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+        let stream = watcher(api, config).default_backoff();
         let (tx, targets, events) = (tx.clone(), targets.clone(), events.clone());
+        let view = Endpoints {
+            indexes: vec![index.clone()],
+            changed: rx.clone(),
+        };
+        let stop = stopped();
         tasks.push(tokio::spawn(async move {
             futures::pin_mut!(stream);
-            while let Some(ev) = stream.next().await {
-                let touched: Vec<String> = match ev {
-                    Ok(watcher::Event::Apply(s) | watcher::Event::Delete(s)) => {
-                        match (s.labels().get(SERVICE_LABEL), s.namespace()) {
-                            (Some(svc), Some(ns)) => vec![service_name(svc, &ns)],
-                            _ => Vec::new(),
-                        }
-                    }
-                    Ok(watcher::Event::InitDone) => targets
-                        .read()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .keys()
-                        .cloned()
-                        .collect(),
-                    Ok(_) => continue,
+            tokio::pin!(stop);
+            let mut relist = None;
+            loop {
+                let ev = tokio::select! {
+                    () = &mut stop => return,
+                    ev = stream.next() => match ev { Some(ev) => ev, None => return },
+                };
+                let touched = match ev {
+                    Ok(ev) => apply(&index, &mut relist, ev),
                     Err(e) => {
                         warn!(error = %e, "EndpointSlice watch failed; retrying");
                         continue;
                     }
                 };
+                if touched.is_empty() {
+                    continue;
+                }
                 tx.send_modify(|g| *g += 1);
-                for service in touched {
+                for (ns, svc) in touched {
+                    let service = service_name(&svc, &ns);
                     let Some(t) = target(&targets, &service) else {
                         continue;
                     };
-                    let endpoints = ready(store.state().iter().map(AsRef::as_ref), &t);
+                    let endpoints = view.ready(&t);
                     debug!(%service, endpoints = endpoints.len(), "endpoint slices changed");
                     if events
                         .send(Event::Endpoints { service, endpoints })
@@ -160,7 +237,7 @@ pub fn start(
     }
     (
         Endpoints {
-            stores,
+            indexes,
             changed: rx,
         },
         tasks,
@@ -185,6 +262,38 @@ mod tests {
             "endpoints": eps.iter().map(|(a, r)| serde_json::json!({"addresses": [a], "conditions": {"ready": r}})).collect::<Vec<_>>(),
         }))
         .expect("a slice")
+    }
+
+    #[test]
+    fn a_relist_replaces_the_index_and_names_what_it_touched() {
+        let index = RwLock::new(Index::new());
+        let mut relist = None;
+        let a = slice("db", "pg", ("sql", 5432), &[("10.0.0.1", Some(true))]);
+        let b = slice("db", "redis", ("sql", 5432), &[("10.0.0.2", Some(true))]);
+        let pg = ("db".to_string(), "pg".to_string());
+        let redis = ("db".to_string(), "redis".to_string());
+        assert_eq!(
+            apply(&index, &mut relist, watcher::Event::Apply(a.clone())),
+            vec![pg.clone()]
+        );
+        // A re-list that no longer has pg's slice: pg is touched and gone.
+        assert!(apply(&index, &mut relist, watcher::Event::Init).is_empty());
+        assert!(apply(&index, &mut relist, watcher::Event::InitApply(b.clone())).is_empty());
+        assert_eq!(
+            index.read().expect("lock").len(),
+            1,
+            "old state served until InitDone"
+        );
+        assert_eq!(
+            apply(&index, &mut relist, watcher::Event::InitDone),
+            vec![pg.clone(), redis.clone()]
+        );
+        assert!(!index.read().expect("lock").contains_key(&pg));
+        assert_eq!(
+            apply(&index, &mut relist, watcher::Event::Delete(b)),
+            vec![redis.clone()]
+        );
+        assert!(index.read().expect("lock").is_empty());
     }
 
     #[test]

@@ -13,9 +13,12 @@ use tracing::{debug, warn};
 const QUEUE: usize = 256;
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Only the leader publishes: every replica sees the same objects, and Events from
+/// each would be duplicates.
 #[derive(Debug, Clone)]
 pub struct Events {
     tx: mpsc::Sender<(ObjectReference, Event)>,
+    leader: tokio::sync::watch::Receiver<bool>,
 }
 
 /// An object an Event is about.
@@ -30,7 +33,11 @@ pub fn reference(api_version: &str, kind: &str, namespace: &str, name: &str) -> 
 }
 
 impl Events {
-    pub fn start(client: Client, instance: &str) -> (Events, tokio::task::JoinHandle<()>) {
+    pub fn start(
+        client: Client,
+        instance: &str,
+        leader: tokio::sync::watch::Receiver<bool>,
+    ) -> (Events, tokio::task::JoinHandle<()>) {
         let recorder = Recorder::new(
             client,
             Reporter {
@@ -54,7 +61,7 @@ impl Events {
                 }
             }
         });
-        (Events { tx }, task)
+        (Events { tx, leader }, task)
     }
 
     pub fn normal(&self, about: ObjectReference, reason: &str, note: String) {
@@ -66,6 +73,10 @@ impl Events {
     }
 
     fn emit(&self, about: ObjectReference, type_: EventType, reason: &str, mut note: String) {
+        if !*self.leader.borrow() {
+            debug!(reason, "not the leader; Event left to the leader");
+            return;
+        }
         // The API caps a note at 1 kB.
         if note.len() > 1000 {
             let mut cut = 1000;

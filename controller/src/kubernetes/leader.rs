@@ -49,6 +49,9 @@ pub async fn run(
     let mut renewed: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
+        // A renewal counts from when it was sent: the write may have committed anywhere
+        // up to the answer.
+        let round_started = Instant::now();
         // Bounded: a round that hangs (kube retries 503s for minutes) must not leave a
         // stale "leader" standing past the lease.
         let held =
@@ -60,7 +63,7 @@ pub async fn run(
             };
         let now = Instant::now();
         match held {
-            Ok(true) => renewed = Some(now),
+            Ok(true) => renewed = Some(round_started),
             Ok(false) => renewed = None,
             Err(e) => {
                 metrics
