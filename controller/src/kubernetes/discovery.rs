@@ -230,12 +230,20 @@ impl Discovery {
         let running = match super::backend::bounded(replicas(&self.client, &d.target)).await {
             Ok(n) => n > 0,
             Err(e) => {
-                warn!(service = %key, workload = %d.target, error = %e, "cannot read the workload's scale; starting parked");
+                warn!(service = %key, workload = %d.target, error = %e, "cannot read the workload's scale; starting parked and reading it again");
                 self.events.warning(
                     reference("v1", "Service", &ns, &svc.name_any()),
                     "WorkloadUnreadable",
                     format!("zenvoy cannot read the scale of {}: {e}", d.target),
                 );
+                // Parked until known: a running workload found later is woken (and then
+                // parked when idle) rather than left running unwatched.
+                tokio::spawn(observe_later(
+                    self.client.clone(),
+                    self.targets.clone(),
+                    key.clone(),
+                    self.runtime.clone(),
+                ));
                 false
             }
         };
@@ -316,4 +324,30 @@ impl Discovery {
         }
         true
     }
+}
+
+/// Read a service's workload replicas until it works (backoff 1 s doubling to 30 s, for
+/// at most ten minutes, while the service is still known), then tell the runtime.
+async fn observe_later(
+    client: Client,
+    targets: Targets,
+    service: String,
+    runtime: mpsc::Sender<Event>,
+) {
+    let give_up = tokio::time::Instant::now() + std::time::Duration::from_secs(600);
+    let mut pause = std::time::Duration::from_secs(1);
+    while tokio::time::Instant::now() < give_up {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(30));
+        let Some(target) = super::endpoints::target(&targets, &service) else {
+            return; // removed meanwhile
+        };
+        if let Ok(n) = super::backend::bounded(replicas(&client, &target)).await {
+            let running = n > 0;
+            info!(%service, running, "workload's scale read");
+            let _ = runtime.send(Event::Observed { service, running }).await;
+            return;
+        }
+    }
+    warn!(%service, "gave up reading the workload's scale; it stays parked until a connection wakes it");
 }
