@@ -113,6 +113,10 @@ struct Service {
     pending: f64,
     /// Count of wakes started; the current one's number.
     wakes: u64,
+    /// A service added at run time: its listener waits until the Envoys have its
+    /// cluster warm (ACKed this assignment version). Envoy closes a connection whose
+    /// cluster is still warming; held is the promise.
+    listener_after: Option<u64>,
 }
 
 fn hold_policy(p: &Policy) -> HoldPolicy {
@@ -205,7 +209,10 @@ impl<B: Backend> Runtime<B> {
         if let Some(s) = self.services.get_mut(&name) {
             let old = std::mem::replace(&mut s.def, def.clone());
             let parked = matches!(s.state, State::Parked);
-            if old.listen != def.listen {
+            // A listener still waiting for its cluster is published by the tick, as
+            // the new address.
+            let warming = s.listener_after.is_some();
+            if old.listen != def.listen && !warming {
                 match def.listen {
                     Some(listen) => self.cache.set(
                         LISTENER_TYPE,
@@ -249,12 +256,18 @@ impl<B: Backend> Runtime<B> {
                 &Endpoints::Holder(self.holder, hold),
             )),
         );
+        let mut listener_after = None;
         if let Some(listen) = def.listen {
-            self.cache.set(
-                LISTENER_TYPE,
-                &name,
-                resources::any(resources::listener(&name, listen)),
-            );
+            if routes {
+                listener_after = Some(holder_version);
+            } else {
+                // At start: Envoy's own initialisation warms clusters before listeners.
+                self.cache.set(
+                    LISTENER_TYPE,
+                    &name,
+                    resources::any(resources::listener(&name, listen)),
+                );
+            }
         }
         self.metrics.set_state(&name, StateValue::Parked);
         self.directory.insert(&name, def.protocol);
@@ -271,6 +284,7 @@ impl<B: Backend> Runtime<B> {
                 holder_version,
                 pending: 0.0,
                 wakes: 0,
+                listener_after,
             },
         );
         self.names.push(name.clone());
@@ -475,6 +489,18 @@ impl<B: Backend> Runtime<B> {
             // Held connections are standing demand: after a failed wake, try again.
             if s.pending > 0.0 {
                 self.apply(name, Input::Demand, now);
+            }
+            if let Some(s) = self.services.get_mut(name) {
+                if let (Some(version), Some(listen)) = (s.listener_after, s.def.listen) {
+                    if self.cache.subscribed(name) && self.cache.all_acked(name, version) {
+                        s.listener_after = None;
+                        self.cache.set(
+                            LISTENER_TYPE,
+                            name,
+                            resources::any(resources::listener(name, listen)),
+                        );
+                    }
+                }
             }
             if let Some(s) = self.services.get(name) {
                 if matches!(s.state, State::Parking { acked_at: None, .. })

@@ -276,13 +276,21 @@ impl KubeStack {
     }
 
     /// Where clients connect for zenvoy service `name` (`<service>.<namespace>`), once
-    /// Envoy has its listener.
+    /// Envoy has its listener. The controller publishes a new service's listener only
+    /// once the Envoys have its cluster warm (Envoy closes connections to a warming
+    /// cluster): checked here, at the moment the listener is seen.
     pub async fn listener(&self, name: &str) -> anyhow::Result<SocketAddr> {
         let what = format!("Envoy listener {name}");
-        wait::until(&what, Duration::from_secs(20), || async {
+        let addr = wait::until(&what, Duration::from_secs(20), || async {
             Ok(self.envoy.listener(name).await.ok())
         })
-        .await
+        .await?;
+        let hosts = self.envoy.cluster_hosts(name).await?;
+        anyhow::ensure!(
+            !hosts.is_empty(),
+            "listener {name} is active before its cluster is warm"
+        );
+        Ok(addr)
     }
 
     /// `spec.replicas` of a workload.

@@ -485,3 +485,38 @@ async fn rbac_covers_exactly_what_the_controller_does() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A Service that opts in while the stack runs is served from its very first connection:
+/// its Envoy listener appears only once its cluster is warm (Envoy closes connections
+/// to a warming cluster). Watched closely, for several Services.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_service_is_held_from_its_first_connection() -> anyhow::Result<()> {
+    let stack = KubeStack::start(KubeOptions::default(), 1).await?;
+    for i in 0..8 {
+        let p = port()?;
+        let name = format!("svc{i}");
+        stack
+            .api
+            .put(workload("Deployment", "default", &name, 0, p, &[]))?;
+        stack.api.put(service("default", &name, p, &OPT_IN))?;
+        let full = format!("{name}.default");
+        // Closer than the harness's usual 50 ms poll: the window is milliseconds.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let addr = loop {
+            if let Ok(a) = stack.envoy.listener(&full).await {
+                break a;
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "no listener {full} in 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        let s = TcpStream::connect(addr).await?;
+        tokio::time::timeout(Duration::from_secs(30), echo_pattern(s, i, 4096))
+            .await
+            .map_err(|_| anyhow::anyhow!("{full}: no echo within 30 s"))?
+            .map_err(|e| anyhow::anyhow!("{full}: first connection: {e}"))?;
+    }
+    Ok(())
+}
