@@ -113,10 +113,11 @@ struct Service {
     pending: f64,
     /// Count of wakes started; the current one's number.
     wakes: u64,
-    /// A service added at run time: its listener waits until the Envoys have its
-    /// cluster warm (ACKed this assignment version). Envoy closes a connection whose
-    /// cluster is still warming; held is the promise.
-    listener_after: Option<u64>,
+    /// A service added at run time: its front door (listener, or virtual host) waits
+    /// until the Envoys have its cluster warm (ACKed this assignment version). Envoy
+    /// closes a connection, or answers 503, for a cluster still warming; held is the
+    /// promise.
+    front_after: Option<u64>,
 }
 
 fn hold_policy(p: &Policy) -> HoldPolicy {
@@ -211,7 +212,7 @@ impl<B: Backend> Runtime<B> {
             let parked = matches!(s.state, State::Parked);
             // A listener still waiting for its cluster is published by the tick, as
             // the new address.
-            let warming = s.listener_after.is_some();
+            let warming = s.front_after.is_some();
             if old.listen != def.listen && !warming {
                 match def.listen {
                     Some(listen) => self.cache.set(
@@ -256,12 +257,10 @@ impl<B: Backend> Runtime<B> {
                 &Endpoints::Holder(self.holder, hold),
             )),
         );
-        let mut listener_after = None;
+        // At start, Envoy's own initialisation warms clusters before listeners.
+        let front_after = routes.then_some(holder_version);
         if let Some(listen) = def.listen {
-            if routes {
-                listener_after = Some(holder_version);
-            } else {
-                // At start: Envoy's own initialisation warms clusters before listeners.
+            if front_after.is_none() {
                 self.cache.set(
                     LISTENER_TYPE,
                     &name,
@@ -284,7 +283,7 @@ impl<B: Backend> Runtime<B> {
                 holder_version,
                 pending: 0.0,
                 wakes: 0,
-                listener_after,
+                front_after,
             },
         );
         self.names.push(name.clone());
@@ -323,7 +322,7 @@ impl<B: Backend> Runtime<B> {
         let mut hosts: Vec<VirtualHostSpec> = self
             .services
             .values()
-            .filter(|s| s.def.protocol == Protocol::Http)
+            .filter(|s| s.def.protocol == Protocol::Http && s.front_after.is_none())
             .map(|s| VirtualHostSpec {
                 service: s.def.name.clone(),
                 domains: s.def.domains.clone(),
@@ -491,14 +490,19 @@ impl<B: Backend> Runtime<B> {
                 self.apply(name, Input::Demand, now);
             }
             if let Some(s) = self.services.get_mut(name) {
-                if let (Some(version), Some(listen)) = (s.listener_after, s.def.listen) {
+                if let Some(version) = s.front_after {
                     if self.cache.subscribed(name) && self.cache.all_acked(name, version) {
-                        s.listener_after = None;
-                        self.cache.set(
-                            LISTENER_TYPE,
-                            name,
-                            resources::any(resources::listener(name, listen)),
-                        );
+                        s.front_after = None;
+                        if let Some(listen) = s.def.listen {
+                            self.cache.set(
+                                LISTENER_TYPE,
+                                name,
+                                resources::any(resources::listener(name, listen)),
+                            );
+                        }
+                        if s.def.protocol == Protocol::Http {
+                            self.routes_dirty = true;
+                        }
                     }
                 }
             }
@@ -512,6 +516,10 @@ impl<B: Backend> Runtime<B> {
             self.apply(name, Input::Tick, now);
         }
         self.names = names;
+        if self.routes_dirty {
+            self.routes_dirty = false;
+            self.publish_routes();
+        }
     }
 
     fn apply(&mut self, service: &str, input: Input, now: Instant) {

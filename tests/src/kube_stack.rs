@@ -3,9 +3,11 @@
 //! holder and a real Envoy. Services, workloads and the ConfigMap are objects in the
 //! fake API, written by the test as an operator would with kubectl.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -33,6 +35,8 @@ pub struct KubeOptions {
     /// Scrape mode: every controller reads Envoy's and the holder's stats pages (how
     /// several replicas all see the same activity); else both push to controller 0.
     pub scrape: Option<Duration>,
+    /// The shared Host-routed HTTP listener (`http.listen`, port chosen by the OS).
+    pub http: bool,
 }
 
 impl Default for KubeOptions {
@@ -43,6 +47,7 @@ impl Default for KubeOptions {
             lease_duration: Duration::from_secs(4),
             flush: Duration::from_millis(500),
             scrape: None,
+            http: false,
         }
     }
 }
@@ -75,6 +80,8 @@ pub struct KubeStack {
     pub holder_listen: SocketAddr,
     pub envoy_admin: SocketAddr,
     pub holder_admin: SocketAddr,
+    /// Pods listening on these ports answer HTTP (`zenvoy-echo --http`) instead of echoing.
+    pub http_ports: Arc<Mutex<HashSet<u16>>>,
     pub dir: tempfile::TempDir,
 }
 
@@ -88,6 +95,9 @@ pub fn config_document(
     let mut y = format!(
         "controller:\n  listen: 127.0.0.1:0\n  admin: 127.0.0.1:0\nholder:\n  address: {holder}\n"
     );
+    if opts.http {
+        y.push_str("http:\n  listen: 127.0.0.1:0\n");
+    }
     if let Some(interval) = opts.scrape {
         y.push_str(&format!(
             "scrape:\n  interval: {}ms\n  targets:\n    - name: envoy-1\n      url: http://{envoy_admin}/stats/prometheus\n    - name: holder-1\n      url: http://{holder_admin}/metrics\n",
@@ -169,11 +179,16 @@ impl KubeStack {
         let d = dir.path().to_path_buf();
         let api = FakeApi::start().await?;
         let echo = bin("zenvoy-echo")?;
+        let http_ports: Arc<Mutex<HashSet<u16>>> = Arc::default();
+        let http = http_ports.clone();
         let kubelet = Kubelet::start(
             &api,
             KubeletOptions::new(opts.start_delay, move |addr: SocketAddr| {
                 let mut c = Command::new(&echo);
                 c.arg("--listen").arg(addr.to_string());
+                if http.lock().is_ok_and(|p| p.contains(&addr.port())) {
+                    c.arg("--http");
+                }
                 c
             }),
         );
@@ -253,6 +268,7 @@ impl KubeStack {
             holder_listen,
             envoy_admin,
             holder_admin,
+            http_ports,
             dir,
         })
     }

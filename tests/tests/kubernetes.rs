@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use zenvoy_tests::holder_client::{echo_pattern, is_open};
 use zenvoy_tests::kube_stack::{self, service, workload, KubeOptions, KubeStack, OPT_IN};
@@ -96,6 +97,18 @@ async fn wakes_and_parks_deployments_and_statefulsets() -> anyhow::Result<()> {
         stack
             .wait_replicas(kind, ns, wname, 0, Duration::from_secs(30))
             .await?;
+    }
+
+    // Events on the workloads: wake and park, from the controller.
+    for (ns, wname) in [("default", "web"), ("data", "db"), ("default", "big")] {
+        let events = api.list("events.k8s.io/v1", "Event", Some(ns));
+        for reason in ["Waking", "Parked"] {
+            let e = events
+                .iter()
+                .find(|e| e["reason"] == reason && e["regarding"]["name"] == wname)
+                .ok_or_else(|| anyhow::anyhow!("no {reason} Event for {ns}/{wname}: {events:?}"))?;
+            assert_eq!(e["reportingController"], "zenvoy-controller");
+        }
     }
 
     // A second opted-in Service on web's workload is refused with an Event.
@@ -518,5 +531,67 @@ async fn a_new_service_is_held_from_its_first_connection() -> anyhow::Result<()>
             .map_err(|_| anyhow::anyhow!("{full}: no echo within 30 s"))?
             .map_err(|e| anyhow::anyhow!("{full}: first connection: {e}"))?;
     }
+    Ok(())
+}
+
+/// An HTTP Service (`zenvoy.io/protocol: http`) is a virtual host on the shared HTTP
+/// listener: a request at zero replicas is answered once the Deployment wakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_service_wakes_on_a_request() -> anyhow::Result<()> {
+    let opts = KubeOptions {
+        http: true,
+        ..KubeOptions::default()
+    };
+    let stack = KubeStack::start(opts, 1).await?;
+    let p = port()?;
+    stack
+        .http_ports
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .insert(p);
+    stack
+        .api
+        .put(workload("Deployment", "default", "site", 0, p, &[]))?;
+    stack.api.put(service(
+        "default",
+        "site",
+        p,
+        &[
+            ("zenvoy.io/enabled", "true"),
+            ("zenvoy.io/protocol", "http"),
+        ],
+    ))?;
+    let http = stack
+        .envoy
+        .listener(zenvoy_controller::xds::resources::HTTP_LISTENER)
+        .await?;
+    // The virtual host appears once its cluster is warm; until then Envoy answers 404.
+    let response = wait::until(
+        "a 200 from site.default",
+        Duration::from_secs(30),
+        || async {
+            let mut s = TcpStream::connect(http).await?;
+            s.write_all(b"GET / HTTP/1.1\r\nHost: site.default.svc\r\nConnection: close\r\n\r\n")
+                .await?;
+            let mut text = String::new();
+            tokio::time::timeout(Duration::from_secs(40), s.read_to_string(&mut text)).await??;
+            // 404: no virtual host yet. The first other answer must be the 200 (a 503 from
+            // a still-warming cluster would be a request lost).
+            Ok((!text.starts_with("HTTP/1.1 404")).then_some(text))
+        },
+    )
+    .await?;
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "first answer: {response}"
+    );
+    assert!(
+        response.trim_end().ends_with("hello from zenvoy-echo"),
+        "{response}"
+    );
+    assert_eq!(stack.replicas("Deployment", "default", "site"), Some(1));
+    stack
+        .wait_replicas("Deployment", "default", "site", 0, Duration::from_secs(30))
+        .await?;
     Ok(())
 }
