@@ -71,10 +71,7 @@ pub async fn run(
                     .get_or_create(&crate::telemetry::OpLabel { op: "lease" })
                     .inc();
                 warn!(lease = %config.name, error = %e, "cannot read or renew the Lease");
-                // Keep leading only while the last renewal is recent enough that the
-                // next look (at most a round's timeout and a pause away, 2 x retry)
-                // still falls within the lease: nobody can take it over before then.
-                if renewed.is_some_and(|t| now.duration_since(t) >= config.duration - 2 * retry) {
+                if !still_leading(renewed, now, config.duration, retry) {
                     renewed = None;
                 }
             }
@@ -95,6 +92,69 @@ pub async fn run(
         metrics.leader.set(0);
         release(&api, &config).await;
     }
+}
+
+/// What a round does with the Lease it read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Ours: renew it.
+    Renew,
+    /// Free, or someone else's record has stood still for its whole duration: take it.
+    Acquire,
+    /// Someone else's and alive (or just seen): wait.
+    Wait,
+}
+
+/// Someone else's record as this replica first saw it: (resourceVersion, when).
+pub type Observed = Option<(String, Instant)>;
+
+/// client-go's rule, pure: expiry is judged by this replica's own clock from when it
+/// first saw the current record (`observed`, updated here), never by the holder's
+/// `renewTime`, so clock skew between machines cannot hand the Lease over early.
+/// `fallback` is the duration when the record has none.
+pub fn decide(
+    spec: &LeaseSpec,
+    rv: &str,
+    identity: &str,
+    fallback: Duration,
+    observed: &mut Observed,
+    now: Instant,
+) -> Decision {
+    match spec.holder_identity.as_deref().filter(|h| !h.is_empty()) {
+        None => Decision::Acquire,
+        Some(h) if h == identity => Decision::Renew,
+        Some(_) => {
+            let theirs = spec
+                .lease_duration_seconds
+                .and_then(|s| u64::try_from(s).ok())
+                .map_or(fallback, Duration::from_secs);
+            match observed {
+                Some((v, at)) if v == rv => {
+                    if now.saturating_duration_since(*at) >= theirs {
+                        Decision::Acquire
+                    } else {
+                        Decision::Wait
+                    }
+                }
+                _ => {
+                    *observed = Some((rv.to_string(), now));
+                    Decision::Wait
+                }
+            }
+        }
+    }
+}
+
+/// Whether a leader whose last renewal was sent at `renewed` may go on acting: the
+/// next look is at most a round's timeout and a pause away (2 x `retry`), and must still
+/// fall within the lease, before anyone else can take it over.
+pub fn still_leading(
+    renewed: Option<Instant>,
+    now: Instant,
+    duration: Duration,
+    retry: Duration,
+) -> bool {
+    renewed.is_some_and(|t| now.saturating_duration_since(t) < duration.saturating_sub(2 * retry))
 }
 
 fn now() -> MicroTime {
@@ -135,25 +195,21 @@ async fn try_acquire_or_renew(
     };
     let rv = lease.metadata.resource_version.clone().unwrap_or_default();
     let spec = lease.spec.clone().unwrap_or_default();
-    let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
-    let ours = holder.as_deref() == Some(config.identity.as_str());
-    if !ours && holder.is_some() {
-        // Someone else's: expired only if its record stood still for a whole duration.
-        let theirs = Duration::from_secs(
-            u64::try_from(spec.lease_duration_seconds.unwrap_or(secs)).unwrap_or(0),
-        );
-        let seen = match observed {
-            Some((v, at)) if *v == rv => *at,
-            _ => {
-                *observed = Some((rv.clone(), Instant::now()));
-                return Ok(false);
-            }
-        };
-        if seen.elapsed() < theirs {
-            return Ok(false);
+    let ours = match decide(
+        &spec,
+        &rv,
+        &config.identity,
+        config.duration,
+        observed,
+        Instant::now(),
+    ) {
+        Decision::Wait => return Ok(false),
+        Decision::Renew => true,
+        Decision::Acquire => {
+            info!(lease = %config.name, previous = ?spec.holder_identity, "Lease free or expired; taking it");
+            false
         }
-        info!(lease = %config.name, previous = ?holder, "Lease expired; taking it over");
-    }
+    };
     let mut next = lease.clone();
     let transitions = spec.lease_transitions.unwrap_or(0);
     next.spec = Some(LeaseSpec {
@@ -203,5 +259,101 @@ async fn release(api: &Api<Lease>, config: &LeaseConfig) {
         Ok(Ok(())) => info!(lease = %config.name, "Lease released"),
         Ok(Err(e)) => warn!(lease = %config.name, error = %e, "cannot release the Lease"),
         Err(_) => warn!(lease = %config.name, "releasing the Lease timed out"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(holder: Option<&str>, secs: Option<i32>) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: holder.map(str::to_string),
+            lease_duration_seconds: secs,
+            ..Default::default()
+        }
+    }
+
+    const D: Duration = Duration::from_secs(15);
+
+    #[test]
+    fn free_ours_and_someone_elses() {
+        let now = Instant::now();
+        let mut seen = None;
+        assert_eq!(
+            decide(&spec(None, Some(15)), "1", "a", D, &mut seen, now),
+            Decision::Acquire
+        );
+        assert_eq!(
+            decide(&spec(Some(""), Some(15)), "1", "a", D, &mut seen, now),
+            Decision::Acquire
+        );
+        assert_eq!(
+            decide(&spec(Some("a"), Some(15)), "1", "a", D, &mut seen, now),
+            Decision::Renew
+        );
+        assert_eq!(seen, None, "only someone else's record is observed");
+        assert_eq!(
+            decide(&spec(Some("b"), Some(15)), "1", "a", D, &mut seen, now),
+            Decision::Wait
+        );
+        assert_eq!(seen, Some(("1".to_string(), now)));
+    }
+
+    #[test]
+    fn a_record_that_stands_still_for_its_duration_expires() {
+        let t0 = Instant::now();
+        let b = spec(Some("b"), Some(10));
+        let mut seen = None;
+        assert_eq!(decide(&b, "7", "a", D, &mut seen, t0), Decision::Wait);
+        assert_eq!(
+            decide(&b, "7", "a", D, &mut seen, t0 + Duration::from_secs(9)),
+            Decision::Wait
+        );
+        // Renewed by its holder (new resourceVersion): the clock starts again.
+        assert_eq!(
+            decide(&b, "8", "a", D, &mut seen, t0 + Duration::from_secs(9)),
+            Decision::Wait
+        );
+        assert_eq!(
+            decide(&b, "8", "a", D, &mut seen, t0 + Duration::from_secs(18)),
+            Decision::Wait
+        );
+        assert_eq!(
+            decide(&b, "8", "a", D, &mut seen, t0 + Duration::from_secs(19)),
+            Decision::Acquire
+        );
+        // Its own duration counts, the fallback only when it has none.
+        let mut seen = None;
+        let none = spec(Some("b"), None);
+        assert_eq!(decide(&none, "1", "a", D, &mut seen, t0), Decision::Wait);
+        assert_eq!(
+            decide(&none, "1", "a", D, &mut seen, t0 + Duration::from_secs(14)),
+            Decision::Wait
+        );
+        assert_eq!(
+            decide(&none, "1", "a", D, &mut seen, t0 + D),
+            Decision::Acquire
+        );
+    }
+
+    #[test]
+    fn a_leader_that_cannot_renew_steps_down_before_the_lease_could_pass() {
+        let t0 = Instant::now();
+        let retry = D / 3;
+        assert!(!still_leading(None, t0, D, retry));
+        assert!(still_leading(
+            Some(t0),
+            t0 + Duration::from_secs(4),
+            D,
+            retry
+        ));
+        // 5 s of 15 s: the next look could be 10 s later, at the lease's end.
+        assert!(!still_leading(
+            Some(t0),
+            t0 + Duration::from_secs(5),
+            D,
+            retry
+        ));
     }
 }
