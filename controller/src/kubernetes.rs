@@ -63,7 +63,7 @@ pub async fn run(
     // every Envoy and holder must push to it (followers refuse; clients retry). The
     // gate opens once a new leader's runtime knows what runs (discovery opens it).
     let (serving_tx, serving_rx) = watch::channel(false);
-    let core = Core::new().with_gate(serving_rx);
+    let core = Core::new().with_gate(serving_rx.clone());
     let targets = endpoints::Targets::default();
     let (events, events_task) =
         events::Events::start(client.clone(), &options.lease.identity, leader_rx.clone());
@@ -103,11 +103,13 @@ pub async fn run(
     };
     tasks.push(tokio::spawn(discovery.run(core.stopped())));
     tasks.push(events_task);
+    // The backend scales only while serving, not merely leading: a replica just promoted
+    // must first learn what runs (a park its follower runtime decided must not go out).
     let backend = Arc::new(backend::KubeBackend::new(
         client,
         targets,
         endpoints,
-        leader_rx,
+        serving_rx,
         events,
         core.metrics.clone(),
     ));

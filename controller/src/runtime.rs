@@ -111,7 +111,8 @@ struct Service {
     /// Version of the holder assignment published when the current park began.
     holder_version: u64,
     pending: f64,
-    /// Count of wakes started; the current one's number.
+    /// Number of the current wake (from the runtime's counter: unique across services
+    /// and their removal and re-adding).
     wakes: u64,
     /// A service added at run time: its front door (listener, or virtual host) waits
     /// until the Envoys have its cluster warm (ACKed this assignment version). Envoy
@@ -156,6 +157,8 @@ pub struct Runtime<B> {
     /// An HTTP service came, went or changed: the route configuration is rebuilt once
     /// after the event (not per service: at start that would be quadratic).
     routes_dirty: bool,
+    /// Wakes started, all services.
+    wake_counter: u64,
     windows: Windows,
     cache: Arc<Cache>,
     backend: Arc<B>,
@@ -181,6 +184,7 @@ impl<B: Backend> Runtime<B> {
             http: config.http.as_ref().map(|h| h.listen),
             directory,
             routes_dirty: false,
+            wake_counter: 0,
             windows: Windows::default(),
             cache,
             backend,
@@ -257,8 +261,10 @@ impl<B: Backend> Runtime<B> {
                 &Endpoints::Holder(self.holder, hold),
             )),
         );
-        // At start, Envoy's own initialisation warms clusters before listeners.
-        let front_after = routes.then_some(holder_version);
+        // At start, Envoy's own initialisation warms clusters before listeners; so does
+        // an Envoy that connects later. Only Envoys connected now can get the listener
+        // before the cluster is warm.
+        let front_after = (routes && self.cache.cluster_streams() > 0).then_some(holder_version);
         if let Some(listen) = def.listen {
             if front_after.is_none() {
                 self.cache.set(
@@ -491,7 +497,7 @@ impl<B: Backend> Runtime<B> {
             }
             if let Some(s) = self.services.get_mut(name) {
                 if let Some(version) = s.front_after {
-                    if self.cache.subscribed(name) && self.cache.all_acked(name, version) {
+                    if self.cache.warm_everywhere(name, version) {
                         s.front_after = None;
                         if let Some(listen) = s.def.listen {
                             self.cache.set(
@@ -559,7 +565,8 @@ impl<B: Backend> Runtime<B> {
             match action {
                 Action::ScaleUp => {
                     self.metrics.wakes.get_or_create(&label()).inc();
-                    s.wakes += 1;
+                    self.wake_counter += 1;
+                    s.wakes = self.wake_counter;
                     let number = s.wakes;
                     let wake = self.backend.wake(service, s.timing.wake_timeout);
                     let events = self.events.clone();

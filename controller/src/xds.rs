@@ -67,6 +67,8 @@ pub struct Cache {
     inner: Mutex<Inner>,
     changed: watch::Sender<u64>,
     acks: Mutex<AckRegistry>,
+    /// Streams that subscribe to Clusters: Envoys (a holder asks for endpoints only).
+    cluster_streams: Mutex<std::collections::HashSet<u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -91,6 +93,7 @@ impl Default for Cache {
             }),
             changed: watch::Sender::new(0),
             acks: Mutex::default(),
+            cluster_streams: Mutex::default(),
         }
     }
 }
@@ -201,6 +204,28 @@ impl Cache {
             .any(|names| names.contains_key(name))
     }
 
+    /// Number of connected streams that subscribe to Clusters (Envoys).
+    pub fn cluster_streams(&self) -> usize {
+        lock(&self.cluster_streams).len()
+    }
+
+    /// True when every stream that subscribes to Clusters (every Envoy) has ACKed
+    /// ClusterLoadAssignment `name` at `version` or later: the cluster is warm in every
+    /// Envoy. An Envoy that has not asked for it yet counts as not warm.
+    pub fn warm_everywhere(&self, name: &str, version: u64) -> bool {
+        let envoys = lock(&self.cluster_streams).clone();
+        let acks = lock(&self.acks);
+        envoys.iter().all(|id| {
+            acks.get(id)
+                .and_then(|names| names.get(name))
+                .is_some_and(|acked| *acked >= version)
+        })
+    }
+
+    fn note_clusters(&self, stream: u64) {
+        lock(&self.cluster_streams).insert(stream);
+    }
+
     /// Number of connected ADS streams that have sent an endpoint (EDS) request.
     pub fn streams(&self) -> usize {
         lock(&self.acks).len()
@@ -227,6 +252,7 @@ impl Cache {
     }
 
     fn forget(&self, stream: u64) {
+        lock(&self.cluster_streams).remove(&stream);
         lock(&self.acks).remove(&stream);
     }
 }

@@ -33,6 +33,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Bound on one scale step's API calls. kube retries 503s internally for minutes; a
 /// wake must see the failure and go on retrying (and counting) on its own schedule.
 pub const API_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a wake from zero ignores the addresses that were ready at its scale-up.
+const STALE_FOR: Duration = Duration::from_secs(5);
 /// A park retries for this long, then gives up (the workload stays up; the next wake
 /// finds it running).
 const PARK_RETRY_FOR: Duration = Duration::from_secs(60);
@@ -157,12 +159,15 @@ impl KubeBackend {
         let mut last_error: Option<String> = None;
         // Leader: the workload was seen with replicas (this wake scaled it, or it ran).
         let mut running = false;
-        // Read the scale on this pass (first, after a pause or a leadership change; not
-        // on every EndpointSlice change anywhere).
+        // Read the scale on this pass (first, when `next_check` comes, or after a
+        // leadership change; not on every EndpointSlice change anywhere).
         let mut check = true;
+        let mut next_check = started;
         // Addresses ready when this wake found the workload at 0: pods still terminating
-        // after a park, not the ones it is waiting for. Dropped as they leave the slices.
-        let mut stale: Option<Vec<SocketAddr>> = None;
+        // after a park, not the ones it waits for. Ignored until they leave the slices or
+        // for STALE_FOR at most (a scale back up before the workload controller saw the
+        // 0 keeps the same pods, which never leave).
+        let mut stale: Option<(Vec<SocketAddr>, Instant)> = None;
         loop {
             let Some(t) = endpoints::target(&self.targets, &service) else {
                 return Err(BackendError::UnknownService(service));
@@ -172,10 +177,18 @@ impl KubeBackend {
                 // Serialized with this service's park: a park in flight finishes first,
                 // and this wake then finds 0 and scales up.
                 let _scaling = slot.lock.lock().await;
+                if Instant::now() >= deadline {
+                    // The runtime gave up on this wake; scaling now would leave a
+                    // workload running that it thinks parked.
+                    return Err(BackendError::Kubernetes {
+                        service,
+                        message: format!("not ready after {timeout:?}"),
+                    });
+                }
                 match bounded(self.scale_up(&t)).await {
                     Ok(Some((from, to))) => {
                         running = true;
-                        stale = Some(self.endpoints.ready(&t));
+                        stale = Some((self.endpoints.ready(&t), Instant::now() + STALE_FOR));
                         info!(%service, workload = %t, from, to, "scaled up");
                         self.events.normal(
                             Self::workload_ref(&t),
@@ -200,22 +213,33 @@ impl KubeBackend {
                 }
             }
             let mut ready = self.endpoints.ready(&t);
-            if let Some(old) = stale.as_mut() {
-                old.retain(|a| ready.contains(a));
-                ready.retain(|a| !old.contains(a));
+            if let Some((old, until)) = stale.as_mut() {
+                if Instant::now() < *until {
+                    old.retain(|a| ready.contains(a));
+                    ready.retain(|a| !old.contains(a));
+                } else {
+                    stale = None;
+                }
             }
             if !ready.is_empty() && (running || !is_leader) {
                 debug!(%service, endpoints = ready.len(), took = ?started.elapsed(), "ready");
                 return Ok(ready);
             }
-            let pause = if running || !is_leader {
-                BACKOFF_MAX
-            } else {
-                let b = backoff;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                b
-            };
-            check = false;
+            if check {
+                let pause = if running || !is_leader {
+                    BACKOFF_MAX
+                } else {
+                    let b = backoff;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    b
+                };
+                next_check = Instant::now() + pause;
+                check = false;
+            }
+            // Also look again when the stale addresses stop counting.
+            let wake_at = stale
+                .as_ref()
+                .map_or(next_check, |(_, until)| next_check.min(*until));
             tokio::select! {
                 r = changes.changed() => if r.is_err() {
                     return Err(BackendError::Kubernetes { service, message: "controller stopping".into() });
@@ -226,7 +250,7 @@ impl KubeBackend {
                     }
                     check = true;
                 }
-                () = tokio::time::sleep(pause) => check = true,
+                () = tokio::time::sleep_until(wake_at) => check = Instant::now() >= next_check,
                 () = tokio::time::sleep_until(deadline) => {
                     let detail = last_error.unwrap_or_else(|| if is_leader {
                         "no ready endpoint in its EndpointSlices".into()

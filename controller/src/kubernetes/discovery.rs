@@ -78,7 +78,8 @@ impl Discovery {
                         if !self.rederive(&known).await {
                             return;
                         }
-                        self.serving.send_replace(true);
+                        // Still leading after the reads (they take a while).
+                        self.serving.send_replace(*self.leader.borrow());
                     } else {
                         self.serving.send_replace(false);
                     }
@@ -228,7 +229,7 @@ impl Discovery {
             return self.runtime.send(Event::Upsert(d.def)).await.is_ok();
         }
         let running = match super::backend::bounded(replicas(&self.client, &d.target)).await {
-            Ok(n) => n > 0,
+            Ok(n) => Some(n > 0),
             Err(e) => {
                 warn!(service = %key, workload = %d.target, error = %e, "cannot read the workload's scale; starting parked and reading it again");
                 self.events.warning(
@@ -236,29 +237,35 @@ impl Discovery {
                     "WorkloadUnreadable",
                     format!("zenvoy cannot read the scale of {}: {e}", d.target),
                 );
-                // Parked until known: a running workload found later is woken (and then
-                // parked when idle) rather than left running unwatched.
-                tokio::spawn(observe_later(
-                    self.client.clone(),
-                    self.targets.clone(),
-                    key.clone(),
-                    self.runtime.clone(),
-                ));
-                false
+                None
             }
         };
-        info!(service = %key, workload = %d.target, running, "service discovered");
+        info!(service = %key, workload = %d.target, ?running, "service discovered");
         let mut def = d.def.clone();
-        def.running = running;
+        def.running = running == Some(true);
         known.insert(
-            key,
+            key.clone(),
             Known {
                 svc,
                 def: d.def,
                 stream,
             },
         );
-        self.runtime.send(Event::Upsert(def)).await.is_ok()
+        if self.runtime.send(Event::Upsert(def)).await.is_err() {
+            return false;
+        }
+        if running.is_none() {
+            // Parked until known (spawned after the Upsert, so the runtime has the
+            // service): a running workload found later is woken, then parked when idle,
+            // rather than left running unwatched.
+            tokio::spawn(observe_later(
+                self.client.clone(),
+                self.targets.clone(),
+                key,
+                self.runtime.clone(),
+            ));
+        }
+        true
     }
 
     async fn remove(&self, known: &mut HashMap<String, Known>, key: &str) -> bool {
@@ -296,7 +303,15 @@ impl Discovery {
                         return false;
                     }
                 }
-                Err(e) => warn!(service = %key, error = %e, "cannot read the workload's scale"),
+                Err(e) => {
+                    warn!(service = %key, error = %e, "cannot read the workload's scale; reading it again");
+                    tokio::spawn(observe_later(
+                        self.client.clone(),
+                        self.targets.clone(),
+                        key.clone(),
+                        self.runtime.clone(),
+                    ));
+                }
             }
         }
         info!(

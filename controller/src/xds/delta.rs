@@ -89,11 +89,15 @@ impl DeltaStream {
             }
         }
         // A reconnecting client says what it has; what is current need not be sent again.
+        // Not counted as ACKed: the versions may be another controller's (a previous
+        // leader's), and only an ACK of ours may let a park go on.
         for (name, version) in req.initial_resource_versions {
             if let Ok(v) = version.parse::<u64>() {
-                sub.sent.insert(name.clone(), v);
-                sub.acked.insert(name, v);
+                sub.sent.insert(name, v);
             }
+        }
+        if type_url == crate::xds::resources::CLUSTER_TYPE {
+            cache.note_clusters(self.id);
         }
         if !wildcard(type_url) {
             cache.record_acks(self.id, type_url, &sub.names, &sub.acked);

@@ -180,6 +180,9 @@ impl AdsStream {
             );
         }
 
+        if type_url == CLUSTER_TYPE {
+            cache.note_clusters(self.id);
+        }
         if !wildcard(type_url) {
             let names: BTreeSet<String> = req.resource_names.iter().cloned().collect();
             if names != sub.names {
