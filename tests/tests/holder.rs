@@ -120,11 +120,23 @@ async fn past_the_limits_connections_are_refused_at_once_and_the_held_stay() {
     .await;
 
     // Per service: three held, the fourth closed at once.
+    let eds_acks = "zenvoy_xds_push_ack_seconds_count{type=\"eds\"}";
+    let acks_before = st
+        .controller_metric(eds_acks)
+        .await
+        .expect("controller metrics");
     let mut a = Vec::new();
     for _ in 0..3 {
         a.push(held_conn(&st, "a").await);
     }
     wait_metric(&st, &pending("a"), 3.0).await;
+    // a's limit reaches the holder in a's first assignment, asked for on its first
+    // connection: the fourth is refused only once the holder has ACKed it.
+    wait::until("the holder to ACK a's assignment", BOUND, || async {
+        Ok((st.controller_metric(eds_acks).await? > acks_before).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", st.logs()));
     let mut fourth = held_conn(&st, "a").await;
     closed_within(&mut fourth, AT_ONCE)
         .await
