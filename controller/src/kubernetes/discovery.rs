@@ -20,9 +20,12 @@ use tracing::{info, warn};
 use super::backend::replicas;
 use super::endpoints::Targets;
 use super::events::{reference, Events};
-use super::service::{self, service_name, Discovered};
+use super::service::{self, service_name, Discovered, Target};
 use crate::config::Config;
 use crate::runtime::{Event, ServiceDef};
+
+/// Scale reads in flight at once when a replica becomes leader.
+const REDERIVE_CONCURRENCY: usize = 32;
 
 struct Known {
     svc: Service,
@@ -289,14 +292,25 @@ impl Discovery {
     /// publishes matches the workloads whatever it thought as a follower (it saw no
     /// stats): running ones are woken (and later parked), zero ones get the holder.
     async fn rederive(&self, known: &HashMap<String, Known>) -> bool {
-        for key in known.keys() {
-            let Some(target) = super::endpoints::target(&self.targets, key) else {
-                continue;
-            };
-            match super::backend::bounded(replicas(&self.client, &target)).await {
+        // Many reads at once: the gate stays closed until they are all done.
+        let targets: Vec<(String, Target)> = known
+            .keys()
+            .filter_map(|key| Some((key.clone(), super::endpoints::target(&self.targets, key)?)))
+            .collect();
+        let client = self.client.clone();
+        let reads = targets.into_iter().map(move |(key, target)| {
+            let client = client.clone();
+            async move {
+                let n = super::backend::bounded(replicas(&client, &target)).await;
+                (key, n)
+            }
+        });
+        let mut results = futures::stream::iter(reads).buffer_unordered(REDERIVE_CONCURRENCY);
+        while let Some((key, n)) = results.next().await {
+            match n {
                 Ok(n) => {
                     let observed = Event::Observed {
-                        service: key.clone(),
+                        service: key,
                         running: n > 0,
                     };
                     if self.runtime.send(observed).await.is_err() {
@@ -308,7 +322,7 @@ impl Discovery {
                     tokio::spawn(observe_later(
                         self.client.clone(),
                         self.targets.clone(),
-                        key.clone(),
+                        key,
                         self.runtime.clone(),
                     ));
                 }
