@@ -37,6 +37,8 @@ pub struct KubeOptions {
     pub scrape: Option<Duration>,
     /// The shared Host-routed HTTP listener (`http.listen`, port chosen by the OS).
     pub http: bool,
+    /// `--namespace` for the controllers (all namespaces when empty).
+    pub namespaces: Vec<String>,
 }
 
 impl Default for KubeOptions {
@@ -48,6 +50,7 @@ impl Default for KubeOptions {
             flush: Duration::from_millis(500),
             scrape: None,
             http: false,
+            namespaces: Vec::new(),
         }
     }
 }
@@ -204,14 +207,8 @@ impl KubeStack {
 
         let mut stack_controllers = Vec::new();
         for i in 0..controllers {
-            let c = spawn_controller(
-                &api,
-                &d,
-                &format!("controller-{i}"),
-                free_port()?,
-                opts.lease_duration,
-            )
-            .await?;
+            let c =
+                spawn_controller(&api, &d, &format!("controller-{i}"), free_port()?, &opts).await?;
             if i == 0 {
                 wait_leader(&api, &c.identity, opts.lease_duration * 3).await?;
             }
@@ -279,14 +276,7 @@ impl KubeStack {
         let old = &mut self.controllers[i];
         old.proc.kill();
         let (identity, grpc) = (old.identity.clone(), old.grpc);
-        let c = spawn_controller(
-            &self.api,
-            self.dir.path(),
-            &identity,
-            grpc,
-            self.opts.lease_duration,
-        )
-        .await?;
+        let c = spawn_controller(&self.api, self.dir.path(), &identity, grpc, &self.opts).await?;
         self.controllers[i] = c;
         Ok(())
     }
@@ -362,8 +352,9 @@ pub async fn spawn_controller(
     dir: &Path,
     identity: &str,
     grpc: SocketAddr,
-    lease: Duration,
+    opts: &KubeOptions,
 ) -> anyhow::Result<Controller> {
+    let lease = opts.lease_duration;
     let kubeconfig: PathBuf = api.kubeconfig(dir, identity)?;
     let address_path = dir.join(format!("{identity}.json"));
     let _ = std::fs::remove_file(&address_path);
@@ -380,6 +371,7 @@ pub async fn spawn_controller(
         .arg("127.0.0.1:0")
         .arg("--address-file")
         .arg(&address_path)
+        .args(opts.namespaces.iter().map(|n| format!("--namespace={n}")))
         .env("KUBECONFIG", &kubeconfig)
         // kube applies HTTP(S)_PROXY even to an http://127.0.0.1 cluster, and without its
         // http-proxy feature fails to build the client: the fake is local.

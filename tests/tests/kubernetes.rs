@@ -595,3 +595,37 @@ async fn an_http_service_wakes_on_a_request() -> anyhow::Result<()> {
         .await?;
     Ok(())
 }
+
+/// `--namespace`: only Services in the listed namespaces are fronted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_listed_namespaces_are_watched() -> anyhow::Result<()> {
+    let opts = KubeOptions {
+        namespaces: vec!["shop".into()],
+        ..KubeOptions::default()
+    };
+    let stack = KubeStack::start(opts, 1).await?;
+    let (outside, inside) = (port()?, port()?);
+    // The one outside first: by the time the inside one is fronted, it was seen too.
+    stack
+        .api
+        .put(workload("Deployment", "default", "web", 0, outside, &[]))?;
+    stack.api.put(service("default", "web", outside, &OPT_IN))?;
+    stack
+        .api
+        .put(workload("Deployment", "shop", "web", 0, inside, &[]))?;
+    stack.api.put(service("shop", "web", inside, &OPT_IN))?;
+    echo_through(&stack, "web.shop", 1).await?;
+    assert!(
+        stack.envoy.listener("web.default").await.is_err(),
+        "default is not watched"
+    );
+    for r in stack.api.requests() {
+        assert!(
+            !(r.path.starts_with("/api/v1/services") || r.path.contains("/namespaces/default/")),
+            "a request outside the listed namespace: {} {}",
+            r.method,
+            r.path
+        );
+    }
+    Ok(())
+}
