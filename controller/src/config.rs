@@ -829,6 +829,28 @@ pub struct NeedsRestart {
     pub field: String,
 }
 
+/// The sections wired in at start (addresses, the HTTP listener, scrape targets) are
+/// unchanged: the test every reload passes first, in either mode.
+///
+/// # Errors
+/// [`NeedsRestart`] naming the first section that differs.
+pub fn same_top_sections(old: &Config, new: &Config) -> Result<(), NeedsRestart> {
+    let changed = if old.controller != new.controller {
+        "controller"
+    } else if old.holder != new.holder {
+        "holder"
+    } else if old.http != new.http {
+        "http"
+    } else if old.scrape != new.scrape {
+        "scrape"
+    } else {
+        return Ok(());
+    };
+    Err(NeedsRestart {
+        field: changed.to_string(),
+    })
+}
+
 /// What a reload changes: per service whose policy differs, the new policy. Everything
 /// else must be unchanged: listeners, addresses, commands and the set of services are
 /// wired into Envoy, the holder and the backend at start.
@@ -839,18 +861,7 @@ pub fn policy_changes(old: &Config, new: &Config) -> Result<Vec<(String, Policy)
     let restart = |field: &str| NeedsRestart {
         field: field.to_string(),
     };
-    if old.controller != new.controller {
-        return Err(restart("controller"));
-    }
-    if old.holder != new.holder {
-        return Err(restart("holder"));
-    }
-    if old.http != new.http {
-        return Err(restart("http"));
-    }
-    if old.scrape != new.scrape {
-        return Err(restart("scrape"));
-    }
+    same_top_sections(old, new)?;
     if old.services.len() != new.services.len() {
         return Err(restart("services"));
     }

@@ -84,9 +84,6 @@ pub struct ServiceDef {
     /// HTTP virtual host domains (HTTP services).
     pub domains: Vec<String>,
     pub policy: Policy,
-    /// Its workload already runs (a restarted controller, or scaled by someone else):
-    /// start by waking it, which waits for ready endpoints, instead of parked.
-    pub running: bool,
 }
 
 impl ServiceDef {
@@ -97,7 +94,6 @@ impl ServiceDef {
             listen: s.listen,
             domains: s.domains.clone(),
             policy: s.policy,
-            running: false,
         }
     }
 }
@@ -191,9 +187,8 @@ impl<B: Backend> Runtime<B> {
             metrics,
             events,
         };
-        let now = Instant::now();
         for s in &config.services {
-            runtime.upsert(ServiceDef::from_config(s), false, now);
+            runtime.upsert(ServiceDef::from_config(s), false);
         }
         if let Some(listen) = runtime.http {
             runtime.publish_routes();
@@ -207,13 +202,12 @@ impl<B: Backend> Runtime<B> {
     }
 
     /// Add a service (published parked: Envoy gets the holder as its endpoint, so the
-    /// first connection is held, not refused; a running one is woken at once), or
-    /// update one: a new listener, domains or policy are published.
-    fn upsert(&mut self, def: ServiceDef, routes: bool, now: Instant) {
+    /// first connection is held, not refused; one whose workload runs follows as
+    /// `Event::Observed`), or update one: a new listener, domains or policy are published.
+    fn upsert(&mut self, def: ServiceDef, routes: bool) {
         let name = def.name.clone();
         if let Some(s) = self.services.get_mut(&name) {
             let old = std::mem::replace(&mut s.def, def.clone());
-            let parked = matches!(s.state, State::Parked);
             // A listener still waiting for its cluster is published by the tick, as
             // the new address.
             let warming = s.front_after.is_some();
@@ -232,12 +226,6 @@ impl<B: Backend> Runtime<B> {
             }
             if old.policy != def.policy {
                 self.reload(&name, &def.policy);
-            }
-            // The backend says it runs (e.g. a new leader read the workloads): a service
-            // this runtime thought parked is woken, which finds it ready.
-            if def.running && parked {
-                info!(service = %name, "workload runs; waking to follow it");
-                self.apply(&name, Input::Demand, now);
             }
             if old.protocol != def.protocol {
                 self.directory.insert(&name, def.protocol);
@@ -276,7 +264,6 @@ impl<B: Backend> Runtime<B> {
         }
         self.metrics.set_state(&name, StateValue::Parked);
         self.directory.insert(&name, def.protocol);
-        let running = def.running;
         let http = def.protocol == Protocol::Http;
         self.services.insert(
             name.clone(),
@@ -295,10 +282,6 @@ impl<B: Backend> Runtime<B> {
         self.names.push(name.clone());
         if routes && http {
             self.routes_dirty = true;
-        }
-        if running {
-            info!(service = %name, "workload already running; waiting for its endpoints");
-            self.apply(&name, Input::Demand, now);
         }
     }
 
@@ -393,7 +376,7 @@ impl<B: Backend> Runtime<B> {
                     self.reload(&service, &policy);
                 }
             }
-            Event::Upsert(def) => self.upsert(def, true, now),
+            Event::Upsert(def) => self.upsert(def, true),
             Event::Observed { service, running } => {
                 let input = if running {
                     Input::Demand

@@ -70,6 +70,20 @@ impl Controller {
         let page = http_get(&format!("http://{}/metrics", self.admin)).await?;
         Ok(metric_value(&page, series).unwrap_or(0.0))
     }
+
+    /// Wait until `series` reads at least `want`.
+    pub async fn wait_metric(
+        &self,
+        series: &str,
+        want: f64,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let what = format!("{series} on {} to reach {want}", self.identity);
+        wait::until(&what, timeout, || async {
+            Ok((self.metric(series).await? >= want).then_some(()))
+        })
+        .await
+    }
 }
 
 /// Drop order is field order: Envoy, holder, controllers, kubelet (stops the pods), API.
@@ -317,6 +331,27 @@ impl KubeStack {
         let what = format!("{kind} {namespace}/{name} at {want} replicas");
         wait::until(&what, timeout, || async {
             Ok((self.replicas(kind, namespace, name) == Some(want)).then_some(()))
+        })
+        .await
+    }
+
+    /// Wait for an events.k8s.io Event in `namespace` with `reason` (about the object
+    /// named `regarding`, when given); returns it.
+    pub async fn wait_event(
+        &self,
+        namespace: &str,
+        reason: &str,
+        regarding: Option<&str>,
+    ) -> anyhow::Result<Value> {
+        let what = format!("a {reason} Event in {namespace}");
+        wait::until(&what, Duration::from_secs(20), || async {
+            Ok(self
+                .api
+                .list("events.k8s.io/v1", "Event", Some(namespace))
+                .into_iter()
+                .find(|e| {
+                    e["reason"] == reason && regarding.is_none_or(|r| e["regarding"]["name"] == r)
+                }))
         })
         .await
     }

@@ -115,19 +115,9 @@ async fn wakes_and_parks_deployments_and_statefulsets() -> anyhow::Result<()> {
     let mut twin = OPT_IN.to_vec();
     twin.push(("zenvoy.io/workload", "deployment/web"));
     api.put(service("default", "web-twin", web, &twin))?;
-    wait::until(
-        "a WorkloadConflict Event",
-        Duration::from_secs(20),
-        || async {
-            Ok(api
-                .list("events.k8s.io/v1", "Event", Some("default"))
-                .into_iter()
-                .find(|e| {
-                    e["reason"] == "WorkloadConflict" && e["regarding"]["name"] == "web-twin"
-                }))
-        },
-    )
-    .await?;
+    stack
+        .wait_event("default", "WorkloadConflict", Some("web-twin"))
+        .await?;
     assert!(
         stack.envoy.listener("web-twin.default").await.is_err(),
         "the twin is not fronted"
@@ -223,18 +213,13 @@ async fn an_apiserver_outage_during_a_wake_delays_it() -> anyhow::Result<()> {
     stack.api.set_available(false);
     let client = TcpStream::connect(l).await?;
     let down = tokio::time::Instant::now();
-    wait::until(
-        "the controller to fail a scale call",
-        Duration::from_secs(10),
-        || async {
-            Ok((stack.controllers[0]
-                .metric("zenvoy_kube_api_errors_total{op=\"scale_up\"}")
-                .await?
-                >= 1.0)
-                .then_some(()))
-        },
-    )
-    .await?;
+    stack.controllers[0]
+        .wait_metric(
+            "zenvoy_kube_api_errors_total{op=\"scale_up\"}",
+            1.0,
+            Duration::from_secs(10),
+        )
+        .await?;
     // The outage lasts 10 s whatever the test observed meanwhile.
     tokio::time::sleep_until(down + Duration::from_secs(10)).await;
     assert!(is_open(&client), "the held connection survived the outage");
@@ -282,16 +267,10 @@ async fn configmap_edits_reload_and_bad_ones_are_rejected() -> anyhow::Result<()
         )
     };
     stack.api.put(kube_stack::configmap(&doc("2s")))?;
-    wait::until(
-        "the config change to apply",
+    c.wait_metric(
+        "zenvoy_config_reloads_total{result=\"applied\"}",
+        1.0,
         Duration::from_secs(20),
-        || async {
-            Ok((c
-                .metric("zenvoy_config_reloads_total{result=\"applied\"}")
-                .await?
-                >= 1.0)
-                .then_some(()))
-        },
     )
     .await?;
     stack
@@ -299,30 +278,15 @@ async fn configmap_edits_reload_and_bad_ones_are_rejected() -> anyhow::Result<()
         .await?;
 
     stack.api.put(kube_stack::configmap(&doc("soon")))?;
-    wait::until(
-        "the bad config to be rejected",
+    c.wait_metric(
+        "zenvoy_config_reloads_total{result=\"rejected\"}",
+        1.0,
         Duration::from_secs(20),
-        || async {
-            Ok((c
-                .metric("zenvoy_config_reloads_total{result=\"rejected\"}")
-                .await?
-                >= 1.0)
-                .then_some(()))
-        },
     )
     .await?;
-    let event = wait::until(
-        "a ConfigRejected Event",
-        Duration::from_secs(20),
-        || async {
-            Ok(stack
-                .api
-                .list("events.k8s.io/v1", "Event", Some(kube_stack::NAMESPACE))
-                .into_iter()
-                .find(|e| e["reason"] == "ConfigRejected"))
-        },
-    )
-    .await?;
+    let event = stack
+        .wait_event(kube_stack::NAMESPACE, "ConfigRejected", None)
+        .await?;
     let note = event["note"].as_str().unwrap_or_default();
     assert!(
         note.contains("defaults.idleTimeout") && note.contains("soon"),
@@ -375,15 +339,14 @@ async fn only_the_lease_holder_scales_and_a_follower_takes_over() -> anyhow::Res
     stack
         .wait_replicas("Deployment", "default", "web", 0, Duration::from_secs(30))
         .await?;
-    wait::until(
-        "the follower to park api.default in its own state",
-        Duration::from_secs(30),
-        || async {
-            let series = "zenvoy_service_state{service=\"api.default\",state=\"parked\"}";
-            Ok((stack.controllers[1].metric(series).await? == 1.0).then_some(()))
-        },
-    )
-    .await?;
+    // The follower's own state machine parks it (a 0/1 gauge).
+    stack.controllers[1]
+        .wait_metric(
+            "zenvoy_service_state{service=\"api.default\",state=\"parked\"}",
+            1.0,
+            Duration::from_secs(30),
+        )
+        .await?;
     assert_eq!(
         stack.replicas("Deployment", "default", "api"),
         Some(1),
@@ -413,14 +376,9 @@ async fn only_the_lease_holder_scales_and_a_follower_takes_over() -> anyhow::Res
         took <= bound,
         "handed over in {took:?}, more than {bound:?}"
     );
-    wait::until(
-        "Envoy and the holder on the new leader",
-        Duration::from_secs(20),
-        || async {
-            Ok((stack.controllers[1].metric("zenvoy_xds_streams").await? >= 2.0).then_some(()))
-        },
-    )
-    .await?;
+    stack.controllers[1]
+        .wait_metric("zenvoy_xds_streams", 2.0, Duration::from_secs(20))
+        .await?;
     echo_through(&stack, "web.default", 2).await?;
     let writes = stack.scale_writes();
     assert_eq!(writes.len(), 3, "{writes:?}");
@@ -450,18 +408,9 @@ async fn rbac_covers_exactly_what_the_controller_does() -> anyhow::Result<()> {
     let mut bad = OPT_IN.to_vec();
     bad.push(("zenvoy.io/idleTimeout", "soon"));
     stack.api.put(service("default", "web", p, &bad))?;
-    wait::until(
-        "an InvalidAnnotation Event",
-        Duration::from_secs(20),
-        || async {
-            Ok(stack
-                .api
-                .list("events.k8s.io/v1", "Event", Some("default"))
-                .into_iter()
-                .find(|e| e["reason"] == "InvalidAnnotation"))
-        },
-    )
-    .await?;
+    stack
+        .wait_event("default", "InvalidAnnotation", None)
+        .await?;
 
     let rules = kube_stack::rbac_rules(&zenvoy_tests::workspace_root().join("deploy/rbac.yaml"))?;
     let mut used = std::collections::HashSet::new();

@@ -16,7 +16,7 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::Client;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -123,18 +123,9 @@ impl KubeBackend {
             return Ok(None);
         }
         let patch = serde_json::json!({"metadata": {"annotations": {PARKED_REPLICAS: current.to_string()}}});
-        match t.kind {
-            Kind::Deployment => {
-                Api::<Deployment>::namespaced(self.client.clone(), &t.namespace)
-                    .patch(&t.workload, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await?;
-            }
-            Kind::StatefulSet => {
-                Api::<StatefulSet>::namespaced(self.client.clone(), &t.namespace)
-                    .patch(&t.workload, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await?;
-            }
-        }
+        workload_api(&self.client, t)
+            .patch(&t.workload, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
         scale(&self.client, t, 0).await?;
         Ok(Some(current))
     }
@@ -354,57 +345,33 @@ impl Backend for KubeBackend {
     }
 }
 
+/// The workload's API, whichever kind it is: both are served the same way (object,
+/// `/scale`), so one dynamic Api covers them.
+fn workload_api(client: &Client, t: &Target) -> Api<DynamicObject> {
+    let resource = match t.kind {
+        Kind::Deployment => ApiResource::erase::<Deployment>(&()),
+        Kind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
+    };
+    Api::namespaced_with(client.clone(), &t.namespace, &resource)
+}
+
 /// The workload's desired replicas, from its scale subresource.
 pub async fn replicas(client: &Client, t: &Target) -> Result<i32, kube::Error> {
-    let s = match t.kind {
-        Kind::Deployment => {
-            Api::<Deployment>::namespaced(client.clone(), &t.namespace)
-                .get_scale(&t.workload)
-                .await?
-        }
-        Kind::StatefulSet => {
-            Api::<StatefulSet>::namespaced(client.clone(), &t.namespace)
-                .get_scale(&t.workload)
-                .await?
-        }
-    };
+    let s = workload_api(client, t).get_scale(&t.workload).await?;
     Ok(s.spec.and_then(|s| s.replicas).unwrap_or(0))
 }
 
 async fn scale(client: &Client, t: &Target, replicas: i32) -> Result<(), kube::Error> {
     let patch = serde_json::json!({"spec": {"replicas": replicas}});
-    let pp = PatchParams::default();
-    match t.kind {
-        Kind::Deployment => {
-            Api::<Deployment>::namespaced(client.clone(), &t.namespace)
-                .patch_scale(&t.workload, &pp, &Patch::Merge(&patch))
-                .await?;
-        }
-        Kind::StatefulSet => {
-            Api::<StatefulSet>::namespaced(client.clone(), &t.namespace)
-                .patch_scale(&t.workload, &pp, &Patch::Merge(&patch))
-                .await?;
-        }
-    }
+    workload_api(client, t)
+        .patch_scale(&t.workload, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
     Ok(())
 }
 
 /// The count recorded at the last park; an unreadable value counts as none.
 async fn parked_replicas(client: &Client, t: &Target) -> Result<Option<i32>, kube::Error> {
-    let meta = match t.kind {
-        Kind::Deployment => {
-            Api::<Deployment>::namespaced(client.clone(), &t.namespace)
-                .get(&t.workload)
-                .await?
-                .metadata
-        }
-        Kind::StatefulSet => {
-            Api::<StatefulSet>::namespaced(client.clone(), &t.namespace)
-                .get(&t.workload)
-                .await?
-                .metadata
-        }
-    };
+    let meta = workload_api(client, t).get(&t.workload).await?.metadata;
     Ok(meta
         .annotations
         .as_ref()

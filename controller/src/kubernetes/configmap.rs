@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::events::{reference, Events};
-use crate::config::{Config, ConfigError, Mode};
+use crate::config::{same_top_sections, Config, ConfigError, Mode};
 use crate::telemetry::{Metrics, ResultLabel};
 
 /// The ConfigMap key holding the document.
@@ -92,21 +92,6 @@ pub async fn load(
     Ok((text.to_string(), config))
 }
 
-/// The sections wired in at start (addresses, scrape targets) must stay as they are.
-fn restart_needed(old: &Config, new: &Config) -> Option<&'static str> {
-    if old.controller != new.controller {
-        Some("controller")
-    } else if old.holder != new.holder {
-        Some("holder")
-    } else if old.http != new.http {
-        Some("http")
-    } else if old.scrape != new.scrape {
-        Some("scrape")
-    } else {
-        None
-    }
-}
-
 /// Watch the ConfigMap until `shutdown`, publishing each accepted config on `tx`.
 pub async fn watch(
     client: Client,
@@ -169,12 +154,8 @@ pub async fn watch(
             .and_then(|next| {
                 let old = Config::from_yaml_for(&in_force, Mode::Kubernetes)
                     .map_err(|e| e.to_string())?;
-                match restart_needed(&old, &next) {
-                    Some(field) => Err(format!(
-                        "{field}: changing it needs a restart (only timeouts and limits reload)"
-                    )),
-                    None => Ok(next),
-                }
+                same_top_sections(&old, &next).map_err(|e| e.to_string())?;
+                Ok(next)
             });
         match verdict {
             Ok(next) => {

@@ -244,8 +244,7 @@ impl Discovery {
             }
         };
         info!(service = %key, workload = %d.target, ?running, "service discovered");
-        let mut def = d.def.clone();
-        def.running = running == Some(true);
+        let def = d.def.clone();
         known.insert(
             key.clone(),
             Known {
@@ -254,20 +253,27 @@ impl Discovery {
                 stream,
             },
         );
+        // Added parked; a workload that runs (a restarted controller, a wake in flight
+        // when the last one died) is then woken, which waits for its endpoints.
         if self.runtime.send(Event::Upsert(def)).await.is_err() {
             return false;
         }
-        if running.is_none() {
-            // Parked until known (spawned after the Upsert, so the runtime has the
-            // service): a running workload found later is woken, then parked when idle,
-            // rather than left running unwatched.
-            tokio::spawn(observe_later(
-                self.client.clone(),
-                self.targets.clone(),
-                key,
-                self.runtime.clone(),
-            ));
+        if let Some(running) = running {
+            let observed = Event::Observed {
+                service: key,
+                running,
+            };
+            return self.runtime.send(observed).await.is_ok();
         }
+        // Parked until known (spawned after the Upsert, so the runtime has the service):
+        // a running workload found later is woken, then parked when idle, rather than
+        // left running unwatched.
+        tokio::spawn(observe_later(
+            self.client.clone(),
+            self.targets.clone(),
+            key,
+            self.runtime.clone(),
+        ));
         true
     }
 

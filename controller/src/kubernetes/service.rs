@@ -191,7 +191,6 @@ pub fn read(svc: &Service, config: &Config) -> Result<Discovered, ConfigError> {
             listen,
             domains,
             policy,
-            running: false,
         },
         target: Target {
             namespace: namespace.to_string(),

@@ -504,12 +504,16 @@ impl Store {
         patch: &Value,
         mode: Mode,
     ) -> Result<Value, ApiError> {
-        let old = self
-            .get(def, ns, name)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(def, name))?;
+        let old = self.existing(def, ns, name)?;
         let patched = apply_patch(&old, kind, patch)?;
         self.replace(def, ns, name, old, patched, mode)
+    }
+
+    /// A copy of the stored object, or 404.
+    fn existing(&self, def: &'static ResourceDef, ns: &str, name: &str) -> Result<Value, ApiError> {
+        self.get(def, ns, name)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(def, name))
     }
 
     /// DELETE, honouring `preconditions` from the DeleteOptions body. Returns the object
@@ -521,10 +525,7 @@ impl Store {
         name: &str,
         options: &Value,
     ) -> Result<Value, ApiError> {
-        let old = self
-            .get(def, ns, name)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(def, name))?;
+        let old = self.existing(def, ns, name)?;
         let pre = options.get("preconditions");
         for (field, label) in [("uid", "UID"), ("resourceVersion", "ResourceVersion")] {
             if let Some(want) = pre.and_then(|p| p.get(field)).and_then(Value::as_str) {
@@ -563,10 +564,7 @@ impl Store {
         name: &str,
         scale: Value,
     ) -> Result<Value, ApiError> {
-        let old = self
-            .get(def, ns, name)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(def, name))?;
+        let old = self.existing(def, ns, name)?;
         if !scale.is_object() {
             return Err(ApiError::bad_request(
                 "the body must be an autoscaling/v1 Scale",
