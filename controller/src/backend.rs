@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
+use zenvoy_core::planner::Notice;
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,8 +31,23 @@ pub enum BackendError {
         upstream: SocketAddr,
         waited: Duration,
     },
-    #[error("service {service:?}: {message}")]
-    Kubernetes { service: String, message: String },
+    #[error("service {service:?}: {what}: {source}")]
+    Kubernetes {
+        service: String,
+        /// What was being done: "scale up", "scale to zero".
+        what: &'static str,
+        #[source]
+        source: ApiError,
+    },
+    #[error("service {service:?}: not ready after {waited:?}: {detail}")]
+    NotReadyInTime {
+        service: String,
+        waited: Duration,
+        /// What was seen meanwhile (the last API error, or that no endpoint came).
+        detail: String,
+    },
+    #[error("service {service:?}: the controller is stopping")]
+    Stopping { service: String },
     #[error("stopping service {service:?}: {source}")]
     Stop {
         service: String,
@@ -39,16 +56,31 @@ pub enum BackendError {
     },
 }
 
+/// Why a call to an orchestrator's API did not succeed (the Kubernetes backend's calls;
+/// see `kubernetes::api::bounded`).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    #[error("no answer from the API server within {0:?}")]
+    Timeout(Duration),
+}
+
 pub trait Backend: Send + Sync + 'static {
-    /// Bring `service` up (to its remembered replica count) and resolve once it has ready
-    /// endpoints, or fail after `timeout`.
+    /// Bring `service` up (to its remembered replica count) when `scale`, and resolve
+    /// once it has ready endpoints, or fail after `timeout`. Without `scale` (a follower
+    /// controller) only wait for endpoints that someone else brings up.
     fn wake(
         &self,
         service: &str,
         timeout: Duration,
+        scale: bool,
     ) -> BoxFuture<'static, Result<Vec<SocketAddr>, BackendError>>;
     /// Take `service` to zero.
     fn park(&self, service: &str) -> BoxFuture<'static, Result<(), BackendError>>;
     /// Stop everything this backend started (controller shutdown).
     fn shutdown(&self) -> BoxFuture<'static, ()>;
+    /// Tell the operator (Kubernetes: an Event on the Service). The log already has it;
+    /// by default nothing more.
+    fn notify(&self, _notice: &Notice) {}
 }

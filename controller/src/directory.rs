@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{PoisonError, RwLock};
 
-use crate::config::Protocol;
+use zenvoy_core::model::Protocol;
 
 #[derive(Debug, Default)]
 pub struct Directory {

@@ -1,13 +1,9 @@
 //! Ingest: stats pushed over Envoy's `metrics_service` protocol by every Envoy and holder,
 //! or scraped ([`scrape`]). The gRPC adapter lives here: it hands each message's bytes to
-//! [`push`], which reads them in place; what the samples mean is in [`families`], and
-//! the per-service windows they feed are in [`window`] (all three pure).
+//! `zenvoy_core::stats::push`, which reads them in place; what the samples mean, and the
+//! per-service windows they feed, are in `zenvoy_core::stats` too.
 
-pub mod families;
-pub mod push;
 pub mod scrape;
-pub mod text;
-pub mod window;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -23,8 +19,10 @@ use tonic::server::{ClientStreamingService, Grpc, NamedService};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn, Instrument};
 
+use zenvoy_core::model::Event;
+use zenvoy_core::stats::{families, push};
+
 use crate::directory::Directory;
-use crate::runtime::Event;
 use crate::telemetry::{Metrics, SourceLabel};
 
 /// The `envoy.service.metrics.v3.MetricsService` gRPC server, written out instead of
@@ -170,7 +168,7 @@ impl MetricsSink {
         request: Request<Streaming<Bytes>>,
     ) -> Result<Response<StreamMetricsResponse>, Status> {
         if self.shutdown.as_ref().is_some_and(|end| *end.borrow()) {
-            return Err(Status::unavailable(crate::xds::NOT_SERVING));
+            return Err(Status::unavailable(crate::gate::NOT_SERVING));
         }
         let peer = request.remote_addr();
         let mut inbound = request.into_inner();
@@ -185,7 +183,7 @@ impl MetricsSink {
             // The node is named in the first message only; until then the peer stands in.
             let mut node = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
             let mut named = false;
-            let shutdown = crate::stopping(self.shutdown.clone());
+            let shutdown = crate::gate::stopping(self.shutdown.clone());
             tokio::pin!(shutdown);
             let result = loop {
                 let msg = tokio::select! {

@@ -3,7 +3,7 @@
 //! ConfigMap, and only the holder of a Lease scales.
 //!
 //! ```text
-//!  Services ----watch--> discovery --Upsert/Remove--> runtime --wake/park--> backend
+//!  Services ----watch--> discovery (index) --Upsert/Remove--> runtime --wake/park--> backend
 //!  EndpointSlices --reflector--> endpoints --Endpoints--^          |  (leader only)
 //!  ConfigMap --watch--> configmap --new config--> discovery        v
 //!  Lease <--get/replace-- leader --is leader--> backend      Deployment/StatefulSet
@@ -21,11 +21,14 @@
 //! Lease ends its streams; clients reconnect (list every replica, or use the
 //! controller's Service) and land on the new leader within the lease duration.
 
+pub mod annotations;
+pub mod api;
 pub mod backend;
 pub mod configmap;
 pub mod discovery;
 pub mod endpoints;
 pub mod events;
+pub mod index;
 pub mod leader;
 pub mod service;
 
@@ -36,7 +39,10 @@ use kube::Client;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::Config;
+use zenvoy_core::config::Config;
+
+pub use api::ApiError;
+
 use crate::{Core, RunError};
 
 #[derive(Debug, Clone)]

@@ -1,22 +1,25 @@
-//! zenvoy-controller: Envoy's control plane for scale-to-zero.
+//! zenvoy-controller: Envoy's control plane for scale-to-zero. The decisions are in
+//! `zenvoy-core` (the planner and what it builds on); this crate is the adapters that
+//! feed it events and carry out its effects.
 //!
 //! ```text
-//!  Envoy / holder --MetricsService push--> ingest --Event--> runtime (activity::step)
-//!                                                              |            |
-//!                                  backend.wake/park  <--------+            v
-//!  Envoy / holder <-----------------ADS (xds::Cache, one CLA per wake/park)-+
+//!  Envoy / holder --MetricsService push--> ingest --Event--+
+//!  Envoy / holder pages --scrape---------> ingest --Event--+
+//!  backend (process | kubernetes) results --------Event----+--> runtime --> Planner
+//!  config file / ConfigMap, Services -----------------Event-+       |
+//!                                                                   v  Effects
+//!  Envoy / holder <--ADS (xds::Cache; resources: domain -> Envoy)--+-- backend.wake/park
 //! ```
 //!
-//! Pure cores: [`activity`] (the per-service state machine), [`ingest::window`] and
-//! [`ingest::families`] (stats -> activity), [`xds::resources`] (state -> Envoy protos),
-//! [`config`]. Adapters around them: the tonic servers, the process backend, the admin
-//! HTTP server.
+//! Layers, top to bottom: `main` / [`kubernetes`] (wiring, Kubernetes adapters), this
+//! file's [`Core`], [`runtime`] and [`reload`], the stream servers [`ingest`] and
+//! [`xds`], then [`backend`], [`directory`], [`gate`], [`telemetry`], [`admin`]. No module
+//! imports one above it; none of `zenvoy-core` imports any of them.
 
-pub mod activity;
 pub mod admin;
 pub mod backend;
-pub mod config;
 pub mod directory;
+pub mod gate;
 pub mod ingest;
 pub mod kubernetes;
 pub mod reload;
@@ -34,8 +37,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info;
 
+use zenvoy_core::config::Config;
+
 use crate::backend::process::ProcessBackend;
-use crate::config::Config;
+use crate::gate::{closed_or_stopped, stopping};
 use crate::runtime::{Event, Runtime, EVENT_QUEUE};
 use crate::telemetry::Metrics;
 
@@ -189,15 +194,18 @@ impl Core {
         };
         let cache = Arc::new(xds::Cache::default());
         let services = Arc::new(directory::Directory::default());
+        // Without a gate (process backend) this controller always scales; with one, only
+        // while it reads true.
         let runtime = Runtime::new(
             &config,
+            gate.is_none(),
             cache.clone(),
             backend,
             metrics.clone(),
             events_tx.clone(),
             services.clone(),
         );
-        let runtime = tokio::spawn(runtime.run(events_rx, stopped()));
+        let runtime = tokio::spawn(runtime.run(events_rx, gate.clone(), stopped()));
         let scraping = config.scrape.clone().map(|s| {
             tokio::spawn(ingest::scrape::run(
                 s,
@@ -254,42 +262,7 @@ impl Core {
     }
 }
 
-/// A signal that reads true while `gate` is false or `stop` is true.
-fn closed_or_stopped(
-    mut gate: watch::Receiver<bool>,
-    mut stop: watch::Receiver<bool>,
-) -> watch::Receiver<bool> {
-    let end = |g: &watch::Receiver<bool>, s: &watch::Receiver<bool>| !*g.borrow() || *s.borrow();
-    let (tx, rx) = watch::channel(end(&gate, &stop));
-    tokio::spawn(async move {
-        loop {
-            let ended = tokio::select! {
-                r = gate.changed() => r.is_err(),
-                r = stop.changed() => r.is_err(),
-                () = tx.closed() => return,
-            };
-            let value = ended || end(&gate, &stop);
-            tx.send_if_modified(|v| std::mem::replace(v, value) != value);
-            if ended {
-                return;
-            }
-        }
-    });
-    rx
-}
-
 pub use backend::Backend;
-
-/// Resolves once the stop channel reads true or its sender is gone (the controller is
-/// stopping either way); never when there is no channel, e.g. a server built without one.
-pub(crate) async fn stopping(stop: Option<watch::Receiver<bool>>) {
-    match stop {
-        Some(mut rx) => {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-        None => std::future::pending().await,
-    }
-}
 
 /// Accepted gRPC connections with Nagle off: an EDS update is a few hundred bytes that
 /// must leave at once, not wait for the previous segment's ACK.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
-use zenvoy_controller::config::Config;
+use zenvoy_core::config::Config;
 
 #[derive(Debug, Parser)]
 #[command(

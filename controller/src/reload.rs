@@ -13,8 +13,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::config::{policy_changes, Config};
-use crate::runtime::Event;
+use zenvoy_core::config::{policy_changes, Config};
+use zenvoy_core::model::Event;
+
 use crate::telemetry::{Metrics, ResultLabel};
 
 /// Where the config came from and how often to look again.

@@ -1,5 +1,6 @@
 //! The controller's own metrics (prometheus-client), registered in one place.
 
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -8,37 +9,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use zenvoy_core::activity::{Phase, WakeOutcome};
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabel {
     pub service: String,
-}
-
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum StateValue {
-    Parked,
-    Waking,
-    Awake,
-    Parking,
-}
-
-impl StateValue {
-    pub const ALL: [StateValue; 4] = [
-        StateValue::Parked,
-        StateValue::Waking,
-        StateValue::Awake,
-        StateValue::Parking,
-    ];
-
-    /// The `state` label value (lowercase, as the dashboards and alerts query it).
-    pub fn label(self) -> &'static str {
-        match self {
-            StateValue::Parked => "parked",
-            StateValue::Waking => "waking",
-            StateValue::Awake => "awake",
-            StateValue::Parking => "parking",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -48,7 +23,8 @@ pub struct StateLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabel {
+pub struct WakeLabels {
+    pub service: String,
     pub outcome: &'static str,
 }
 
@@ -76,10 +52,12 @@ pub struct SourceLabel {
 #[derive(Debug)]
 pub struct Metrics {
     pub service_state: Family<StateLabels, Gauge>,
+    pub service_idle_timeout: Family<ServiceLabel, Gauge<f64, AtomicU64>>,
     pub wakes: Family<ServiceLabel, Counter>,
     pub parks: Family<ServiceLabel, Counter>,
     pub parks_cancelled: Family<ServiceLabel, Counter>,
-    pub wake_duration: Family<OutcomeLabel, Histogram>,
+    pub wake_duration: Family<WakeLabels, Histogram>,
+    pub wake_outcomes: Family<WakeLabels, Counter>,
     pub scale_errors: Family<ServiceLabel, Counter>,
     pub xds_streams: Gauge,
     pub xds_push_ack: Family<TypeLabel, Histogram>,
@@ -107,10 +85,12 @@ impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Metrics {
             service_state: Family::default(),
+            service_idle_timeout: Family::default(),
             wakes: Family::default(),
             parks: Family::default(),
             parks_cancelled: Family::default(),
             wake_duration: Family::new_with_constructor(seconds_histogram),
+            wake_outcomes: Family::default(),
             scale_errors: Family::default(),
             xds_streams: Gauge::default(),
             xds_push_ack: Family::new_with_constructor(seconds_histogram),
@@ -142,6 +122,11 @@ impl Metrics {
             "1 for the state each service is in, 0 otherwise",
             m.service_state.clone(),
         );
+        r.register(
+            "service_idle_timeout_seconds",
+            "Each service's idleTimeout: no activity for this long parks it",
+            m.service_idle_timeout.clone(),
+        );
         r.register("wakes", "Wakes started", m.wakes.clone());
         r.register("parks", "Parks completed (scaled to zero)", m.parks.clone());
         r.register(
@@ -151,8 +136,13 @@ impl Metrics {
         );
         r.register(
             "wake_duration_seconds",
-            "From demand to ready endpoints, by outcome (ready, failed, timed_out)",
+            "From demand to ready endpoints, by service and outcome (ready, failed, timed_out)",
             m.wake_duration.clone(),
+        );
+        r.register(
+            "wake_outcomes",
+            "Wakes finished, by service and outcome (ready, failed, timed_out)",
+            m.wake_outcomes.clone(),
         );
         r.register(
             "scale_errors",
@@ -193,18 +183,29 @@ impl Metrics {
             .observe(d.as_secs_f64());
     }
 
-    /// Drop a removed service's state series.
+    /// Drop a removed service's series.
     pub fn forget_service(&self, service: &str) {
-        for s in StateValue::ALL {
+        self.service_idle_timeout.remove(&ServiceLabel {
+            service: service.to_string(),
+        });
+        for s in Phase::ALL {
             self.service_state.remove(&StateLabels {
                 service: service.to_string(),
                 state: s.label(),
             });
         }
+        for outcome in WakeOutcome::ALL {
+            let labels = WakeLabels {
+                service: service.to_string(),
+                outcome: outcome.label(),
+            };
+            self.wake_duration.remove(&labels);
+            self.wake_outcomes.remove(&labels);
+        }
     }
 
-    pub fn set_state(&self, service: &str, state: StateValue) {
-        for s in StateValue::ALL {
+    pub fn set_state(&self, service: &str, state: Phase) {
+        for s in Phase::ALL {
             self.service_state
                 .get_or_create(&StateLabels {
                     service: service.to_string(),
@@ -212,5 +213,17 @@ impl Metrics {
                 })
                 .set(i64::from(s == state));
         }
+    }
+
+    /// A finished wake: its duration and its outcome, per service.
+    pub fn wake_finished(&self, service: &str, outcome: WakeOutcome, took: Duration) {
+        let labels = WakeLabels {
+            service: service.to_string(),
+            outcome: outcome.label(),
+        };
+        self.wake_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+        self.wake_outcomes.get_or_create(&labels).inc();
     }
 }

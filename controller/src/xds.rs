@@ -257,6 +257,21 @@ impl Cache {
     }
 }
 
+/// The planner asks the cache what the connected streams have ACKed.
+impl zenvoy_core::planner::Acks for Cache {
+    fn envoys(&self) -> usize {
+        self.cluster_streams()
+    }
+
+    fn warm_everywhere(&self, service: &str, version: u64) -> bool {
+        Cache::warm_everywhere(self, service, version)
+    }
+
+    fn all_acked(&self, service: &str, version: u64) -> bool {
+        Cache::all_acked(self, service, version)
+    }
+}
+
 /// The tonic service.
 #[derive(Debug, Clone)]
 pub struct AdsServer {
@@ -285,10 +300,6 @@ impl AdsServer {
         self
     }
 }
-
-/// Why a stream is refused: clients retry, and reach the leader.
-pub const NOT_SERVING: &str =
-    "this zenvoy-controller replica is not serving (not the Lease holder, or stopping); retry";
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -321,7 +332,7 @@ impl AdsServer {
     /// Refuse a stream while the end signal reads true (stopping, or not the leader).
     fn open(&self) -> Result<(), Status> {
         match &self.shutdown {
-            Some(end) if *end.borrow() => Err(Status::unavailable(NOT_SERVING)),
+            Some(end) if *end.borrow() => Err(Status::unavailable(crate::gate::NOT_SERVING)),
             _ => Ok(()),
         }
     }
@@ -411,7 +422,7 @@ async fn serve_stream<P: Protocol>(
     shutdown: Option<watch::Receiver<bool>>,
 ) {
     let mut changed = cache.subscribe();
-    let shutdown = crate::stopping(shutdown);
+    let shutdown = crate::gate::stopping(shutdown);
     tokio::pin!(shutdown);
     metrics.xds_streams.inc();
     'serve: loop {

@@ -17,8 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use zenvoy_controller::backend::{Backend, BackendError, BoxFuture};
-use zenvoy_controller::config::Config;
 use zenvoy_controller::xds::resources::ENDPOINT_TYPE;
+use zenvoy_core::config::Config;
 
 /// How long shutdown may take with every client still connected.
 const BOUND: Duration = Duration::from_secs(5);
@@ -31,6 +31,7 @@ impl Backend for Recorder {
         &self,
         service: &str,
         _timeout: Duration,
+        _scale: bool,
     ) -> BoxFuture<'static, Result<Vec<SocketAddr>, BackendError>> {
         let _ = self.0.send(service.to_string());
         Box::pin(std::future::pending())

@@ -19,10 +19,10 @@ pub const PREFIX_LEN: usize = 16;
 /// above this is rejected as Oversized before reading it.
 pub const MAX_PAYLOAD_LEN: usize = 1024;
 /// Custom TLV type carrying the zenvoy service name (PP2_TYPE_MIN_CUSTOM = 0xE0).
-pub const TLV_SERVICE: u8 = 0xE0;
+pub const TLV_SERVICE: u8 = zenvoy_contract::TLV_SERVICE;
 
 /// Longest accepted service name (a DNS name's bound).
-const MAX_SERVICE_LEN: usize = 253;
+const MAX_SERVICE_LEN: usize = zenvoy_contract::MAX_SERVICE_NAME_LEN;
 const VERSION: u8 = 0x2;
 
 /// A parsed v2 header.

@@ -21,11 +21,12 @@ use tracing::{info, warn};
 use crate::hold::Hold;
 use crate::telemetry::Metrics;
 
-pub const PENDING_FAMILY: &str = "zenvoy_holder_pending";
+pub const PENDING_FAMILY: &str = zenvoy_contract::HOLDER_PENDING;
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
-fn family(changes: &[(String, usize)]) -> MetricFamily {
+/// The gauge family of one push: each service whose count changed, with its count.
+pub fn family(changes: &[(String, usize)]) -> MetricFamily {
     MetricFamily {
         name: Some(PENDING_FAMILY.to_string()),
         help: Some("Connections held per service".to_string()),
@@ -34,7 +35,7 @@ fn family(changes: &[(String, usize)]) -> MetricFamily {
             .iter()
             .map(|(service, n)| Metric {
                 label: vec![LabelPair {
-                    name: Some("service".to_string()),
+                    name: Some(zenvoy_contract::PENDING_LABEL.to_string()),
                     value: Some(service.clone()),
                 }],
                 // Counts are far below 2^53; f64 is exact here.

@@ -25,13 +25,8 @@ use tracing::{debug, info, warn};
 
 use crate::hold::{Hold, ServicePolicy};
 
-pub const ENDPOINT_TYPE: &str =
-    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
-/// Must match the controller's `xds::resources::{TRANSPORT_SOCKET_MATCH, HOLDER_MARK}`.
-const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
-const HOLDER_MARK: &str = "zenvoy_holder";
-/// Must match the controller's `xds::resources::HOLD_POLICY`.
-const HOLD_POLICY: &str = "zenvoy";
+pub use zenvoy_contract::ENDPOINT_TYPE;
+use zenvoy_contract::{HoldPolicy, HOLDER_MARK, HOLD_POLICY, TRANSPORT_SOCKET_MATCH};
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -56,14 +51,13 @@ pub fn policy(cla: &ClusterLoadAssignment) -> Option<ServicePolicy> {
         .filter_metadata
         .get(HOLD_POLICY)?
         .fields;
-    let number = |k: &str| match fields.get(k)?.kind {
-        Some(value::Kind::NumberValue(n)) if n.is_finite() && n >= 0.0 => Some(n),
+    let p = HoldPolicy::from_fields(|k| match fields.get(k)?.kind {
+        Some(value::Kind::NumberValue(n)) => Some(n),
         _ => None,
-    };
+    })?;
     Some(ServicePolicy {
-        // Bounded above by u64::MAX ms; the cast saturates.
-        hold_timeout: Duration::from_millis(number("holdTimeoutMs")? as u64),
-        max_pending: number("maxPending")? as usize,
+        hold_timeout: p.hold_timeout,
+        max_pending: usize::try_from(p.max_pending).unwrap_or(usize::MAX),
     })
 }
 

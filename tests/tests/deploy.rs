@@ -8,7 +8,7 @@ use std::process::Command;
 use anyhow::Context;
 use serde::Deserialize;
 use serde_json::Value;
-use zenvoy_controller::config::{Config, Mode};
+use zenvoy_core::config::{Config, Mode};
 use zenvoy_tests::workspace_root;
 
 fn documents(file: &str) -> anyhow::Result<Vec<Value>> {

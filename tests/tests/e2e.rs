@@ -173,6 +173,20 @@ async fn idle_service_parks_and_wakes_again_twice() {
         .await
         .expect("metrics");
     assert_eq!(parks, 2.0);
+    // Each wake's cold start, per service, in the histogram and the outcome counter.
+    let ready = "{service=\"echo\",outcome=\"ready\"}";
+    for (series, want) in [
+        (format!("zenvoy_wake_duration_seconds_count{ready}"), 2.0),
+        (format!("zenvoy_wake_outcomes_total{ready}"), 2.0),
+    ] {
+        let got = st.controller_metric(&series).await.expect("metrics");
+        assert_eq!(got, want, "{series}");
+    }
+    let took = st
+        .controller_metric(&format!("zenvoy_wake_duration_seconds_sum{ready}"))
+        .await
+        .expect("metrics");
+    assert!(took > 0.0, "two wakes took {took} s in all");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -133,10 +133,12 @@ async fn stop(service: &str, mut child: Child) -> Result<(), BackendError> {
 }
 
 impl Backend for ProcessBackend {
+    /// Always scales: the process backend runs in one controller, which always leads.
     fn wake(
         &self,
         service: &str,
         timeout: Duration,
+        _scale: bool,
     ) -> BoxFuture<'static, Result<Vec<SocketAddr>, BackendError>> {
         let slot = self.slot(service);
         let service = service.to_string();

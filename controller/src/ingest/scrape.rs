@@ -14,10 +14,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{info, warn, Instrument};
 
-use super::families;
-use crate::config::{ScrapeConfig, ScrapeTarget};
+use zenvoy_core::config::{ScrapeConfig, ScrapeTarget};
+use zenvoy_core::model::Event;
+use zenvoy_core::stats::families;
+
 use crate::directory::Directory;
-use crate::runtime::Event;
 use crate::telemetry::{Metrics, SourceLabel};
 
 const SOURCE: SourceLabel = SourceLabel { source: "scrape" };

@@ -4,8 +4,9 @@
 //! - Park records the replica count on the workload (`zenvoy.io/parked-replicas`) and
 //!   then scales to 0; wake scales back to that count (1 if none). Both are the only
 //!   writes, so an HPA or KEDA that owns the count while it runs keeps it.
-//! - Only the Lease holder writes. A follower's wake waits for endpoints (the leader
-//!   sees the same demand and scales); a follower's park does nothing.
+//! - Only the Lease holder writes. The planner asks a follower for wakes that only wait
+//!   for endpoints (the leader sees the same demand and scales) and for no park; this
+//!   backend also checks the gate itself before every write, for a lead lost meanwhile.
 //! - API errors are retried with backoff until the wake timeout; the held connections
 //!   wait in the holder meanwhile.
 
@@ -22,6 +23,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use zenvoy_core::planner::Notice;
+
+use super::api::{bounded, ApiError};
 use super::endpoints::{self, Endpoints, Targets};
 use super::events::{reference, Events};
 use super::service::{Kind, Target, PARKED_REPLICAS};
@@ -30,9 +34,6 @@ use crate::telemetry::{Metrics, OpLabel};
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Bound on one scale step's API calls. kube retries 503s internally for minutes; a
-/// wake must see the failure and go on retrying (and counting) on its own schedule.
-pub const API_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a wake from zero ignores the addresses that were ready at its scale-up.
 const STALE_FOR: Duration = Duration::from_secs(5);
 /// A park retries for this long, then gives up (the workload stays up; the next wake
@@ -50,23 +51,42 @@ pub struct KubeBackend {
     slots: Arc<std::sync::Mutex<HashMap<String, Arc<Slot>>>>,
 }
 
-/// `f` bounded by [`API_TIMEOUT`], its error as text.
-pub async fn bounded<T>(
-    f: impl std::future::Future<Output = Result<T, kube::Error>>,
-) -> Result<T, String> {
-    match tokio::time::timeout(API_TIMEOUT, f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!(
-            "no answer from the API server within {API_TIMEOUT:?}"
-        )),
+fn api_error(service: &str, what: &'static str, source: ApiError) -> BackendError {
+    BackendError::Kubernetes {
+        service: service.to_string(),
+        what,
+        source,
     }
 }
 
-fn api_error(service: &str, what: &str, e: &str) -> BackendError {
-    BackendError::Kubernetes {
-        service: service.to_string(),
-        message: format!("{what}: {e}"),
+/// Addresses that were ready when a wake found its workload at zero: pods still
+/// terminating after a park, not the ones the wake waits for. They are ignored until
+/// they leave the slices or until `until` (a scale back up before the workload
+/// controller saw the 0 keeps the same pods, which never leave). Pure: time is given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stale {
+    pub addrs: Vec<SocketAddr>,
+    pub until: std::time::Instant,
+}
+
+impl Stale {
+    /// `ready` without the addresses of `stale` that still count at `now`. An address
+    /// that has left the slices stops counting (a pod that later comes with it is new);
+    /// past `until` nothing counts and `stale` is cleared.
+    pub fn filter(
+        stale: &mut Option<Stale>,
+        mut ready: Vec<SocketAddr>,
+        now: std::time::Instant,
+    ) -> Vec<SocketAddr> {
+        if let Some(s) = stale.as_mut() {
+            if now < s.until {
+                s.addrs.retain(|a| ready.contains(a));
+                ready.retain(|a| !s.addrs.contains(a));
+            } else {
+                *stale = None;
+            }
+        }
+        ready
     }
 }
 
@@ -136,50 +156,57 @@ impl KubeBackend {
         slots.entry(service.to_string()).or_default().clone()
     }
 
+    /// `scale`: scale up (while the gate is open); without it, only wait for endpoints.
     async fn wake_loop(
         self,
         service: String,
         timeout: Duration,
+        scale: bool,
         slot: Arc<Slot>,
     ) -> Result<Vec<SocketAddr>, BackendError> {
         let started = Instant::now();
-        let deadline = started + timeout;
+        // A timeout too large to add is as good as none (config bounds it; this cannot
+        // panic whatever it is given).
+        let deadline = started
+            .checked_add(timeout)
+            .unwrap_or_else(|| started + Duration::from_secs(86_400 * 365));
         let mut changes = self.endpoints.changes();
         let mut leader = self.leader.clone();
         let mut backoff = BACKOFF_FIRST;
-        let mut last_error: Option<String> = None;
+        let mut last_error: Option<ApiError> = None;
         // Leader: the workload was seen with replicas (this wake scaled it, or it ran).
         let mut running = false;
         // Read the scale on this pass (first, when `next_check` comes, or after a
         // leadership change; not on every EndpointSlice change anywhere).
         let mut check = true;
         let mut next_check = started;
-        // Addresses ready when this wake found the workload at 0: pods still terminating
-        // after a park, not the ones it waits for. Ignored until they leave the slices or
-        // for STALE_FOR at most (a scale back up before the workload controller saw the
-        // 0 keeps the same pods, which never leave).
-        let mut stale: Option<(Vec<SocketAddr>, Instant)> = None;
+        let mut stale: Option<Stale> = None;
         loop {
             let Some(t) = endpoints::target(&self.targets, &service) else {
                 return Err(BackendError::UnknownService(service));
             };
-            let is_leader = *leader.borrow_and_update();
-            if is_leader && check {
+            // Scale only when asked to and still allowed to (a lead lost meanwhile).
+            let may_scale = scale && *leader.borrow_and_update();
+            if may_scale && check {
                 // Serialized with this service's park: a park in flight finishes first,
                 // and this wake then finds 0 and scales up.
                 let _scaling = slot.lock.lock().await;
                 if Instant::now() >= deadline {
                     // The runtime gave up on this wake; scaling now would leave a
                     // workload running that it thinks parked.
-                    return Err(BackendError::Kubernetes {
+                    return Err(BackendError::NotReadyInTime {
                         service,
-                        message: format!("not ready after {timeout:?}"),
+                        waited: timeout,
+                        detail: "the wake's deadline passed before it could scale".into(),
                     });
                 }
                 match bounded(self.scale_up(&t)).await {
                     Ok(Some((from, to))) => {
                         running = true;
-                        stale = Some((self.endpoints.ready(&t), Instant::now() + STALE_FOR));
+                        stale = Some(Stale {
+                            addrs: self.endpoints.ready(&t),
+                            until: (Instant::now() + STALE_FOR).into_std(),
+                        });
                         info!(%service, workload = %t, from, to, "scaled up");
                         self.events.normal(
                             Self::workload_ref(&t),
@@ -199,25 +226,21 @@ impl KubeBackend {
                             );
                         }
                         warn!(%service, workload = %t, error = %e, retry_in = ?backoff, "scale up failed; retrying");
-                        last_error = Some(api_error(&service, "scale up", &e).to_string());
+                        last_error = Some(e);
                     }
                 }
             }
-            let mut ready = self.endpoints.ready(&t);
-            if let Some((old, until)) = stale.as_mut() {
-                if Instant::now() < *until {
-                    old.retain(|a| ready.contains(a));
-                    ready.retain(|a| !old.contains(a));
-                } else {
-                    stale = None;
-                }
-            }
-            if !ready.is_empty() && (running || !is_leader) {
+            let ready = Stale::filter(
+                &mut stale,
+                self.endpoints.ready(&t),
+                Instant::now().into_std(),
+            );
+            if !ready.is_empty() && (running || !may_scale) {
                 debug!(%service, endpoints = ready.len(), took = ?started.elapsed(), "ready");
                 return Ok(ready);
             }
             if check {
-                let pause = if running || !is_leader {
+                let pause = if running || !may_scale {
                     BACKOFF_MAX
                 } else {
                     let b = backoff;
@@ -230,28 +253,25 @@ impl KubeBackend {
             // Also look again when the stale addresses stop counting.
             let wake_at = stale
                 .as_ref()
-                .map_or(next_check, |(_, until)| next_check.min(*until));
+                .map_or(next_check, |s| next_check.min(Instant::from_std(s.until)));
             tokio::select! {
                 r = changes.changed() => if r.is_err() {
-                    return Err(BackendError::Kubernetes { service, message: "controller stopping".into() });
+                    return Err(BackendError::Stopping { service });
                 },
                 r = leader.changed() => {
                     if r.is_err() {
-                        return Err(BackendError::Kubernetes { service, message: "controller stopping".into() });
+                        return Err(BackendError::Stopping { service });
                     }
                     check = true;
                 }
                 () = tokio::time::sleep_until(wake_at) => check = Instant::now() >= next_check,
                 () = tokio::time::sleep_until(deadline) => {
-                    let detail = last_error.unwrap_or_else(|| if is_leader {
-                        "no ready endpoint in its EndpointSlices".into()
-                    } else {
-                        "not the leader, and no ready endpoint appeared".into()
-                    });
-                    return Err(BackendError::Kubernetes {
-                        service,
-                        message: format!("not ready after {timeout:?}: {detail}"),
-                    });
+                    let detail = match last_error {
+                        Some(e) => format!("scale up: {e}"),
+                        None if may_scale => "no ready endpoint in its EndpointSlices".into(),
+                        None => "not scaling (not the leader), and no ready endpoint appeared".into(),
+                    };
+                    return Err(BackendError::NotReadyInTime { service, waited: timeout, detail });
                 }
             }
         }
@@ -302,7 +322,7 @@ impl KubeBackend {
                             "ParkFailed",
                             format!("zenvoy cannot scale {t} to zero: {e}"),
                         );
-                        return Err(api_error(&service, "scale to zero", &e));
+                        return Err(api_error(&service, "scale to zero", e));
                     }
                     warn!(%service, workload = %t, error = %e, retry_in = ?backoff, "park failed; retrying");
                     tokio::time::sleep(backoff).await;
@@ -326,10 +346,14 @@ impl Backend for KubeBackend {
         &self,
         service: &str,
         timeout: Duration,
+        scale: bool,
     ) -> BoxFuture<'static, Result<Vec<SocketAddr>, BackendError>> {
         let slot = self.slot(service);
         slot.epoch.fetch_add(1, Ordering::SeqCst);
-        Box::pin(self.clone().wake_loop(service.to_string(), timeout, slot))
+        Box::pin(
+            self.clone()
+                .wake_loop(service.to_string(), timeout, scale, slot),
+        )
     }
 
     fn park(&self, service: &str) -> BoxFuture<'static, Result<(), BackendError>> {
@@ -342,6 +366,21 @@ impl Backend for KubeBackend {
     /// them up from the API.
     fn shutdown(&self) -> BoxFuture<'static, ()> {
         Box::pin(async {})
+    }
+
+    /// An Event on the Service the notice is about.
+    fn notify(&self, notice: &Notice) {
+        let Some(t) = endpoints::target(&self.targets, &notice.service) else {
+            return;
+        };
+        let about = reference("v1", "Service", &t.namespace, &t.service);
+        if notice.warning {
+            self.events
+                .warning(about, notice.reason, notice.note.clone());
+        } else {
+            self.events
+                .normal(about, notice.reason, notice.note.clone());
+        }
     }
 }
 

@@ -15,7 +15,8 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::events::{reference, Events};
-use crate::config::{same_top_sections, Config, ConfigError, Mode};
+use zenvoy_core::config::{same_top_sections, Config, ConfigError, Mode};
+
 use crate::telemetry::{Metrics, ResultLabel};
 
 /// The ConfigMap key holding the document.

@@ -1,38 +1,29 @@
-//! Which Services zenvoy fronts: a watch of core/v1 Services, filtered by the opt-in
-//! annotation, turned into the runtime's `Upsert`/`Remove` events. A service first
-//! seen with replicas (a restarted controller, a wake in flight when the last one died)
-//! starts by waking, which only waits for its endpoints; one at 0 starts parked.
-//!
-//! A Service whose annotations are wrong gets a Warning Event naming the annotation and
-//! is left as it was (not added, or kept with its last good reading). A config change
-//! reapplies every service's policy layers.
+//! Which Services zenvoy fronts: a watch of core/v1 Services fed to the [`Index`], whose
+//! changes this carries out: runtime events, Warning Events, and for a service new to
+//! this controller a read of its workload's replicas. A service first seen with replicas
+//! (a restarted controller, a wake in flight when the last one died) starts by waking,
+//! which only waits for its endpoints; one at 0 starts parked. A config change reapplies
+//! every service's policy layers.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
+use zenvoy_core::config::Config;
+use zenvoy_core::model::{Event, ServiceDef};
 
+use super::api::bounded;
 use super::backend::replicas;
 use super::endpoints::Targets;
 use super::events::{reference, Events};
-use super::service::{self, service_name, Discovered, Target};
-use crate::config::Config;
-use crate::runtime::{Event, ServiceDef};
+use super::index::{Change, Index};
 
 /// Scale reads in flight at once when a replica becomes leader.
 const REDERIVE_CONCURRENCY: usize = 32;
-
-struct Known {
-    svc: Service,
-    def: ServiceDef,
-    /// Which watch (namespace) it came from: a re-list ends with the stream's own set.
-    stream: usize,
-}
 
 pub struct Discovery {
     pub client: Client,
@@ -67,18 +58,17 @@ impl Discovery {
                 .boxed()
         });
         let mut merged = futures::stream::select_all(streams);
-        let mut known: HashMap<String, Known> = HashMap::new();
-        let mut listing: HashMap<usize, HashSet<String>> = HashMap::new();
+        let mut index = Index::new(self.targets.clone());
         tokio::pin!(shutdown);
         loop {
-            tokio::select! {
+            let changes = tokio::select! {
                 () = &mut shutdown => return,
                 changed = self.leader.changed() => {
                     if changed.is_err() {
                         return;
                     }
                     if *self.leader.borrow_and_update() {
-                        if !self.rederive(&known).await {
+                        if !self.rederive(&index).await {
                             return;
                         }
                         // Still leading after the reads (they take a while).
@@ -86,175 +76,81 @@ impl Discovery {
                     } else {
                         self.serving.send_replace(false);
                     }
+                    continue;
                 }
                 changed = self.config.changed() => {
                     if changed.is_err() {
                         return;
                     }
                     let config = self.config.borrow_and_update().clone();
-                    if !self.reapply(&mut known, &config).await {
-                        return;
-                    }
+                    index.reapply(&config)
                 }
                 ev = merged.next() => {
                     let Some((stream, ev)) = ev else { return };
-                    let ok = match ev {
+                    let config = self.config.borrow().clone();
+                    match ev {
                         Ok(watcher::Event::Init) => {
-                            listing.insert(stream, HashSet::new());
-                            true
+                            index.relist_started(stream);
+                            Vec::new()
                         }
-                        Ok(watcher::Event::InitApply(svc)) => {
-                            let key = service_name(&svc.name_any(), &svc.namespace().unwrap_or_default());
-                            listing.entry(stream).or_default().insert(key);
-                            self.applied(&mut known, svc, stream).await
-                        }
-                        Ok(watcher::Event::InitDone) => {
-                            let seen = listing.remove(&stream).unwrap_or_default();
-                            let gone: Vec<String> = known
-                                .iter()
-                                .filter(|(k, v)| v.stream == stream && !seen.contains(*k))
-                                .map(|(k, _)| k.clone())
-                                .collect();
-                            let mut ok = true;
-                            for k in gone {
-                                ok &= self.remove(&mut known, &k).await;
-                            }
-                            ok
-                        }
-                        Ok(watcher::Event::Apply(svc)) => self.applied(&mut known, svc, stream).await,
-                        Ok(watcher::Event::Delete(svc)) => {
-                            let key = service_name(&svc.name_any(), &svc.namespace().unwrap_or_default());
-                            self.remove(&mut known, &key).await
-                        }
+                        Ok(watcher::Event::InitApply(svc)) => index.relisted(svc, stream, &config),
+                        Ok(watcher::Event::InitDone) => index.relist_done(stream),
+                        Ok(watcher::Event::Apply(svc)) => index.apply(svc, stream, &config),
+                        Ok(watcher::Event::Delete(svc)) => index.delete(&svc),
                         Err(e) => {
                             warn!(error = %e, "Service watch failed; retrying");
-                            true
+                            Vec::new()
                         }
-                    };
-                    if !ok {
-                        return; // runtime stopped
                     }
+                }
+            };
+            for change in changes {
+                if !self.carry(change).await {
+                    return; // runtime stopped
                 }
             }
         }
     }
 
-    fn set_target(&self, name: &str, d: &Discovered) {
-        self.targets
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(name.to_string(), d.target.clone());
+    /// Carry out one change of the index. False when the runtime is gone.
+    async fn carry(&self, change: Change) -> bool {
+        match change {
+            Change::Runtime(event) => self.runtime.send(event).await.is_ok(),
+            Change::Warn {
+                namespace,
+                name,
+                reason,
+                note,
+            } => {
+                self.events
+                    .warning(reference("v1", "Service", &namespace, &name), reason, note);
+                true
+            }
+            Change::Added(def) => self.added(def).await,
+        }
     }
 
-    /// False when the runtime is gone.
-    async fn applied(
-        &self,
-        known: &mut HashMap<String, Known>,
-        svc: Service,
-        stream: usize,
-    ) -> bool {
-        let ns = svc.namespace().unwrap_or_default();
-        let key = service_name(&svc.name_any(), &ns);
-        if !service::opted_in(&svc) {
-            return self.remove(known, &key).await;
-        }
-        let config = self.config.borrow().clone();
-        let d = match service::read(&svc, &config) {
-            Ok(d) => d,
-            Err(e) => {
-                warn!(service = %key, error = %e, "Service annotations rejected");
-                self.events.warning(
-                    reference("v1", "Service", &ns, &svc.name_any()),
-                    "InvalidAnnotation",
-                    format!("zenvoy ignores this change: {e}"),
-                );
-                return true;
-            }
+    /// A service new to this controller: added parked, then told whether its workload
+    /// runs (a running one is woken, which waits for its endpoints). False when the
+    /// runtime is gone.
+    async fn added(&self, def: ServiceDef) -> bool {
+        let key = def.name.clone();
+        let Some(target) = super::endpoints::target(&self.targets, &key) else {
+            return true; // removed meanwhile
         };
-        if let Some(listen) = d.def.listen.filter(|l| l.port() != 0) {
-            if let Some((other, _)) = known
-                .iter()
-                .find(|(k, v)| **k != key && v.def.listen == Some(listen))
-            {
-                warn!(service = %key, %listen, %other, "listener address already taken");
-                self.events.warning(
-                    reference("v1", "Service", &ns, &svc.name_any()),
-                    "ListenConflict",
-                    format!("zenvoy cannot front this Service: {listen} is the listener of {other}; set zenvoy.io/listen"),
-                );
-                return true;
-            }
-        }
-        let about = || reference("v1", "Service", &ns, &svc.name_any());
-        let shared = self
-            .targets
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .find(|(k, t)| {
-                **k != key
-                    && t.namespace == d.target.namespace
-                    && t.kind == d.target.kind
-                    && t.workload == d.target.workload
-            })
-            .map(|(k, _)| k.clone());
-        if let Some(other) = shared {
-            warn!(service = %key, workload = %d.target, %other, "workload already fronted by another Service");
-            self.events.warning(
-                about(),
-                "WorkloadConflict",
-                format!(
-                    "zenvoy cannot front this Service: {} is already parked and woken for {other}",
-                    d.target
-                ),
-            );
-            return true;
-        }
-        if let Some(old) = super::endpoints::target(&self.targets, &key).filter(|t| *t != d.target)
-        {
-            if old.kind != d.target.kind || old.workload != d.target.workload {
-                warn!(service = %key, from = %old, to = %d.target, "workload change refused");
-                self.events.warning(
-                    about(),
-                    "WorkloadChange",
-                    format!("zenvoy keeps scaling {old}: to move this Service to {}, remove {} and add it back", d.target, service::ENABLED),
-                );
-                return true;
-            }
-        }
-        self.set_target(&key, &d);
-        if let Some(k) = known.get_mut(&key) {
-            k.svc = svc;
-            if k.def == d.def {
-                return true;
-            }
-            k.def = d.def.clone();
-            return self.runtime.send(Event::Upsert(d.def)).await.is_ok();
-        }
-        let running = match super::backend::bounded(replicas(&self.client, &d.target)).await {
+        let running = match bounded(replicas(&self.client, &target)).await {
             Ok(n) => Some(n > 0),
             Err(e) => {
-                warn!(service = %key, workload = %d.target, error = %e, "cannot read the workload's scale; starting parked and reading it again");
+                warn!(service = %key, workload = %target, error = %e, "cannot read the workload's scale; starting parked and reading it again");
                 self.events.warning(
-                    reference("v1", "Service", &ns, &svc.name_any()),
+                    reference("v1", "Service", &target.namespace, &target.service),
                     "WorkloadUnreadable",
-                    format!("zenvoy cannot read the scale of {}: {e}", d.target),
+                    format!("zenvoy cannot read the scale of {target}: {e}"),
                 );
                 None
             }
         };
-        info!(service = %key, workload = %d.target, ?running, "service discovered");
-        let def = d.def.clone();
-        known.insert(
-            key.clone(),
-            Known {
-                svc,
-                def: d.def,
-                stream,
-            },
-        );
-        // Added parked; a workload that runs (a restarted controller, a wake in flight
-        // when the last one died) is then woken, which waits for its endpoints.
+        info!(service = %key, workload = %target, ?running, "service added");
         if self.runtime.send(Event::Upsert(def)).await.is_err() {
             return false;
         }
@@ -277,37 +173,17 @@ impl Discovery {
         true
     }
 
-    async fn remove(&self, known: &mut HashMap<String, Known>, key: &str) -> bool {
-        if known.remove(key).is_none() {
-            return true;
-        }
-        self.targets
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(key);
-        info!(service = %key, "service no longer fronted");
-        self.runtime
-            .send(Event::Remove {
-                service: key.to_string(),
-            })
-            .await
-            .is_ok()
-    }
-
     /// Tell the runtime which services' workloads run and which are at zero, so what it
     /// publishes matches the workloads whatever it thought as a follower (it saw no
     /// stats): running ones are woken (and later parked), zero ones get the holder.
-    async fn rederive(&self, known: &HashMap<String, Known>) -> bool {
+    async fn rederive(&self, index: &Index) -> bool {
         // Many reads at once: the gate stays closed until they are all done.
-        let targets: Vec<(String, Target)> = known
-            .keys()
-            .filter_map(|key| Some((key.clone(), super::endpoints::target(&self.targets, key)?)))
-            .collect();
+        let targets = index.services();
         let client = self.client.clone();
         let reads = targets.into_iter().map(move |(key, target)| {
             let client = client.clone();
             async move {
-                let n = super::backend::bounded(replicas(&client, &target)).await;
+                let n = bounded(replicas(&client, &target)).await;
                 (key, n)
             }
         });
@@ -335,28 +211,9 @@ impl Discovery {
             }
         }
         info!(
-            services = known.len(),
+            services = index.len(),
             "leading: service states read from their workloads"
         );
-        true
-    }
-
-    /// A new config: every service's policy again.
-    async fn reapply(&self, known: &mut HashMap<String, Known>, config: &Config) -> bool {
-        for (key, k) in known.iter_mut() {
-            match service::read(&k.svc, config) {
-                Ok(d) if d.def != k.def => {
-                    k.def = d.def.clone();
-                    if self.runtime.send(Event::Upsert(d.def)).await.is_err() {
-                        return false;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    warn!(service = %key, error = %e, "Service annotations rejected under the new config")
-                }
-            }
-        }
         true
     }
 }
@@ -377,7 +234,7 @@ async fn observe_later(
         let Some(target) = super::endpoints::target(&targets, &service) else {
             return; // removed meanwhile
         };
-        if let Ok(n) = super::backend::bounded(replicas(&client, &target)).await {
+        if let Ok(n) = bounded(replicas(&client, &target)).await {
             let running = n > 0;
             info!(%service, running, "workload's scale read");
             let _ = runtime.send(Event::Observed { service, running }).await;

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use super::service::{service_name, Target};
-use crate::runtime::Event;
+use zenvoy_core::model::Event;
 
 /// The label EndpointSlice controllers put on a Service's slices.
 pub const SERVICE_LABEL: &str = "kubernetes.io/service-name";

@@ -18,8 +18,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use k8s_openapi::api::core::v1::Service;
 
-use crate::config::{Config, ConfigError, Policy, Protocol};
-use crate::runtime::ServiceDef;
+use zenvoy_core::config::{Config, ConfigError, Policy, Protocol};
+use zenvoy_core::model::ServiceDef;
+
+use super::annotations;
 
 pub const ENABLED: &str = "zenvoy.io/enabled";
 pub const WORKLOAD: &str = "zenvoy.io/workload";
@@ -182,7 +184,7 @@ pub fn read(svc: &Service, config: &Config) -> Result<Discovered, ConfigError> {
         .iter()
         .find(|(n, _)| *n == zname)
         .map_or(config.defaults, |(_, p)| *p);
-    let policy: Policy = base.with_annotations(|k| annotations.get(k).map(String::as_str))?;
+    let policy: Policy = annotations::policy(base, |k| annotations.get(k).map(String::as_str))?;
 
     Ok(Discovered {
         def: ServiceDef {
@@ -231,7 +233,7 @@ mod tests {
     }
 
     fn config(yaml: &str) -> Config {
-        Config::from_yaml_for(yaml, crate::config::Mode::Kubernetes).expect("valid config")
+        Config::from_yaml_for(yaml, zenvoy_core::config::Mode::Kubernetes).expect("valid config")
     }
 
     #[test]

@@ -36,41 +36,15 @@ use envoy_types::util::pack_any;
 
 pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-pub const ENDPOINT_TYPE: &str =
-    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const ENDPOINT_TYPE: &str = zenvoy_contract::ENDPOINT_TYPE;
 pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 
 /// Name of the shared HTTP listener and of its route configuration.
 pub const HTTP_LISTENER: &str = "zenvoy_http";
 
-/// PROXY v2 custom TLV type that carries the service name (PP2_TYPE_MIN_CUSTOM).
-pub const TLV_SERVICE: u32 = 0xE0;
-/// Endpoint metadata namespace Envoy reads for `transport_socket_matches`.
-pub const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
-/// Key in that namespace marking the holder endpoint. The holder reads it too, to tell
-/// itself apart from real upstreams in a ClusterLoadAssignment.
-pub const HOLDER_MARK: &str = "zenvoy_holder";
-
-/// Endpoint metadata namespace for the holder's per-service policy.
-pub const HOLD_POLICY: &str = "zenvoy";
-
-/// How the holder treats this service's connections; carried in the holder endpoint's
-/// metadata (`zenvoy: {holdTimeoutMs, maxPending}`), so the config's per-service values
-/// reach every holder with the assignment itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HoldPolicy {
-    pub hold_timeout: std::time::Duration,
-    pub max_pending: u32,
-}
-
-/// What a service's ClusterLoadAssignment points at.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoints {
-    /// Parked: connections go to the holder, with the PROXY v2 header naming the service.
-    Holder(SocketAddr, HoldPolicy),
-    /// Awake: connections go straight to these upstreams.
-    Upstream(Vec<SocketAddr>),
-}
+pub use zenvoy_contract::{HOLDER_MARK, HOLD_POLICY, TRANSPORT_SOCKET_MATCH};
+use zenvoy_core::model;
+pub use zenvoy_core::model::{Endpoints, HoldPolicy};
 
 fn socket_address(addr: SocketAddr) -> Address {
     Address {
@@ -134,15 +108,6 @@ pub fn listener(name: &str, listen: SocketAddr) -> Listener {
     }
 }
 
-/// One virtual host of the shared HTTP listener.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VirtualHostSpec {
-    pub service: String,
-    pub domains: Vec<String>,
-    /// Route timeout: long enough for a cold start plus the request itself.
-    pub timeout: std::time::Duration,
-}
-
 /// The shared HTTP listener: an HTTP connection manager whose routes come over RDS
 /// (route configuration [`HTTP_LISTENER`]). Ports are stripped from Host before matching,
 /// so `Host: echo:10000` and `Host: echo` reach the same virtual host.
@@ -181,7 +146,7 @@ pub fn http_listener(listen: SocketAddr) -> Listener {
 
 /// The route configuration of the shared HTTP listener: one virtual host per HTTP
 /// service, everything under `/` to the service's cluster.
-pub fn route_configuration(hosts: &[VirtualHostSpec]) -> RouteConfiguration {
+pub fn route_configuration(hosts: &[model::VirtualHost]) -> RouteConfiguration {
     RouteConfiguration {
         name: HTTP_LISTENER.to_string(),
         virtual_hosts: hosts
@@ -217,7 +182,7 @@ pub fn cluster(name: &str, connect_timeout: std::time::Duration) -> Cluster {
         config: Some(ProxyProtocolConfig {
             version: proxy_protocol_config::Version::V2 as i32,
             added_tlvs: vec![TlvEntry {
-                r#type: TLV_SERVICE,
+                r#type: u32::from(zenvoy_contract::TLV_SERVICE),
                 value: name.as_bytes().to_vec(),
                 format_string: None,
             }],
@@ -289,18 +254,17 @@ pub fn load_assignment(name: &str, endpoints: &Endpoints) -> ClusterLoadAssignme
 }
 
 fn policy_struct(p: &HoldPolicy) -> Struct {
-    let number = |n: f64| Value {
-        kind: Some(value::Kind::NumberValue(n)),
-    };
     Struct {
-        fields: HashMap::from([
-            (
-                "holdTimeoutMs".to_string(),
-                // Milliseconds of any sane timeout are far below 2^53: exact as f64.
-                number(p.hold_timeout.as_millis() as f64),
-            ),
-            ("maxPending".to_string(), number(f64::from(p.max_pending))),
-        ]),
+        fields: p
+            .fields()
+            .into_iter()
+            .map(|(k, n)| {
+                let v = Value {
+                    kind: Some(value::Kind::NumberValue(n)),
+                };
+                (k.to_string(), v)
+            })
+            .collect(),
     }
 }
 
@@ -343,10 +307,13 @@ mod tests {
         assert_eq!(mark.kind, Some(value::Kind::BoolValue(true)));
         let p = &md.filter_metadata[HOLD_POLICY].fields;
         assert_eq!(
-            p["holdTimeoutMs"].kind,
+            p[zenvoy_contract::HOLD_TIMEOUT_MS].kind,
             Some(value::Kind::NumberValue(2500.0))
         );
-        assert_eq!(p["maxPending"].kind, Some(value::Kind::NumberValue(7.0)));
+        assert_eq!(
+            p[zenvoy_contract::MAX_PENDING].kind,
+            Some(value::Kind::NumberValue(7.0))
+        );
     }
 
     #[test]
@@ -416,7 +383,7 @@ mod tests {
 
     #[test]
     fn routes_give_each_http_service_its_domains_and_a_long_timeout() {
-        let rc = route_configuration(&[VirtualHostSpec {
+        let rc = route_configuration(&[model::VirtualHost {
             service: "web".into(),
             domains: vec!["web".into(), "web.default".into()],
             timeout: std::time::Duration::from_secs(75),

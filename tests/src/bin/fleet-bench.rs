@@ -526,6 +526,7 @@ impl Backend for Recorder {
         &self,
         service: &str,
         _timeout: Duration,
+        _scale: bool,
     ) -> BoxFuture<'static, Result<Vec<SocketAddr>, BackendError>> {
         let _ = self.tx.send((service.to_string(), monotonic_ns()));
         Box::pin(std::future::pending())
@@ -542,7 +543,7 @@ async fn part_b(args: &Args) -> anyhow::Result<()> {
     let n = args.wakes;
     let holder_addr = free_port()?;
     let yaml = config(n, holder_addr, ("127.0.0.1:9".parse()?, "true"), None);
-    let cfg = zenvoy_controller::config::Config::from_yaml(&yaml)?;
+    let cfg = zenvoy_core::config::Config::from_yaml(&yaml)?;
     let grpc = TcpListener::bind("127.0.0.1:0").await?;
     let admin = TcpListener::bind("127.0.0.1:0").await?;
     let grpc_addr = grpc.local_addr()?;

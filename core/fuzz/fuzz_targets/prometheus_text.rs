@@ -1,9 +1,9 @@
-//! `cargo fuzz run prometheus_text` (from `controller/`): the in-place line reader never
+//! `cargo fuzz run prometheus_text` (from `core/`): the in-place line reader never
 //! panics, and a line it accepts reads the same as prometheus-parse reads it.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use zenvoy_controller::ingest::text;
+use zenvoy_core::stats::text;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(line) = std::str::from_utf8(data) else {

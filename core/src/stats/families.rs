@@ -8,14 +8,11 @@
 
 use rustc_hash::FxHashMap;
 
-use envoy_types::pb::io::prometheus::client::{Metric, MetricFamily};
+pub use zenvoy_contract::HOLDER_PENDING;
+use zenvoy_contract::PENDING_LABEL;
 
 use super::text;
-use super::window::{Observation, Stats};
-use crate::config::Protocol;
-
-/// The holder's pending gauge, pushed on every change.
-pub const HOLDER_PENDING: &str = "zenvoy_holder_pending";
+use crate::model::{Observation, Protocol, Stats};
 
 /// Envoy cluster stats read, where each lands in `Stats`, and for which protocol. An HTTP
 /// service counts requests only: Envoy keeps idle keep-alive connections to it open, so
@@ -41,22 +38,6 @@ const STATS: [(&str, Slot, Protocol); 6] = [
 enum Slot {
     Open,
     Counter(usize),
-}
-
-fn value(m: &Metric) -> f64 {
-    m.gauge
-        .as_ref()
-        .and_then(|g| g.value)
-        .or_else(|| m.counter.as_ref().and_then(|c| c.value))
-        .or_else(|| m.untyped.as_ref().and_then(|u| u.value))
-        .unwrap_or(0.0)
-}
-
-fn label<'a>(m: &'a Metric, name: &str) -> Option<&'a str> {
-    m.label
-        .iter()
-        .find(|l| l.name.as_deref() == Some(name))
-        .and_then(|l| l.value.as_deref())
 }
 
 /// Split `cluster.<name>.<stat>` (push form) into (name, slot) for the stats zenvoy
@@ -118,7 +99,7 @@ impl<'a, P: Fn(&str) -> Option<Protocol>> Collector<'a, P> {
     /// (`cluster.x.upstream_cx_active`, or tagged) are all understood.
     pub fn add(&mut self, name: &'a str, label: impl Fn(&str) -> Option<&'a str>, value: f64) {
         if name == HOLDER_PENDING {
-            if let Some(svc) = label("service").filter(|s| (self.protocol)(s).is_some()) {
+            if let Some(svc) = label(PENDING_LABEL).filter(|s| (self.protocol)(s).is_some()) {
                 self.out
                     .push((svc.to_string(), Observation::HolderPending(value)));
             }
@@ -177,25 +158,6 @@ impl<'a, P: Fn(&str) -> Option<Protocol>> Collector<'a, P> {
         );
         self.out
     }
-}
-
-/// Extract per-service observations from decoded `metrics_service` families (the
-/// controller reads pushes in place with [`super::push`]; this is for callers that have
-/// the prost types).
-pub fn observations(
-    families: &[MetricFamily],
-    protocol: impl Fn(&str) -> Option<Protocol>,
-) -> Vec<(String, Observation)> {
-    let mut c = Collector::new(protocol);
-    for f in families {
-        let Some(name) = f.name.as_deref() else {
-            continue;
-        };
-        for m in &f.metric {
-            c.add(name, |l| label(m, l), value(m));
-        }
-    }
-    c.finish()
 }
 
 /// A Prometheus text page zenvoy cannot read.
@@ -266,10 +228,55 @@ pub fn scraped(
     Ok(c.finish())
 }
 
+/// Observations from decoded `metrics_service` families, for tests that compare the
+/// in-place readers with the generated prost types.
+#[cfg(test)]
+pub(crate) mod decoded {
+    use envoy_types::pb::io::prometheus::client::{Metric, MetricFamily};
+
+    use super::Collector;
+    use crate::model::{Observation, Protocol};
+
+    pub(crate) fn value(m: &Metric) -> f64 {
+        m.gauge
+            .as_ref()
+            .and_then(|g| g.value)
+            .or_else(|| m.counter.as_ref().and_then(|c| c.value))
+            .or_else(|| m.untyped.as_ref().and_then(|u| u.value))
+            .unwrap_or(0.0)
+    }
+
+    pub(crate) fn label<'a>(m: &'a Metric, name: &str) -> Option<&'a str> {
+        m.label
+            .iter()
+            .find(|l| l.name.as_deref() == Some(name))
+            .and_then(|l| l.value.as_deref())
+    }
+
+    pub fn observations(
+        families: &[MetricFamily],
+        protocol: impl Fn(&str) -> Option<Protocol>,
+    ) -> Vec<(String, Observation)> {
+        let mut c = Collector::new(protocol);
+        for f in families {
+            let Some(name) = f.name.as_deref() else {
+                continue;
+            };
+            for m in &f.metric {
+                c.add(name, |l| label(m, l), value(m));
+            }
+        }
+        c.finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::decoded::observations;
     use super::*;
-    use envoy_types::pb::io::prometheus::client::{Counter, Gauge, LabelPair, MetricType};
+    use envoy_types::pb::io::prometheus::client::{
+        Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType,
+    };
 
     fn family(name: &str, kind: MetricType, v: f64, labels: &[(&str, &str)]) -> MetricFamily {
         let mut m = Metric {

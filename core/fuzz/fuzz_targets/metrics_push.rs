@@ -1,11 +1,11 @@
-//! `cargo fuzz run metrics_push` (from `controller/`): reading a `metrics_service` push
+//! `cargo fuzz run metrics_push` (from `core/`): reading a `metrics_service` push
 //! in place never panics, whatever the bytes, and a service it reports is one it was
 //! told about.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use zenvoy_controller::config::Protocol;
-use zenvoy_controller::ingest::{families::Collector, push};
+use zenvoy_core::model::Protocol;
+use zenvoy_core::stats::{families::Collector, push};
 
 fuzz_target!(|data: &[u8]| {
     let known = |s: &str| s.starts_with("svc").then_some(Protocol::Tcp);

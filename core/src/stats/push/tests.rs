@@ -4,10 +4,11 @@ use envoy_types::pb::io::prometheus::client::{
     Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType, Untyped,
 };
 use proptest::prelude::*;
+use prost::Message;
 
+use super::super::families::{self, HOLDER_PENDING};
 use super::*;
-use crate::ingest::families::{self, HOLDER_PENDING};
-use crate::ingest::window::{Observation, Stats};
+use crate::model::{Observation, Stats};
 
 fn protocol(s: &str) -> Option<Protocol> {
     match s {
@@ -130,7 +131,7 @@ fn reads_what_the_generated_types_read() {
     assert_eq!(node.as_deref(), Some("envoy-7"));
     assert_eq!(
         sorted(got.clone()),
-        sorted(families::observations(&fams, protocol))
+        sorted(families::decoded::observations(&fams, protocol))
     );
     assert!(got.contains(&(
         "pg.db".to_string(),
@@ -250,7 +251,7 @@ proptest! {
     fn agrees_with_the_generated_types(fams in prop::collection::vec(arb_family(), 0..40)) {
         let bytes = message(Some("n"), fams.clone()).encode_to_vec();
         let (_, got) = read_all(&bytes).expect("reads");
-        prop_assert_eq!(sorted(got), sorted(families::observations(&fams, protocol)));
+        prop_assert_eq!(sorted(got), sorted(families::decoded::observations(&fams, protocol)));
     }
 
     /// Arbitrary bytes never panic.

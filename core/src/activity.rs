@@ -80,12 +80,63 @@ pub enum Action {
     ScaleDown,
 }
 
-/// Why a wake ended, for the wake-duration histogram's `outcome` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a wake ended, for the wake metrics' `outcome` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WakeOutcome {
     Ready,
     Failed,
     TimedOut,
+}
+
+impl WakeOutcome {
+    pub const ALL: [WakeOutcome; 3] = [
+        WakeOutcome::Ready,
+        WakeOutcome::Failed,
+        WakeOutcome::TimedOut,
+    ];
+
+    /// The `outcome` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            WakeOutcome::Ready => "ready",
+            WakeOutcome::Failed => "failed",
+            WakeOutcome::TimedOut => "timed_out",
+        }
+    }
+}
+
+/// A [`State`] without its instants: what metrics, logs and status pages show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    Parked,
+    Waking,
+    Awake,
+    Parking,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 4] = [Phase::Parked, Phase::Waking, Phase::Awake, Phase::Parking];
+
+    /// The `state` label value (lowercase, as dashboards and alerts query it).
+    pub fn label(self) -> &'static str {
+        match self {
+            Phase::Parked => "parked",
+            Phase::Waking => "waking",
+            Phase::Awake => "awake",
+            Phase::Parking => "parking",
+        }
+    }
+}
+
+impl State {
+    pub fn phase(&self) -> Phase {
+        match self {
+            State::Parked => Phase::Parked,
+            State::Waking { .. } => Phase::Waking,
+            State::Awake { .. } => Phase::Awake,
+            State::Parking { .. } => Phase::Parking,
+        }
+    }
 }
 
 /// What a step did, besides the new state: the actions, and a finished wake if any.

@@ -6,22 +6,20 @@
 //! number; a long-lived controller's RSS grew with the allocator's leftovers. This walk
 //! reads the protobuf wire format where it lies, hands each sample's name, labels and
 //! value (borrowed) to a [`Collector`], and allocates nothing per sample. It reads only
-//! the fields zenvoy needs and skips the rest, as any protobuf reader must. The small
-//! `Identifier` (node id, first message only) is still decoded with prost.
+//! the fields zenvoy needs and skips the rest, as any protobuf reader must; that includes
+//! the sender's node id (first message only), so this reader needs no generated types.
 //!
 //! ```text
-//!  StreamMetricsMessage { 1: identifier, 2: repeated MetricFamily }
+//!  StreamMetricsMessage { 1: Identifier { 1: Node { 1: id } }, 2: repeated MetricFamily }
 //!  MetricFamily { 1: name, 4: repeated Metric }            (help, type, unit skipped)
 //!  Metric { 1: repeated LabelPair {1: name, 2: value}, 2: gauge {1: double},
 //!           3: counter {1: double}, 5: untyped {1: double} }   (the rest skipped)
 //! ```
 
-use envoy_types::pb::envoy::service::metrics::v3::stream_metrics_message::Identifier;
 use prost::encoding::{decode_key, decode_varint, WireType};
-use prost::Message;
 
 use super::families::Collector;
-use crate::config::Protocol;
+use crate::model::Protocol;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
@@ -47,10 +45,7 @@ pub fn read<'a, P: Fn(&str) -> Option<Protocol>>(
     let mut r = Reader(msg);
     while let Some((tag, wire)) = r.key()? {
         match (tag, wire) {
-            (1, WireType::LengthDelimited) => {
-                let identifier = Identifier::decode(r.bytes(tag)?)?;
-                node = identifier.node.map(|n| n.id);
-            }
+            (1, WireType::LengthDelimited) => node = node_id(r.bytes(tag)?, node.take())?,
             (2, WireType::LengthDelimited) => family(r.bytes(tag)?, collector)?,
             _ => r.skip(tag, wire)?,
         }
@@ -87,6 +82,32 @@ fn family<'a, P: Fn(&str) -> Option<Protocol>>(
         }
     }
     Ok(())
+}
+
+/// The node id in an `Identifier` (`None` when it names no node). Occurrences merge, as
+/// protobuf's do: a later `Node` without an id keeps the earlier id.
+fn node_id(identifier: &[u8], mut id: Option<String>) -> Result<Option<String>, PushError> {
+    let mut r = Reader(identifier);
+    while let Some((tag, wire)) = r.key()? {
+        match (tag, wire) {
+            (1, WireType::LengthDelimited) => {
+                let mut node = Reader(r.bytes(tag)?);
+                // proto3: a node without the field has the empty id.
+                let mut this = id.take().unwrap_or_default();
+                while let Some((t, w)) = node.key()? {
+                    match (t, w) {
+                        (1, WireType::LengthDelimited) => {
+                            this = utf8(node.bytes(t)?, "node id")?.to_string();
+                        }
+                        _ => node.skip(t, w)?,
+                    }
+                }
+                id = Some(this);
+            }
+            _ => r.skip(tag, wire)?,
+        }
+    }
+    Ok(id)
 }
 
 /// The gauge, counter or untyped value of a metric (0 when it has none).

@@ -8,21 +8,7 @@
 
 use std::collections::HashMap;
 
-/// One node's view of one service in one push.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Stats {
-    /// Open connections plus open requests (`upstream_cx_active` + `upstream_rq_active`).
-    pub open: f64,
-    /// Monotonic counters whose movement is activity: cx_total, rq_total, rx bytes, tx bytes.
-    pub counters: [f64; 4],
-}
-
-/// What a node pushed about a service: Envoy's cluster stats, or a holder's pending count.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Observation {
-    Envoy(Stats),
-    HolderPending(f64),
-}
+use crate::model::{Observation, Stats};
 
 /// Per-service verdicts from one push.
 #[derive(Debug, Default, Clone, PartialEq)]

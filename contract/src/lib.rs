@@ -1,0 +1,123 @@
+//! What the controller and the holder agree on, in one place. Both crates build on these
+//! names; the round trip (the controller's holder endpoint, read by the holder, gives the
+//! policy back) is tested in `tests/tests/contract.rs`, where both crates meet.
+//!
+//! ```text
+//!  Envoy --PROXY v2, TLV 0xE0 = service name--------------------------> holder
+//!  controller --EDS: holder endpoint, metadata----------------------> Envoy, holder
+//!      envoy.transport_socket_match: {zenvoy_holder: true}   Envoy: add the PROXY header
+//!      zenvoy: {holdTimeoutMs, maxPending}                   holder: this service's policy
+//!  holder --MetricsService push: zenvoy_holder_pending{service}-----> controller
+//! ```
+//!
+//! Plain data and constants only: no dependency, so the controller's pure core can use it.
+//! The Envoy protobuf types that carry these values are built and read by each side's
+//! xDS adapter.
+
+use std::time::Duration;
+
+/// PROXY v2 custom TLV type (PP2_TYPE_MIN_CUSTOM) whose value is the service name: Envoy
+/// adds it on connections to the holder endpoint; the holder reads it to know the service.
+pub const TLV_SERVICE: u8 = 0xE0;
+
+/// Longest service name: a DNS subdomain (RFC 1123), also the TLV's bound.
+pub const MAX_SERVICE_NAME_LEN: usize = 253;
+
+/// Endpoint metadata namespace Envoy reads for a cluster's `transport_socket_matches`.
+pub const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
+
+/// Key in [`TRANSPORT_SOCKET_MATCH`] marking the holder endpoint (value `true`): Envoy
+/// gives that endpoint the PROXY v2 transport socket, and the holder skips it when it
+/// reads the real upstreams out of an assignment.
+pub const HOLDER_MARK: &str = "zenvoy_holder";
+
+/// Endpoint metadata namespace of the holder endpoint that carries [`HoldPolicy`].
+pub const HOLD_POLICY: &str = "zenvoy";
+
+/// Key in [`HOLD_POLICY`]: how long a held connection waits, in milliseconds (a number).
+pub const HOLD_TIMEOUT_MS: &str = "holdTimeoutMs";
+
+/// Key in [`HOLD_POLICY`]: connections held at once for the service (a number).
+pub const MAX_PENDING: &str = "maxPending";
+
+/// Gauge the holder pushes (and serves on `/metrics`) per service: connections held
+/// now. Label [`PENDING_LABEL`] names the service.
+pub const HOLDER_PENDING: &str = "zenvoy_holder_pending";
+
+/// The label of [`HOLDER_PENDING`] that names the service.
+pub const PENDING_LABEL: &str = "service";
+
+/// The xDS type both sides speak for a service's endpoints.
+pub const ENDPOINT_TYPE: &str =
+    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+/// How the holder treats one service's connections. The controller puts it on the
+/// holder endpoint of the service's assignment, so each service's values reach every
+/// holder with the assignment itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldPolicy {
+    pub hold_timeout: Duration,
+    pub max_pending: u32,
+}
+
+impl HoldPolicy {
+    /// The metadata fields, as numbers (protobuf `Struct` numbers are doubles).
+    /// Milliseconds of any timeout below 2^53 ms (285,000 years) are exact as f64.
+    #[allow(clippy::cast_precision_loss)]
+    pub fn fields(&self) -> [(&'static str, f64); 2] {
+        [
+            (HOLD_TIMEOUT_MS, self.hold_timeout.as_millis() as f64),
+            (MAX_PENDING, f64::from(self.max_pending)),
+        ]
+    }
+
+    /// Read the policy back from the metadata fields; `None` when a field is missing or
+    /// not a finite, non-negative number. Values past the types' range saturate.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    pub fn from_fields(number: impl Fn(&str) -> Option<f64>) -> Option<Self> {
+        let get = |key: &str| number(key).filter(|n| n.is_finite() && *n >= 0.0);
+        Some(HoldPolicy {
+            // `as` saturates: a hostile 1e300 becomes u64::MAX ms, not a panic.
+            hold_timeout: Duration::from_millis(get(HOLD_TIMEOUT_MS)? as u64),
+            max_pending: get(MAX_PENDING)? as u32,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup<'a>(fields: &'a [(&'static str, f64)]) -> impl Fn(&str) -> Option<f64> + 'a {
+        move |k| fields.iter().find(|(n, _)| *n == k).map(|(_, v)| *v)
+    }
+
+    #[test]
+    fn fields_read_back_as_the_policy() {
+        let p = HoldPolicy {
+            hold_timeout: Duration::from_millis(2500),
+            max_pending: 7,
+        };
+        assert_eq!(HoldPolicy::from_fields(lookup(&p.fields())), Some(p));
+    }
+
+    #[test]
+    fn missing_negative_or_non_finite_fields_give_no_policy() {
+        for bad in [
+            vec![(HOLD_TIMEOUT_MS, 1.0)],
+            vec![(HOLD_TIMEOUT_MS, -1.0), (MAX_PENDING, 1.0)],
+            vec![(HOLD_TIMEOUT_MS, 1.0), (MAX_PENDING, f64::NAN)],
+            vec![(HOLD_TIMEOUT_MS, f64::INFINITY), (MAX_PENDING, 1.0)],
+        ] {
+            assert_eq!(HoldPolicy::from_fields(lookup(&bad)), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn huge_values_saturate() {
+        let p = HoldPolicy::from_fields(lookup(&[(HOLD_TIMEOUT_MS, 1e300), (MAX_PENDING, 1e12)]))
+            .expect("finite, non-negative");
+        assert_eq!(p.hold_timeout, Duration::from_millis(u64::MAX));
+        assert_eq!(p.max_pending, u32::MAX);
+    }
+}

@@ -1,0 +1,254 @@
+//! The opted-in Services and their workloads, as discovery's watch delivers them:
+//! apply, delete and re-list in, the [`Change`]s to carry out: runtime events, new
+//! services whose workload must be read, Warning Events. Synchronous and free of the
+//! API: discovery feeds it and does the I/O, and it is tested with plain Service objects.
+//!
+//! Rules it keeps: a Service without the opt-in is not fronted (and one that loses it is
+//! removed); one with bad annotations keeps its last good reading (or is not added) and
+//! gets a Warning naming the annotation; a listener address or a workload already taken
+//! by another Service, or a change of workload, is refused with a Warning; a re-list that
+//! no longer contains a Service removes it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::PoisonError;
+
+use k8s_openapi::api::core::v1::Service;
+use kube::ResourceExt;
+use tracing::{info, warn};
+use zenvoy_core::config::Config;
+use zenvoy_core::model::{Event, ServiceDef};
+
+use super::endpoints::{self, Targets};
+use super::service::{self, service_name, Discovered, Target};
+
+/// What discovery carries out, in order.
+#[derive(Debug, PartialEq)]
+pub enum Change {
+    /// Send to the runtime.
+    Runtime(Event),
+    /// A service new to this controller: read its workload's replicas, then send it as
+    /// `Upsert` followed by `Observed` (or read again later when the read fails).
+    Added(ServiceDef),
+    /// A Warning Event on a Service.
+    Warn {
+        namespace: String,
+        name: String,
+        reason: &'static str,
+        note: String,
+    },
+}
+
+struct Known {
+    svc: Service,
+    def: ServiceDef,
+    /// Which watch (namespace) it came from: a re-list ends with the stream's own set.
+    stream: usize,
+}
+
+pub struct Index {
+    known: HashMap<String, Known>,
+    /// Per watch stream in a re-list, the Services seen so far.
+    listing: HashMap<usize, HashSet<String>>,
+    /// Service -> workload, shared with the EndpointSlice watcher and the backend.
+    targets: Targets,
+}
+
+impl Index {
+    pub fn new(targets: Targets) -> Self {
+        Index {
+            known: HashMap::new(),
+            listing: HashMap::new(),
+            targets,
+        }
+    }
+
+    /// The fronted services and their workloads (for a new leader's reads).
+    pub fn services(&self) -> Vec<(String, Target)> {
+        self.known
+            .keys()
+            .filter_map(|key| Some((key.clone(), endpoints::target(&self.targets, key)?)))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.known.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.known.is_empty()
+    }
+
+    /// A watch stream starts a re-list.
+    pub fn relist_started(&mut self, stream: usize) {
+        self.listing.insert(stream, HashSet::new());
+    }
+
+    /// A Service of a re-list in progress.
+    pub fn relisted(&mut self, svc: Service, stream: usize, config: &Config) -> Vec<Change> {
+        let key = key_of(&svc);
+        self.listing.entry(stream).or_default().insert(key);
+        self.apply(svc, stream, config)
+    }
+
+    /// A re-list is complete: Services of this stream it did not contain are gone.
+    pub fn relist_done(&mut self, stream: usize) -> Vec<Change> {
+        let seen = self.listing.remove(&stream).unwrap_or_default();
+        let gone: Vec<String> = self
+            .known
+            .iter()
+            .filter(|(k, v)| v.stream == stream && !seen.contains(*k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        gone.iter().flat_map(|k| self.remove(k)).collect()
+    }
+
+    /// A Service was deleted.
+    pub fn delete(&mut self, svc: &Service) -> Vec<Change> {
+        self.remove(&key_of(svc))
+    }
+
+    /// A Service was added or changed.
+    pub fn apply(&mut self, svc: Service, stream: usize, config: &Config) -> Vec<Change> {
+        let ns = svc.namespace().unwrap_or_default();
+        let name = svc.name_any();
+        let key = service_name(&name, &ns);
+        if !service::opted_in(&svc) {
+            return self.remove(&key);
+        }
+        let warn = |reason, note: String| {
+            vec![Change::Warn {
+                namespace: ns.clone(),
+                name: name.clone(),
+                reason,
+                note,
+            }]
+        };
+        let d = match service::read(&svc, config) {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(service = %key, error = %e, "Service annotations rejected");
+                return warn(
+                    "InvalidAnnotation",
+                    format!("zenvoy ignores this change: {e}"),
+                );
+            }
+        };
+        if let Some(listen) = d.def.listen.filter(|l| l.port() != 0) {
+            if let Some((other, _)) = self
+                .known
+                .iter()
+                .find(|(k, v)| **k != key && v.def.listen == Some(listen))
+            {
+                warn!(service = %key, %listen, %other, "listener address already taken");
+                return warn(
+                    "ListenConflict",
+                    format!("zenvoy cannot front this Service: {listen} is the listener of {other}; set zenvoy.io/listen"),
+                );
+            }
+        }
+        if let Some(other) = self.fronting(&d.target, &key) {
+            warn!(service = %key, workload = %d.target, %other, "workload already fronted by another Service");
+            return warn(
+                "WorkloadConflict",
+                format!(
+                    "zenvoy cannot front this Service: {} is already parked and woken for {other}",
+                    d.target
+                ),
+            );
+        }
+        if let Some(old) = endpoints::target(&self.targets, &key) {
+            if old.kind != d.target.kind || old.workload != d.target.workload {
+                warn!(service = %key, from = %old, to = %d.target, "workload change refused");
+                return warn(
+                    "WorkloadChange",
+                    format!(
+                        "zenvoy keeps scaling {old}: to move this Service to {}, remove {} and add it back",
+                        d.target,
+                        service::ENABLED
+                    ),
+                );
+            }
+        }
+        self.set_target(&key, &d);
+        if let Some(k) = self.known.get_mut(&key) {
+            k.svc = svc;
+            if k.def == d.def {
+                return Vec::new();
+            }
+            k.def = d.def.clone();
+            return vec![Change::Runtime(Event::Upsert(d.def))];
+        }
+        info!(service = %key, workload = %d.target, "service discovered");
+        self.known.insert(
+            key,
+            Known {
+                svc,
+                def: d.def.clone(),
+                stream,
+            },
+        );
+        vec![Change::Added(d.def)]
+    }
+
+    /// A new config: every service's definition again (policy layers may have moved).
+    /// A Service whose annotations no longer pass keeps its last good reading.
+    pub fn reapply(&mut self, config: &Config) -> Vec<Change> {
+        let mut out = Vec::new();
+        for (key, k) in &mut self.known {
+            match service::read(&k.svc, config) {
+                Ok(d) if d.def != k.def => {
+                    k.def = d.def.clone();
+                    out.push(Change::Runtime(Event::Upsert(d.def)));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(service = %key, error = %e, "Service annotations rejected under the new config");
+                }
+            }
+        }
+        out
+    }
+
+    fn remove(&mut self, key: &str) -> Vec<Change> {
+        if self.known.remove(key).is_none() {
+            return Vec::new();
+        }
+        self.targets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
+        info!(service = %key, "service no longer fronted");
+        vec![Change::Runtime(Event::Remove {
+            service: key.to_string(),
+        })]
+    }
+
+    /// Another Service that fronts `target`'s workload, if any.
+    fn fronting(&self, target: &Target, key: &str) -> Option<String> {
+        self.targets
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|(k, t)| {
+                **k != key
+                    && t.namespace == target.namespace
+                    && t.kind == target.kind
+                    && t.workload == target.workload
+            })
+            .map(|(k, _)| k.clone())
+    }
+
+    fn set_target(&self, name: &str, d: &Discovered) {
+        self.targets
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_string(), d.target.clone());
+    }
+}
+
+fn key_of(svc: &Service) -> String {
+    service_name(&svc.name_any(), &svc.namespace().unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests;

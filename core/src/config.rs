@@ -1,0 +1,239 @@
+//! The zenvoy YAML configuration: schema, defaults and validation.
+//!
+//! ```text
+//! YAML text --serde_norway--> raw::Config --validate--> Config
+//!            (shape: types,     (Options, durations    (defaults applied, every
+//!             unknown keys)      as strings)            value checked)
+//! ```
+//!
+//! Three modules: [`raw`] mirrors the YAML (camelCase keys, `deny_unknown_fields`, every
+//! optional field an `Option`, durations as strings), so serde rejects typos and wrong
+//! types with a path and a line. [`validate`] turns it into the types below and reports
+//! each rule it enforces as [`ConfigError::Invalid`] naming the field path
+//! (`services[1].idleTimeout`) and the offending value; the first broken rule is reported.
+//! Every [`Config`] returned by [`Config::from_yaml`] satisfies all the rules. [`reload`]
+//! says what a new document may change in a running controller.
+//!
+//! Pure apart from [`Config::load`], which reads a file. The reference is
+//! `docs/config.md`; a commented example is `examples/zenvoy.yaml`.
+
+pub mod raw;
+pub mod reload;
+mod validate;
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+pub use crate::model::{
+    Policy, Protocol, DEFAULT_HOLD_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_PENDING,
+    DEFAULT_MIN_WARM, DEFAULT_PARK_ACK_TIMEOUT, DEFAULT_WAKE_TIMEOUT,
+};
+pub use reload::{policy_changes, same_top_sections, NeedsRestart};
+pub use validate::apply_overrides;
+
+/// gRPC address of the controller: ADS (xDS) and the Envoy `MetricsService` sink.
+pub const DEFAULT_CONTROLLER_LISTEN: SocketAddr = localhost(18000);
+/// HTTP address of the controller: `/metrics`, `/healthz`, `/readyz`.
+pub const DEFAULT_CONTROLLER_ADMIN: SocketAddr = localhost(18001);
+/// Where Envoy sends held connections (PROXY protocol v2).
+pub const DEFAULT_HOLDER_ADDRESS: SocketAddr = localhost(15001);
+/// Longest service name (a DNS subdomain, RFC 1123).
+pub const MAX_NAME_LEN: usize = zenvoy_contract::MAX_SERVICE_NAME_LEN;
+/// Namespace used in an HTTP service's domain forms when none is given.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+const fn localhost(port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub controller: ControllerConfig,
+    pub holder: HolderConfig,
+    /// The shared Host-routed HTTP listener, if any service speaks HTTP.
+    pub http: Option<HttpConfig>,
+    /// Stats pages to scrape, for Envoys and holders that do not push.
+    pub scrape: Option<ScrapeConfig>,
+    /// At least one with the process backend; names and non-zero `listen` addresses are
+    /// unique. None in Kubernetes mode (services are annotated Services there).
+    pub services: Vec<ServiceConfig>,
+    /// `defaults` applied over the built-in defaults.
+    pub defaults: Policy,
+    /// Kubernetes mode: per-service policy by service name (`<name>.<namespace>`),
+    /// `defaults` with the entry's fields applied. Empty with the process backend.
+    pub overrides: Vec<(String, Policy)>,
+}
+
+/// Which backend a document is for: the schema is one, the rules for `services` differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `services` lists every service with its upstream and command.
+    Process,
+    /// `services` only overrides timeouts and limits of annotated Services by name
+    /// (`<name>.<namespace>`); there may be none.
+    Kubernetes,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControllerConfig {
+    /// gRPC: ADS and `MetricsService`.
+    pub listen: SocketAddr,
+    /// HTTP: `/metrics`, `/healthz`, `/readyz`.
+    pub admin: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HolderConfig {
+    /// Where Envoy sends held connections (PROXY protocol v2).
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScrapeConfig {
+    /// How often every target is fetched; also each fetch's timeout.
+    pub interval: Duration,
+    pub targets: Vec<ScrapeTarget>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScrapeTarget {
+    /// Names the node in logs and keeps its window apart from other nodes'.
+    pub name: String,
+    /// `http://` URL of a Prometheus text page: Envoy's `/stats/prometheus`, a holder's
+    /// `/metrics`.
+    pub url: String,
+}
+
+/// Scrape interval when `scrape.interval` is left out.
+pub const DEFAULT_SCRAPE_INTERVAL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    /// Envoy's HTTP listener address: one listener, one virtual host per HTTP service.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    /// `[a-z0-9]([a-z0-9.-]*[a-z0-9])?`, at most [`MAX_NAME_LEN`] bytes.
+    pub name: String,
+    /// `tcp` (default) or `http`.
+    pub protocol: Protocol,
+    /// Envoy TCP listener address (port 0 lets the OS pick). Required for TCP services;
+    /// HTTP services are reached through `http.listen` and may also have one.
+    pub listen: Option<SocketAddr>,
+    /// Namespace for the HTTP domain forms (`name.namespace`, `name.namespace.svc`, ...).
+    pub namespace: String,
+    /// Host names the HTTP virtual host answers to: the name, its namespace forms and any
+    /// extra `domains`. Unique across services.
+    pub domains: Vec<String>,
+    /// Where the woken service listens; port is never 0.
+    pub upstream: SocketAddr,
+    /// Program and arguments for the process backend; non-empty, `command[0]` non-empty.
+    pub command: Vec<String>,
+    /// `defaults` with this service's overrides applied.
+    pub policy: Policy,
+}
+
+impl ServiceConfig {
+    /// The service as the planner fronts it.
+    pub fn def(&self) -> crate::model::ServiceDef {
+        crate::model::ServiceDef {
+            name: self.name.clone(),
+            protocol: self.protocol,
+            listen: self.listen,
+            domains: self.domains.clone(),
+            policy: self.policy,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not YAML, or not the schema's shape (unknown key, wrong type, missing field).
+    /// The message is serde's and names the path and line.
+    #[error("config is not valid YAML for the schema: {0}")]
+    Syntax(String),
+    /// The shape is right but a value breaks a rule.
+    #[error("{field}: {reason} (got {value:?})")]
+    Invalid {
+        /// Path in the document, e.g. `services[1].idleTimeout`.
+        field: String,
+        value: String,
+        reason: String,
+    },
+}
+
+impl Config {
+    /// Parses and validates a YAML document.
+    ///
+    /// # Errors
+    /// [`ConfigError::Syntax`] if the text is not YAML of the schema's shape,
+    /// [`ConfigError::Invalid`] for the first value that breaks a rule.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        Self::from_yaml_for(text, Mode::Process)
+    }
+
+    /// As [`Config::from_yaml`], with the `services` rules of `mode`.
+    ///
+    /// # Errors
+    /// As [`Config::from_yaml`].
+    pub fn from_yaml_for(text: &str, mode: Mode) -> Result<Self, ConfigError> {
+        let raw: raw::Config = serde_norway::from_str(text).map_err(syntax)?;
+        match mode {
+            Mode::Process => raw.validate(),
+            Mode::Kubernetes => raw.validate_kubernetes(),
+        }
+    }
+
+    /// Reads `path` and parses it with [`Config::from_yaml`].
+    ///
+    /// # Errors
+    /// [`ConfigError::Io`] naming `path` if it cannot be read, else as `from_yaml`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text)
+    }
+}
+
+/// `serde_norway` leaves out the position when it is line 1 column 1 (e.g. an unknown
+/// top-level key on the first line); add it so every message says where.
+fn syntax(e: serde_norway::Error) -> ConfigError {
+    let msg = e.to_string();
+    match e.location() {
+        Some(loc) if !msg.contains(" at line ") => ConfigError::Syntax(format!(
+            "{msg} at line {} column {}",
+            loc.line(),
+            loc.column()
+        )),
+        _ => ConfigError::Syntax(msg),
+    }
+}
+
+pub(crate) fn invalid(
+    field: impl Into<String>,
+    value: impl Into<String>,
+    reason: impl Into<String>,
+) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        value: value.into(),
+        reason: reason.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,84 @@
+//! The YAML as written: the schema's shape, nothing checked beyond it. camelCase keys,
+//! `deny_unknown_fields`, every optional field an `Option`, durations as strings, so
+//! serde rejects typos and wrong types with a path and a line, and the validation layer
+//! (`validate.rs`) sees exactly what the user wrote.
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    pub controller: Option<Controller>,
+    pub holder: Option<Holder>,
+    pub http: Option<Http>,
+    pub scrape: Option<Scrape>,
+    pub defaults: Option<Policy>,
+    #[serde(default)]
+    pub services: Vec<Service>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Controller {
+    pub listen: Option<String>,
+    pub admin: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Scrape {
+    pub interval: Option<String>,
+    #[serde(default)]
+    pub targets: Vec<ScrapeTarget>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScrapeTarget {
+    pub name: String,
+    pub url: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Http {
+    pub listen: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Holder {
+    pub address: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Policy {
+    pub idle_timeout: Option<String>,
+    pub hold_timeout: Option<String>,
+    pub min_warm: Option<String>,
+    pub wake_timeout: Option<String>,
+    pub park_ack_timeout: Option<String>,
+    pub max_pending: Option<u32>,
+}
+
+/// The policy fields are repeated rather than `#[serde(flatten)]`ed: serde does not
+/// support `flatten` together with `deny_unknown_fields`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Service {
+    pub name: String,
+    pub protocol: Option<String>,
+    pub listen: Option<String>,
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub domains: Vec<String>,
+    pub upstream: Option<String>,
+    pub command: Option<Vec<String>>,
+    pub idle_timeout: Option<String>,
+    pub hold_timeout: Option<String>,
+    pub min_warm: Option<String>,
+    pub wake_timeout: Option<String>,
+    pub park_ack_timeout: Option<String>,
+    pub max_pending: Option<u32>,
+}

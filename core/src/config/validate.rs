@@ -1,0 +1,462 @@
+//! The validation layer: a [`raw::Config`] into a [`Config`] whose every value satisfies
+//! its rule, or the first broken rule as [`ConfigError::Invalid`] naming the field path
+//! (`services[1].idleTimeout`) and the offending value.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::raw;
+use super::*;
+
+impl raw::Config {
+    pub(super) fn validate(mut self) -> Result<Config, ConfigError> {
+        let raw_services = std::mem::take(&mut self.services);
+        let Config {
+            controller,
+            holder,
+            http,
+            scrape,
+            defaults,
+            ..
+        } = self.validate_top()?;
+
+        if raw_services.is_empty() {
+            return Err(invalid(
+                "services",
+                "[]",
+                "at least one service is required",
+            ));
+        }
+        let services = raw_services
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| s.validate(&format!("services[{i}]"), defaults))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        for (i, s) in services.iter().enumerate() {
+            if let Some(first) = names.insert(&s.name, i) {
+                return Err(invalid(
+                    format!("services[{i}].name"),
+                    s.name.clone(),
+                    format!("duplicate of services[{first}].name"),
+                ));
+            }
+        }
+
+        // Envoy rejects a route configuration whose virtual hosts share a domain.
+        let mut domains: HashMap<&str, usize> = HashMap::new();
+        for (i, s) in services.iter().enumerate() {
+            if s.protocol == Protocol::Http && http.is_none() {
+                return Err(invalid(
+                    format!("services[{i}].protocol"),
+                    "http",
+                    "HTTP services need the top-level `http.listen`",
+                ));
+            }
+            for d in &s.domains {
+                if let Some(first) = domains.insert(d, i) {
+                    if first != i {
+                        return Err(invalid(
+                            format!("services[{i}].domains"),
+                            d.clone(),
+                            format!(
+                                "also a domain of services[{first}] ({})",
+                                services[first].name
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+
+        // Every address something binds must be distinct. Port 0 binds a fresh port,
+        // so it cannot collide.
+        let mut bound: HashMap<SocketAddr, String> = HashMap::new();
+        let fixed = [
+            ("controller.listen".to_owned(), controller.listen),
+            ("controller.admin".to_owned(), controller.admin),
+            ("holder.address".to_owned(), holder.address),
+        ]
+        .into_iter()
+        .chain(http.as_ref().map(|h| ("http.listen".to_owned(), h.listen)));
+        let listens = services
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((format!("services[{i}].listen"), s.listen?)));
+        for (field, addr) in fixed.into_iter().chain(listens) {
+            if addr.port() == 0 {
+                continue;
+            }
+            if let Some(first) = bound.get(&addr) {
+                return Err(invalid(
+                    field,
+                    addr.to_string(),
+                    format!("same address as {first}"),
+                ));
+            }
+            bound.insert(addr, field);
+        }
+
+        Ok(Config {
+            controller,
+            holder,
+            http,
+            scrape,
+            services,
+            defaults,
+            overrides: Vec::new(),
+        })
+    }
+
+    /// Kubernetes mode: the same top-level sections; `services` entries name a service
+    /// (`<name>.<namespace>`) and carry only timeouts and limits, since how Envoy fronts
+    /// it and what runs it come from the Service and its workload.
+    pub(super) fn validate_kubernetes(mut self) -> Result<Config, ConfigError> {
+        let services = std::mem::take(&mut self.services);
+        let mut overrides: Vec<(String, Policy)> = Vec::with_capacity(services.len());
+        let top = self.validate_top()?;
+        for (i, s) in services.into_iter().enumerate() {
+            let at = format!("services[{i}]");
+            check_name(&format!("{at}.name"), &s.name)?;
+            let only_policy = [
+                ("protocol", s.protocol.is_some()),
+                ("listen", s.listen.is_some()),
+                ("namespace", s.namespace.is_some()),
+                ("domains", !s.domains.is_empty()),
+                ("upstream", s.upstream.is_some()),
+                ("command", s.command.is_some()),
+            ];
+            if let Some((key, _)) = only_policy.iter().find(|(_, set)| *set) {
+                return Err(invalid(
+                    format!("{at}.{key}"),
+                    "",
+                    "in kubernetes mode this comes from the Service and its annotations; \
+                     a services entry only overrides timeouts and limits",
+                ));
+            }
+            if let Some(first) = overrides.iter().position(|(n, _)| *n == s.name) {
+                return Err(invalid(
+                    format!("{at}.name"),
+                    s.name,
+                    format!("duplicate of services[{first}].name"),
+                ));
+            }
+            let policy = top.defaults.apply(
+                &at,
+                raw::Policy {
+                    idle_timeout: s.idle_timeout,
+                    hold_timeout: s.hold_timeout,
+                    min_warm: s.min_warm,
+                    wake_timeout: s.wake_timeout,
+                    park_ack_timeout: s.park_ack_timeout,
+                    max_pending: s.max_pending,
+                },
+            )?;
+            overrides.push((s.name, policy));
+        }
+        Ok(Config { overrides, ..top })
+    }
+
+    /// The top-level sections (no services).
+    fn validate_top(self) -> Result<Config, ConfigError> {
+        let c = self.controller.unwrap_or_default();
+        let controller = ControllerConfig {
+            listen: addr_or("controller.listen", c.listen, DEFAULT_CONTROLLER_LISTEN)?,
+            admin: addr_or("controller.admin", c.admin, DEFAULT_CONTROLLER_ADMIN)?,
+        };
+        let h = self.holder.unwrap_or_default();
+        let holder = HolderConfig {
+            address: addr_or("holder.address", h.address, DEFAULT_HOLDER_ADDRESS)?,
+        };
+        let http = self
+            .http
+            .map(|h| parse_addr("http.listen", &h.listen).map(|listen| HttpConfig { listen }))
+            .transpose()?;
+        let scrape = self.scrape.map(raw::Scrape::validate).transpose()?;
+        let defaults = Policy::default().apply("defaults", self.defaults.unwrap_or_default())?;
+        Ok(Config {
+            controller,
+            holder,
+            http,
+            scrape,
+            services: Vec::new(),
+            defaults,
+            overrides: Vec::new(),
+        })
+    }
+}
+
+impl raw::Scrape {
+    fn validate(self) -> Result<ScrapeConfig, ConfigError> {
+        let interval = duration_or(
+            "scrape.interval",
+            self.interval,
+            DEFAULT_SCRAPE_INTERVAL,
+            Zero::Rejected,
+        )?;
+        if self.targets.is_empty() {
+            return Err(invalid(
+                "scrape.targets",
+                "[]",
+                "at least one target is required",
+            ));
+        }
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut targets = Vec::with_capacity(self.targets.len());
+        for (i, t) in self.targets.into_iter().enumerate() {
+            if t.name.is_empty() {
+                return Err(invalid(
+                    format!("scrape.targets[{i}].name"),
+                    "",
+                    "must not be empty",
+                ));
+            }
+            if let Some(first) = names.insert(t.name.clone(), i) {
+                return Err(invalid(
+                    format!("scrape.targets[{i}].name"),
+                    t.name,
+                    format!("duplicate of scrape.targets[{first}].name"),
+                ));
+            }
+            let rest = t.url.strip_prefix("http://").unwrap_or_default();
+            if rest.is_empty() || rest.starts_with('/') || t.url.contains(char::is_whitespace) {
+                return Err(invalid(
+                    format!("scrape.targets[{i}].url"),
+                    t.url,
+                    "must be an http:// URL with a host, like \"http://127.0.0.1:9901/stats/prometheus\"",
+                ));
+            }
+            targets.push(ScrapeTarget {
+                name: t.name,
+                url: t.url,
+            });
+        }
+        Ok(ScrapeConfig { interval, targets })
+    }
+}
+
+impl raw::Service {
+    fn validate(self, at: &str, defaults: Policy) -> Result<ServiceConfig, ConfigError> {
+        let raw::Service {
+            name,
+            protocol,
+            listen,
+            namespace,
+            domains: extra_domains,
+            upstream,
+            command,
+            idle_timeout,
+            hold_timeout,
+            min_warm,
+            wake_timeout,
+            park_ack_timeout,
+            max_pending,
+        } = self;
+        check_name(&format!("{at}.name"), &name)?;
+        let protocol = match protocol.as_deref() {
+            None | Some("tcp") => Protocol::Tcp,
+            Some("http") => Protocol::Http,
+            Some(other) => {
+                return Err(invalid(
+                    format!("{at}.protocol"),
+                    other,
+                    "must be \"tcp\" or \"http\"",
+                ))
+            }
+        };
+        let listen = listen
+            .map(|l| parse_addr(&format!("{at}.listen"), &l))
+            .transpose()?;
+        if listen.is_none() && protocol == Protocol::Tcp {
+            return Err(invalid(
+                format!("{at}.listen"),
+                "",
+                "required for a TCP service (the Envoy listener clients connect to)",
+            ));
+        }
+        let namespace = namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+        check_name(&format!("{at}.namespace"), &namespace)?;
+        let mut domains = Vec::new();
+        if protocol == Protocol::Http {
+            domains = vec![
+                name.clone(),
+                format!("{name}.{namespace}"),
+                format!("{name}.{namespace}.svc"),
+                format!("{name}.{namespace}.svc.cluster.local"),
+            ];
+            for (j, d) in extra_domains.into_iter().enumerate() {
+                if d.is_empty() || d.contains(|c: char| c.is_whitespace() || c == '/') {
+                    return Err(invalid(
+                        format!("{at}.domains[{j}]"),
+                        d,
+                        "must be a host name without spaces or '/'",
+                    ));
+                }
+                if !domains.contains(&d) {
+                    domains.push(d);
+                }
+            }
+        } else if !extra_domains.is_empty() {
+            return Err(invalid(
+                format!("{at}.domains"),
+                extra_domains.join(","),
+                "only HTTP services have domains (set protocol: http)",
+            ));
+        }
+        let upstream_field = format!("{at}.upstream");
+        let Some(upstream) = upstream else {
+            return Err(invalid(
+                upstream_field,
+                "",
+                "required: the address the woken service listens on",
+            ));
+        };
+        let upstream = parse_addr(&upstream_field, &upstream)?;
+        if upstream.port() == 0 {
+            return Err(invalid(
+                upstream_field,
+                upstream.to_string(),
+                "port must not be 0",
+            ));
+        }
+        let command_field = format!("{at}.command");
+        let command = command.unwrap_or_default();
+        match command.first().map(String::as_str) {
+            None => return Err(invalid(command_field, "[]", "must name a program")),
+            Some("") => return Err(invalid(command_field + "[0]", "", "must not be empty")),
+            Some(_) => {}
+        }
+        let overrides = raw::Policy {
+            idle_timeout,
+            hold_timeout,
+            min_warm,
+            wake_timeout,
+            park_ack_timeout,
+            max_pending,
+        };
+        Ok(ServiceConfig {
+            name,
+            protocol,
+            listen,
+            namespace,
+            domains,
+            upstream,
+            command,
+            policy: defaults.apply(at, overrides)?,
+        })
+    }
+}
+
+/// `policy` with each field present in `overrides` replaced, every value checked as the
+/// config's own are; `at` prefixes the field paths in errors. An `at` ending in '/' is a
+/// prefix (annotation keys: `zenvoy.io/idleTimeout`).
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming the field (`at` + its name) and the value.
+pub fn apply_overrides(
+    policy: Policy,
+    at: &str,
+    overrides: raw::Policy,
+) -> Result<Policy, ConfigError> {
+    policy.apply(at, overrides)
+}
+
+impl Policy {
+    /// `self` with each field present in `raw` replaced; `at` prefixes field paths.
+    /// An `at` ending in '/' is a prefix (annotation keys: `zenvoy.io/idleTimeout`).
+    fn apply(self, at: &str, raw: raw::Policy) -> Result<Self, ConfigError> {
+        use Zero::{Allowed, Rejected};
+        let path = |name: &str| {
+            if at.ends_with('/') {
+                format!("{at}{name}")
+            } else {
+                format!("{at}.{name}")
+            }
+        };
+        let dur = |name: &str, raw: Option<String>, current: Duration, zero: Zero| {
+            duration_or(&path(name), raw, current, zero)
+        };
+        let max_pending = match raw.max_pending {
+            Some(0) => return Err(invalid(path("maxPending"), "0", "must be at least 1")),
+            Some(n) => n,
+            None => self.max_pending,
+        };
+        Ok(Self {
+            idle_timeout: dur("idleTimeout", raw.idle_timeout, self.idle_timeout, Rejected)?,
+            hold_timeout: dur("holdTimeout", raw.hold_timeout, self.hold_timeout, Rejected)?,
+            min_warm: dur("minWarm", raw.min_warm, self.min_warm, Allowed)?,
+            wake_timeout: dur("wakeTimeout", raw.wake_timeout, self.wake_timeout, Rejected)?,
+            park_ack_timeout: dur(
+                "parkAckTimeout",
+                raw.park_ack_timeout,
+                self.park_ack_timeout,
+                Rejected,
+            )?,
+            max_pending,
+        })
+    }
+}
+
+/// Whether a duration field may be zero.
+#[derive(Clone, Copy, PartialEq)]
+enum Zero {
+    Allowed,
+    Rejected,
+}
+
+fn duration_or(
+    field: &str,
+    raw: Option<String>,
+    default: Duration,
+    zero: Zero,
+) -> Result<Duration, ConfigError> {
+    let Some(text) = raw else { return Ok(default) };
+    let d = humantime::parse_duration(&text).map_err(|e| {
+        invalid(
+            field,
+            text.as_str(),
+            format!("not a duration like \"30s\", \"5m\" or \"1h 30m\": {e}"),
+        )
+    })?;
+    if zero == Zero::Rejected && d.is_zero() {
+        return Err(invalid(field, text, "must be greater than zero"));
+    }
+    Ok(d)
+}
+
+fn addr_or(
+    field: &str,
+    raw: Option<String>,
+    default: SocketAddr,
+) -> Result<SocketAddr, ConfigError> {
+    raw.map_or(Ok(default), |text| parse_addr(field, &text))
+}
+
+fn parse_addr(field: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse().map_err(|e| {
+        invalid(
+            field,
+            text,
+            format!("not an ip:port address like \"127.0.0.1:8080\" or \"[::1]:8080\": {e}"),
+        )
+    })
+}
+
+/// RFC 1123 subdomain shape: the name becomes an Envoy cluster name, a metric label and
+/// (in Kubernetes) an object name.
+fn check_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-';
+    let alnum = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let bytes = name.as_bytes();
+    let reason = if name.len() > MAX_NAME_LEN {
+        format!("must be at most {MAX_NAME_LEN} characters")
+    } else if !bytes.iter().all(|&b| allowed(b)) || !alnum(bytes.first()) || !alnum(bytes.last()) {
+        "must be lowercase letters, digits, '.' and '-', starting and ending with a letter or digit"
+            .to_owned()
+    } else {
+        return Ok(());
+    };
+    Err(invalid(field, name, reason))
+}

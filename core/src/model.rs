@@ -1,0 +1,158 @@
+//! The controller's vocabulary: a service as Envoy fronts it, its policy, what its
+//! endpoints are, and the events the controller reacts to. Plain data; every other module
+//! of the core speaks in these terms.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use zenvoy_contract::HoldPolicy;
+
+/// No activity for this long parks a service.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// A held connection waits at most this long for the upstream.
+pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(30);
+/// After a wake, a service stays awake at least this long.
+pub const DEFAULT_MIN_WARM: Duration = Duration::ZERO;
+/// A wake that is not ready by then fails.
+pub const DEFAULT_WAKE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Park phase 1 waits at most this long for Envoy to ACK the holder endpoint.
+pub const DEFAULT_PARK_ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Held connections per service in the holder.
+pub const DEFAULT_MAX_PENDING: u32 = 1000;
+
+/// How Envoy fronts a service, and which stats tell it is busy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum Protocol {
+    /// A TCP listener per service (`tcp_proxy`); activity from connections and bytes.
+    #[default]
+    Tcp,
+    /// A virtual host on the shared HTTP listener; activity from requests (pooled
+    /// keep-alive connections stay open while idle, so connections do not count).
+    Http,
+}
+
+/// Timeouts and limits of one service. Every duration except `min_warm` is > 0, and
+/// `max_pending` >= 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub idle_timeout: Duration,
+    pub hold_timeout: Duration,
+    pub min_warm: Duration,
+    pub wake_timeout: Duration,
+    pub park_ack_timeout: Duration,
+    pub max_pending: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            hold_timeout: DEFAULT_HOLD_TIMEOUT,
+            min_warm: DEFAULT_MIN_WARM,
+            wake_timeout: DEFAULT_WAKE_TIMEOUT,
+            park_ack_timeout: DEFAULT_PARK_ACK_TIMEOUT,
+            max_pending: DEFAULT_MAX_PENDING,
+        }
+    }
+}
+
+impl Policy {
+    /// What the holder needs of it, carried on the holder endpoint.
+    pub fn hold(&self) -> HoldPolicy {
+        HoldPolicy {
+            hold_timeout: self.hold_timeout,
+            max_pending: self.max_pending,
+        }
+    }
+}
+
+/// A service as the controller fronts it: how Envoy reaches it and its policy. Where its
+/// replicas come from is the backend's business.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceDef {
+    /// An Envoy cluster name, a metric label and (Kubernetes) `<name>.<namespace>`.
+    pub name: String,
+    pub protocol: Protocol,
+    /// Envoy TCP listener, if any.
+    pub listen: Option<SocketAddr>,
+    /// HTTP virtual host domains (HTTP services).
+    pub domains: Vec<String>,
+    pub policy: Policy,
+}
+
+/// What a service's ClusterLoadAssignment points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoints {
+    /// Parked: connections go to the holder, with the PROXY v2 header naming the service.
+    Holder(SocketAddr, HoldPolicy),
+    /// Awake: connections go straight to these upstreams.
+    Upstream(Vec<SocketAddr>),
+}
+
+/// One virtual host of the shared HTTP listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VirtualHost {
+    pub service: String,
+    pub domains: Vec<String>,
+    /// Route timeout: long enough for a cold start plus the request itself.
+    pub timeout: Duration,
+}
+
+/// One node's view of one service's Envoy cluster in one push or scrape.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Stats {
+    /// Open connections plus open requests (`upstream_cx_active` + `upstream_rq_active`).
+    pub open: f64,
+    /// Monotonic counters whose movement is activity: cx_total, rq_total, rx bytes, tx bytes.
+    pub counters: [f64; 4],
+}
+
+/// What a node said about a service: Envoy's cluster stats, or a holder's pending count.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observation {
+    Envoy(Stats),
+    HolderPending(f64),
+}
+
+/// What the controller reacts to. The adapters (stats streams, scrapers, the backend, the
+/// config watchers, Kubernetes discovery) send these; the planner decides what follows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// One stats push or scrape from a node, read into per-service observations.
+    Metrics {
+        node: String,
+        observations: Vec<(String, Observation)>,
+    },
+    /// A node's stats stream ended (or its scrape failed): its numbers no longer count.
+    NodeGone { node: String },
+    /// A wake the backend was asked for ended.
+    WakeDone {
+        service: String,
+        /// Which wake of the service this was: a late result of an earlier wake (one
+        /// that outlived its timeout) is ignored.
+        wake: u64,
+        /// The ready endpoints, or why there are none.
+        result: Result<Vec<SocketAddr>, String>,
+    },
+    /// A park the backend was asked for failed (after its own retries).
+    ParkFailed { service: String, error: String },
+    /// The config changed these services' timeouts and limits.
+    Reload { policies: Vec<(String, Policy)> },
+    /// A service appeared or changed (Kubernetes: an opted-in Service).
+    Upsert(ServiceDef),
+    /// A service is gone (its Service was deleted or lost the opt-in).
+    Remove { service: String },
+    /// The backend's view of a service's ready endpoints changed (pods came or went
+    /// while it is awake).
+    Endpoints {
+        service: String,
+        endpoints: Vec<SocketAddr>,
+    },
+    /// The backend read the workload's replicas (a replica that just became leader):
+    /// running wakes a service this controller thought parked, zero parks one it thought
+    /// awake, so what is published matches what runs.
+    Observed { service: String, running: bool },
+    /// Whether this controller may scale (Kubernetes: holds the Lease and has read what
+    /// runs). A follower plans no scale-up and no scale-down.
+    Leading(bool),
+}

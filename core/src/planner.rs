@@ -1,0 +1,739 @@
+//! The planner: every decision the controller makes, synchronously. Given an [`Event`],
+//! the time and what the connected Envoys have acknowledged ([`Acks`]), it updates each
+//! service's state and returns the [`Effect`]s to carry out. It never reads a clock, does
+//! no I/O and spawns nothing, so each decision is a plain `#[test]` with made-up instants
+//! (`planner/tests.rs`); the async runtime around it only receives events and executes
+//! effects.
+//!
+//! ```text
+//!  stats pushes, scrapes ---Metrics/NodeGone--+
+//!  backend results -------WakeDone/ParkFailed-+--> Planner::handle(event, now, acks)
+//!  config, discovery --Reload/Upsert/Remove---+         |   (activity::step per service,
+//!  leader election -------------Leading-------+         |    stats windows, warm-up gates,
+//!  the clock -----------------------------Planner::tick-+    wake numbers, leadership)
+//!                                                       v
+//!                 Effects: publish/remove Envoy resources, wake, park, record, notify
+//!                                                       |
+//!            runtime executes them; for each published assignment it reports the
+//!            version back (Planner::published), which later ACKs are compared with
+//! ```
+//!
+//! Decisions that live here:
+//! - **Warm-up gate.** A service added while Envoys are connected gets its cluster and
+//!   holder assignment at once, but its listener (or virtual host) only after every
+//!   connected Envoy has ACKed that assignment: Envoy closes a connection, or answers 503,
+//!   for a cluster still warming, and a held connection is the promise.
+//! - **Wake numbers.** Each wake gets a number unique across services; a result carrying
+//!   an older number (a wake that outlived its timeout) is ignored.
+//! - **Two-phase park.** The holder assignment is published and its version remembered;
+//!   phase two waits for every subscribed stream to ACK it ([`Acks::all_acked`]).
+//! - **Reloads.** A new hold policy republishes the holder assignment of a service that
+//!   is parked, parking or waking, so holders get it with the assignment.
+//! - **Leadership.** A follower plans no scale-up (its wakes only watch for endpoints)
+//!   and no scale-down; on becoming leader, wakes it only watched are asked for again,
+//!   now to scale.
+//! - **Endpoint changes.** The latest ready endpoints are kept in every state and
+//!   republished while awake.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use crate::activity::{self, Action, Input, Phase, State, Timing, WakeOutcome};
+use crate::model::{Endpoints, Event, HoldPolicy, Policy, Protocol, ServiceDef, VirtualHost};
+use crate::stats::window::Windows;
+
+/// An HTTP route's timeout is the service's wakeTimeout plus this (Envoy's default
+/// route timeout), so a request that arrives at zero is not cut off by the wake.
+pub const ROUTE_TIMEOUT_AFTER_WAKE: Duration = Duration::from_secs(15);
+
+/// What the planner needs to know of the Envoys (and holders) connected over ADS. The
+/// xDS cache answers it; tests answer it with a table.
+pub trait Acks {
+    /// Envoys connected now: streams that subscribe to Clusters (a holder asks for
+    /// endpoints only).
+    fn envoys(&self) -> usize;
+    /// Every connected Envoy has ACKed `version` or later of `service`'s assignment: its
+    /// cluster is warm there. An Envoy that has not asked for it yet is not warm.
+    fn warm_everywhere(&self, service: &str, version: u64) -> bool;
+    /// Every stream subscribed to `service`'s assignment has ACKed `version` or later.
+    /// Streams not subscribed to it do not count.
+    fn all_acked(&self, service: &str, version: u64) -> bool;
+}
+
+/// Something to carry out. Publications go to the xDS cache in order; wakes and parks go
+/// to the backend; records to the metrics; notices to the operator (Kubernetes Events).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// The service's EDS cluster (with the holder's PROXY v2 transport-socket match).
+    PublishCluster {
+        service: String,
+    },
+    /// The service's assignment. Once published, tell the planner its version with
+    /// [`Planner::published`].
+    PublishEndpoints {
+        service: String,
+        endpoints: Endpoints,
+    },
+    /// The service's own TCP listener.
+    PublishListener {
+        service: String,
+        listen: SocketAddr,
+    },
+    RemoveListener {
+        service: String,
+    },
+    /// The service's listener, cluster and assignment.
+    RemoveService {
+        service: String,
+    },
+    /// The shared HTTP listener's route configuration, one virtual host per HTTP service
+    /// whose cluster is warm, sorted by service.
+    PublishRoutes(Vec<VirtualHost>),
+    /// The shared HTTP listener itself.
+    PublishHttpListener(SocketAddr),
+    /// The stats readers should read this service's stats (with its protocol's rules).
+    Track {
+        service: String,
+        protocol: Protocol,
+    },
+    /// ... and no longer.
+    Untrack {
+        service: String,
+    },
+    /// Ask the backend for ready endpoints within `timeout`; report as
+    /// [`Event::WakeDone`] with `wake`. `scale`: bring replicas up; false (a follower)
+    /// only waits for endpoints that someone else brings up.
+    Wake {
+        service: String,
+        wake: u64,
+        timeout: Duration,
+        scale: bool,
+    },
+    /// Ask the backend to go to zero; a failure comes back as [`Event::ParkFailed`].
+    Park {
+        service: String,
+    },
+    Record(Record),
+    Notify(Notice),
+}
+
+/// A metric to record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// The service is now in this phase.
+    State {
+        service: String,
+        phase: Phase,
+    },
+    WakeStarted {
+        service: String,
+    },
+    WakeFinished {
+        service: String,
+        outcome: WakeOutcome,
+        took: Duration,
+    },
+    /// A park completed its two phases (scaled to zero).
+    Parked {
+        service: String,
+    },
+    /// A connection arrived during a park's first phase.
+    ParkCancelled {
+        service: String,
+    },
+    /// A backend call failed (wake or park).
+    ScaleError {
+        service: String,
+    },
+    /// The service's idle timeout (when it is added, and when its policy changes).
+    IdleTimeout {
+        service: String,
+        idle_timeout: Duration,
+    },
+    /// The service is gone: drop its series.
+    Forget {
+        service: String,
+    },
+}
+
+/// Something an operator should see about a service, besides the logs (Kubernetes: an
+/// Event on the Service).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub service: String,
+    pub warning: bool,
+    /// CamelCase, as Kubernetes Event reasons are.
+    pub reason: &'static str,
+    pub note: String,
+}
+
+/// What the planner is built with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// Where Envoy sends held connections (the holder endpoint of every parked service).
+    pub holder: SocketAddr,
+    /// The shared HTTP listener, when HTTP services are routed by Host.
+    pub http: Option<SocketAddr>,
+    /// May this controller scale from the start (process backend: yes; Kubernetes: only
+    /// once [`Event::Leading`] says so).
+    pub leading: bool,
+}
+
+/// Where a service added at run time stands with its front door (listener or virtual
+/// host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Warming {
+    /// Published, or needs no wait.
+    Done,
+    /// Waits for its first holder assignment's version.
+    Publishing,
+    /// Waits for every connected Envoy to ACK this version of its assignment.
+    Until(u64),
+}
+
+#[derive(Debug)]
+struct Service {
+    def: ServiceDef,
+    timing: Timing,
+    hold: HoldPolicy,
+    state: State,
+    /// The latest ready endpoints (kept in every state).
+    endpoints: Vec<SocketAddr>,
+    /// Version of the holder assignment last published: what a park waits for every
+    /// stream to ACK.
+    holder_version: u64,
+    /// Connections held for it, summed over holders.
+    pending: f64,
+    /// Number of the current wake (unique across services, and across a removal and
+    /// re-adding).
+    wake: u64,
+    /// The current wake was asked for without scaling (this controller did not lead).
+    wake_watch_only: bool,
+    warming: Warming,
+}
+
+fn timing(p: &Policy) -> Timing {
+    Timing {
+        idle_timeout: p.idle_timeout,
+        min_warm: p.min_warm,
+        wake_timeout: p.wake_timeout,
+        park_ack_timeout: p.park_ack_timeout,
+    }
+}
+
+pub struct Planner {
+    services: HashMap<String, Service>,
+    /// Service names in the order they came: the tick walks them without collecting.
+    names: Vec<String>,
+    settings: Settings,
+    /// Wakes started, all services.
+    wakes: u64,
+    windows: Windows,
+    /// An HTTP service came, went or changed: the route configuration is rebuilt once
+    /// per event (not per service: at start that would be quadratic).
+    routes_dirty: bool,
+    out: Vec<Effect>,
+}
+
+impl Planner {
+    /// A planner with `services`, and the effects that publish them all parked: Envoy
+    /// starts with the holder as each service's endpoint, so the first connection is
+    /// held, not refused. (An Envoy connecting now warms clusters before listeners on
+    /// its own, so nothing waits here.)
+    pub fn new(
+        settings: Settings,
+        services: impl IntoIterator<Item = ServiceDef>,
+    ) -> (Self, Vec<Effect>) {
+        let services = services.into_iter();
+        let (n, _) = services.size_hint();
+        let mut planner = Planner {
+            services: HashMap::with_capacity(n),
+            names: Vec::with_capacity(n),
+            settings,
+            wakes: 0,
+            windows: Windows::default(),
+            routes_dirty: false,
+            out: Vec::new(),
+        };
+        for def in services {
+            planner.upsert(def, None);
+        }
+        if let Some(listen) = settings.http {
+            planner.publish_routes();
+            planner.out.push(Effect::PublishHttpListener(listen));
+        }
+        let effects = planner.take();
+        (planner, effects)
+    }
+
+    /// React to one event.
+    pub fn handle(&mut self, event: Event, now: Instant, acks: &dyn Acks) -> Vec<Effect> {
+        match event {
+            Event::Metrics { node, observations } => {
+                let verdicts = self.windows.observe(&node, observations);
+                for (service, pending) in verdicts.pending {
+                    self.set_pending(&service, pending, now);
+                }
+                for (service, active) in verdicts.samples {
+                    self.apply(&service, Input::Sample { active }, now);
+                }
+            }
+            Event::NodeGone { node } => {
+                for (service, pending) in self.windows.remove_node(&node) {
+                    self.set_pending(&service, pending, now);
+                }
+            }
+            Event::Reload { policies } => {
+                for (service, policy) in policies {
+                    self.set_policy(&service, policy);
+                }
+            }
+            Event::Upsert(def) => self.upsert(def, Some(acks)),
+            Event::Remove { service } => self.remove(&service),
+            Event::Observed { service, running } => {
+                let input = if running {
+                    Input::Demand
+                } else {
+                    Input::ScaledToZero
+                };
+                self.apply(&service, input, now);
+            }
+            Event::Endpoints { service, endpoints } => self.endpoints(&service, endpoints),
+            Event::WakeDone {
+                service,
+                wake,
+                result,
+            } => self.wake_done(&service, wake, result, now),
+            Event::ParkFailed { service, error } => {
+                warn!(%service, %error, "park failed");
+                self.record(Record::ScaleError { service });
+            }
+            Event::Leading(leading) => self.leading(leading),
+        }
+        self.flush_routes();
+        self.take()
+    }
+
+    /// Time passed: timeouts, standing demand, warm-up gates and park ACKs are checked.
+    pub fn tick(&mut self, now: Instant, acks: &dyn Acks) -> Vec<Effect> {
+        // Taken out for the walk (apply needs &mut self) and put back: no allocation.
+        let names = std::mem::take(&mut self.names);
+        for name in &names {
+            let Some(s) = self.services.get(name) else {
+                continue;
+            };
+            // Held connections are standing demand: after a failed wake, try again.
+            if s.pending > 0.0 {
+                self.apply(name, Input::Demand, now);
+            }
+            if let Some(s) = self.services.get_mut(name) {
+                if let Warming::Until(version) = s.warming {
+                    if acks.warm_everywhere(name, version) {
+                        s.warming = Warming::Done;
+                        if let Some(listen) = s.def.listen {
+                            self.out.push(Effect::PublishListener {
+                                service: name.clone(),
+                                listen,
+                            });
+                        }
+                        if s.def.protocol == Protocol::Http {
+                            self.routes_dirty = true;
+                        }
+                    }
+                }
+            }
+            if let Some(s) = self.services.get(name) {
+                if matches!(s.state, State::Parking { acked_at: None, .. })
+                    && acks.all_acked(name, s.holder_version)
+                {
+                    self.apply(name, Input::Acked, now);
+                }
+            }
+            self.apply(name, Input::Tick, now);
+        }
+        self.names = names;
+        self.flush_routes();
+        self.take()
+    }
+
+    /// The runtime published `endpoints` for `service` (as an [`Effect::PublishEndpoints`]
+    /// said) and the cache gave it `version`: ACKs are compared with it.
+    pub fn published(&mut self, service: &str, endpoints: &Endpoints, version: u64) {
+        let Some(s) = self.services.get_mut(service) else {
+            return;
+        };
+        if let Endpoints::Holder(..) = endpoints {
+            s.holder_version = version;
+            if s.warming == Warming::Publishing {
+                s.warming = Warming::Until(version);
+            }
+        }
+    }
+
+    /// The phase each service is in, by name (for status pages and tests).
+    pub fn phases(&self) -> impl Iterator<Item = (&str, Phase)> {
+        self.names.iter().filter_map(|n| {
+            let s = self.services.get(n)?;
+            Some((n.as_str(), s.state.phase()))
+        })
+    }
+
+    fn take(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.out)
+    }
+
+    fn record(&mut self, r: Record) {
+        self.out.push(Effect::Record(r));
+    }
+
+    /// Add a service (published parked; one whose workload runs follows as
+    /// [`Event::Observed`]), or update one: a new listener, domains or policy are
+    /// published. `acks` is given for a service added at run time (not at start): its
+    /// front door waits for the connected Envoys to warm its cluster.
+    fn upsert(&mut self, def: ServiceDef, acks: Option<&dyn Acks>) {
+        let name = def.name.clone();
+        if let Some(s) = self.services.get_mut(&name) {
+            let old = std::mem::replace(&mut s.def, def.clone());
+            // A front door still waiting for its cluster is published by the tick, with
+            // the new address.
+            if old.listen != def.listen && s.warming == Warming::Done {
+                self.out.push(match def.listen {
+                    Some(listen) => Effect::PublishListener {
+                        service: name.clone(),
+                        listen,
+                    },
+                    None => Effect::RemoveListener {
+                        service: name.clone(),
+                    },
+                });
+            }
+            if old.protocol != def.protocol {
+                self.out.push(Effect::Track {
+                    service: name.clone(),
+                    protocol: def.protocol,
+                });
+            }
+            if old.protocol != def.protocol || old.domains != def.domains {
+                self.routes_dirty = true;
+            }
+            if old.policy != def.policy {
+                self.set_policy(&name, def.policy);
+            }
+            return;
+        }
+        let hold = def.policy.hold();
+        let warming = match acks {
+            Some(acks) if acks.envoys() > 0 => Warming::Publishing,
+            _ => Warming::Done,
+        };
+        self.out.push(Effect::PublishCluster {
+            service: name.clone(),
+        });
+        self.out.push(Effect::PublishEndpoints {
+            service: name.clone(),
+            endpoints: Endpoints::Holder(self.settings.holder, hold),
+        });
+        if let (Some(listen), Warming::Done) = (def.listen, warming) {
+            self.out.push(Effect::PublishListener {
+                service: name.clone(),
+                listen,
+            });
+        }
+        self.record(Record::State {
+            service: name.clone(),
+            phase: Phase::Parked,
+        });
+        self.record(Record::IdleTimeout {
+            service: name.clone(),
+            idle_timeout: def.policy.idle_timeout,
+        });
+        self.out.push(Effect::Track {
+            service: name.clone(),
+            protocol: def.protocol,
+        });
+        if acks.is_some() && def.protocol == Protocol::Http {
+            self.routes_dirty = true;
+        }
+        self.services.insert(
+            name.clone(),
+            Service {
+                timing: timing(&def.policy),
+                def,
+                hold,
+                state: State::Parked,
+                endpoints: Vec::new(),
+                holder_version: 0,
+                pending: 0.0,
+                wake: 0,
+                wake_watch_only: false,
+                warming,
+            },
+        );
+        self.names.push(name);
+    }
+
+    /// Forget a service: its Envoy resources go; a connection held for it is refused by
+    /// the holder (unknown service) once its hold timeout ends.
+    fn remove(&mut self, name: &str) {
+        let Some(s) = self.services.remove(name) else {
+            return;
+        };
+        self.names.retain(|n| n != name);
+        self.out.push(Effect::Untrack {
+            service: name.to_string(),
+        });
+        self.out.push(Effect::RemoveService {
+            service: name.to_string(),
+        });
+        if s.def.protocol == Protocol::Http {
+            self.routes_dirty = true;
+        }
+        self.record(Record::Forget {
+            service: name.to_string(),
+        });
+        info!(service = name, "service removed");
+    }
+
+    /// New timeouts and limits for `service`: the state machine uses them from its next
+    /// step; a holder assignment published now carries the new hold policy to the
+    /// holders; an HTTP route's timeout follows the wake timeout.
+    fn set_policy(&mut self, service: &str, policy: Policy) {
+        let Some(s) = self.services.get_mut(service) else {
+            return;
+        };
+        let old = std::mem::replace(&mut s.def.policy, policy);
+        s.timing = timing(&policy);
+        let hold = policy.hold();
+        if hold != s.hold {
+            s.hold = hold;
+            if matches!(
+                s.state,
+                State::Parked | State::Parking { .. } | State::Waking { .. }
+            ) {
+                self.out.push(Effect::PublishEndpoints {
+                    service: service.to_string(),
+                    endpoints: Endpoints::Holder(self.settings.holder, hold),
+                });
+            }
+        }
+        if s.def.protocol == Protocol::Http && old.wake_timeout != policy.wake_timeout {
+            self.routes_dirty = true;
+        }
+        if old.idle_timeout != policy.idle_timeout {
+            self.out.push(Effect::Record(Record::IdleTimeout {
+                service: service.to_string(),
+                idle_timeout: policy.idle_timeout,
+            }));
+        }
+        info!(service, ?policy, "policy reloaded");
+    }
+
+    fn endpoints(&mut self, service: &str, endpoints: Vec<SocketAddr>) {
+        let Some(s) = self.services.get_mut(service) else {
+            return;
+        };
+        // The latest ready endpoints are kept in any state (a cancelled park publishes
+        // them, not the ones from its wake); only an awake service publishes them now.
+        // No ready endpoint at all keeps the last ones: Envoy's connect fails either
+        // way, and the next wake or sample decides.
+        if endpoints.is_empty() || endpoints == s.endpoints {
+            return;
+        }
+        s.endpoints = endpoints;
+        if matches!(s.state, State::Awake { .. }) {
+            info!(service, endpoints = s.endpoints.len(), "endpoints changed");
+            self.out.push(Effect::PublishEndpoints {
+                service: service.to_string(),
+                endpoints: Endpoints::Upstream(s.endpoints.clone()),
+            });
+        }
+    }
+
+    fn wake_done(
+        &mut self,
+        service: &str,
+        wake: u64,
+        result: Result<Vec<SocketAddr>, String>,
+        now: Instant,
+    ) {
+        let Some(s) = self.services.get_mut(service).filter(|s| s.wake == wake) else {
+            info!(service, wake, "result of an earlier wake ignored");
+            return;
+        };
+        match result {
+            Ok(endpoints) => {
+                s.endpoints = endpoints;
+                self.apply(service, Input::Ready, now);
+            }
+            Err(error) => {
+                warn!(service, %error, "wake failed");
+                self.record(Record::ScaleError {
+                    service: service.to_string(),
+                });
+                self.apply(service, Input::WakeFailed, now);
+            }
+        }
+    }
+
+    fn leading(&mut self, leading: bool) {
+        if leading == self.settings.leading {
+            return;
+        }
+        self.settings.leading = leading;
+        info!(leading, "leadership changed");
+        if !leading {
+            return;
+        }
+        // Wakes asked for while following only watched for endpoints: ask again, to
+        // scale. The watch's result, when it comes, carries the old number.
+        for name in &self.names {
+            let Some(s) = self.services.get_mut(name) else {
+                continue;
+            };
+            if matches!(s.state, State::Waking { .. }) && s.wake_watch_only {
+                self.wakes += 1;
+                s.wake = self.wakes;
+                s.wake_watch_only = false;
+                self.out.push(Effect::Wake {
+                    service: name.clone(),
+                    wake: s.wake,
+                    timeout: s.timing.wake_timeout,
+                    scale: true,
+                });
+            }
+        }
+    }
+
+    fn set_pending(&mut self, service: &str, pending: f64, now: Instant) {
+        let Some(s) = self.services.get_mut(service) else {
+            return;
+        };
+        s.pending = pending;
+        if pending > 0.0 {
+            self.apply(service, Input::Demand, now);
+        }
+    }
+
+    fn publish_routes(&mut self) {
+        if self.settings.http.is_none() {
+            return;
+        }
+        let mut hosts: Vec<VirtualHost> = self
+            .services
+            .values()
+            .filter(|s| s.def.protocol == Protocol::Http && s.warming == Warming::Done)
+            .map(|s| VirtualHost {
+                service: s.def.name.clone(),
+                domains: s.def.domains.clone(),
+                timeout: s
+                    .def
+                    .policy
+                    .wake_timeout
+                    .saturating_add(ROUTE_TIMEOUT_AFTER_WAKE),
+            })
+            .collect();
+        hosts.sort_by(|a, b| a.service.cmp(&b.service));
+        self.out.push(Effect::PublishRoutes(hosts));
+    }
+
+    fn flush_routes(&mut self) {
+        if std::mem::take(&mut self.routes_dirty) {
+            self.publish_routes();
+        }
+    }
+
+    /// One step of `service`'s state machine, and the effects of its actions.
+    fn apply(&mut self, service: &str, input: Input, now: Instant) {
+        let Some(s) = self.services.get_mut(service) else {
+            return;
+        };
+        let before = s.state;
+        let (after, step) = activity::step(before, input, now, &s.timing);
+        s.state = after;
+        if before.phase() != after.phase() {
+            info!(service, from = ?before.phase(), to = ?after.phase(), ?input, "state");
+            self.out.push(Effect::Record(Record::State {
+                service: service.to_string(),
+                phase: after.phase(),
+            }));
+        }
+        if let Some((outcome, took)) = step.wake {
+            info!(
+                service,
+                outcome = outcome.label(),
+                took_ms = took.as_secs_f64() * 1e3,
+                "wake finished"
+            );
+            self.out.push(Effect::Record(Record::WakeFinished {
+                service: service.to_string(),
+                outcome,
+                took,
+            }));
+            if outcome == WakeOutcome::TimedOut {
+                self.out.push(Effect::Notify(Notice {
+                    service: service.to_string(),
+                    warning: true,
+                    reason: "WakeTimedOut",
+                    note: format!(
+                        "no ready endpoint within wakeTimeout {:?}; connections held for it wait until their holdTimeout",
+                        s.timing.wake_timeout
+                    ),
+                }));
+            }
+        }
+        for action in step.actions {
+            match action {
+                Action::ScaleUp => {
+                    self.wakes += 1;
+                    s.wake = self.wakes;
+                    s.wake_watch_only = !self.settings.leading;
+                    self.out.push(Effect::Record(Record::WakeStarted {
+                        service: service.to_string(),
+                    }));
+                    self.out.push(Effect::Wake {
+                        service: service.to_string(),
+                        wake: s.wake,
+                        timeout: s.timing.wake_timeout,
+                        scale: self.settings.leading,
+                    });
+                }
+                Action::PublishUpstream => {
+                    if matches!(before, State::Parking { .. }) {
+                        info!(service, "park cancelled: a connection arrived");
+                        self.out.push(Effect::Record(Record::ParkCancelled {
+                            service: service.to_string(),
+                        }));
+                    }
+                    self.out.push(Effect::PublishEndpoints {
+                        service: service.to_string(),
+                        endpoints: Endpoints::Upstream(s.endpoints.clone()),
+                    });
+                }
+                Action::PublishHolder => self.out.push(Effect::PublishEndpoints {
+                    service: service.to_string(),
+                    endpoints: Endpoints::Holder(self.settings.holder, s.hold),
+                }),
+                Action::ScaleDown => {
+                    if matches!(before, State::Parking { .. }) {
+                        self.out.push(Effect::Record(Record::Parked {
+                            service: service.to_string(),
+                        }));
+                    }
+                    if self.settings.leading {
+                        self.out.push(Effect::Park {
+                            service: service.to_string(),
+                        });
+                    } else {
+                        debug!(service, "not leading: the leader scales down");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,790 @@
+//! The planner's decisions, one test each, with made-up instants and a table of ACKs.
+
+use std::collections::HashMap;
+
+use super::*;
+use crate::model::{Observation, Stats};
+
+const HOLDER: &str = "127.0.0.1:15001";
+const HTTP: &str = "127.0.0.1:10080";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("test address")
+}
+
+fn policy() -> Policy {
+    Policy {
+        idle_timeout: Duration::from_secs(15),
+        hold_timeout: Duration::from_secs(30),
+        min_warm: Duration::ZERO,
+        wake_timeout: Duration::from_secs(60),
+        park_ack_timeout: Duration::from_secs(5),
+        max_pending: 100,
+    }
+}
+
+fn tcp(name: &str, port: u16) -> ServiceDef {
+    ServiceDef {
+        name: name.to_string(),
+        protocol: Protocol::Tcp,
+        listen: Some(SocketAddr::new(addr(HOLDER).ip(), port)),
+        domains: Vec::new(),
+        policy: policy(),
+    }
+}
+
+fn http(name: &str) -> ServiceDef {
+    ServiceDef {
+        name: name.to_string(),
+        protocol: Protocol::Http,
+        listen: None,
+        domains: vec![name.to_string(), format!("{name}.default")],
+        policy: policy(),
+    }
+}
+
+/// What the connected Envoys have ACKed: per service, the lowest version every Envoy
+/// has ACKed (None: some Envoy has not asked for it).
+#[derive(Default)]
+struct Envoys {
+    connected: usize,
+    acked_by_all: HashMap<String, u64>,
+}
+
+impl Acks for Envoys {
+    fn envoys(&self) -> usize {
+        self.connected
+    }
+    fn warm_everywhere(&self, service: &str, version: u64) -> bool {
+        self.connected == 0
+            || self
+                .acked_by_all
+                .get(service)
+                .is_some_and(|v| *v >= version)
+    }
+    fn all_acked(&self, service: &str, version: u64) -> bool {
+        self.acked_by_all.get(service).is_none_or(|v| *v >= version)
+    }
+}
+
+/// The planner with an executor that gives each published assignment the next version
+/// (as the xDS cache does) and keeps every effect.
+struct World {
+    planner: Planner,
+    envoys: Envoys,
+    base: Instant,
+    version: u64,
+    /// Versions of the last assignment published per service.
+    published: HashMap<String, u64>,
+    effects: Vec<Effect>,
+}
+
+impl World {
+    fn new(leading: bool, http: bool, services: Vec<ServiceDef>) -> Self {
+        let settings = Settings {
+            holder: addr(HOLDER),
+            http: http.then(|| addr(HTTP)),
+            leading,
+        };
+        let (planner, effects) = Planner::new(settings, services);
+        let mut w = World {
+            planner,
+            envoys: Envoys::default(),
+            base: Instant::now(),
+            version: 100,
+            published: HashMap::new(),
+            effects: Vec::new(),
+        };
+        w.run(effects);
+        w
+    }
+
+    fn at(&self, secs: f64) -> Instant {
+        self.base + Duration::from_secs_f64(secs)
+    }
+
+    /// Carry out effects as the runtime does; returns them.
+    fn run(&mut self, effects: Vec<Effect>) -> Vec<Effect> {
+        for e in &effects {
+            if let Effect::PublishEndpoints { service, endpoints } = e {
+                self.version += 1;
+                self.published.insert(service.clone(), self.version);
+                self.planner.published(service, endpoints, self.version);
+            }
+        }
+        self.effects.extend(effects.iter().cloned());
+        effects
+    }
+
+    fn event(&mut self, secs: f64, event: Event) -> Vec<Effect> {
+        let now = self.at(secs);
+        let effects = self.planner.handle(event, now, &self.envoys);
+        self.run(effects)
+    }
+
+    fn tick(&mut self, secs: f64) -> Vec<Effect> {
+        let now = self.at(secs);
+        let effects = self.planner.tick(now, &self.envoys);
+        self.run(effects)
+    }
+
+    fn phase(&self, service: &str) -> Phase {
+        self.planner
+            .phases()
+            .find(|(n, _)| *n == service)
+            .map(|(_, p)| p)
+            .expect("known service")
+    }
+
+    /// Every Envoy ACKs the latest assignment of `service`.
+    fn ack(&mut self, service: &str) {
+        let v = self.published[service];
+        self.envoys.acked_by_all.insert(service.to_string(), v);
+    }
+
+    fn pending(&mut self, secs: f64, service: &str, n: f64) -> Vec<Effect> {
+        self.event(
+            secs,
+            Event::Metrics {
+                node: "holder#1".into(),
+                observations: vec![(service.to_string(), Observation::HolderPending(n))],
+            },
+        )
+    }
+
+    /// An Envoy sample: `open` connections, counters at `c`.
+    fn sample(&mut self, secs: f64, service: &str, open: f64, c: f64) -> Vec<Effect> {
+        self.event(
+            secs,
+            Event::Metrics {
+                node: "envoy#2".into(),
+                observations: vec![(
+                    service.to_string(),
+                    Observation::Envoy(Stats {
+                        open,
+                        counters: [c, 0.0, 0.0, 0.0],
+                    }),
+                )],
+            },
+        )
+    }
+
+    /// Wake `service` from parked at `secs` and report it ready with `endpoints`.
+    fn wake(&mut self, secs: f64, service: &str, endpoints: &[&str]) {
+        let effects = self.pending(secs, service, 1.0);
+        let wake = wake_number(&effects).expect("a wake");
+        self.event(
+            secs + 0.5,
+            Event::WakeDone {
+                service: service.to_string(),
+                wake,
+                result: Ok(endpoints.iter().map(|e| addr(e)).collect()),
+            },
+        );
+        self.pending(secs + 0.6, service, 0.0);
+        assert_eq!(self.phase(service), Phase::Awake);
+    }
+}
+
+fn wake_number(effects: &[Effect]) -> Option<u64> {
+    effects.iter().find_map(|e| match e {
+        Effect::Wake { wake, .. } => Some(*wake),
+        _ => None,
+    })
+}
+
+fn listeners(effects: &[Effect]) -> Vec<&str> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::PublishListener { service, .. } => Some(service.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn assignments<'a>(effects: &'a [Effect], service: &str) -> Vec<&'a Endpoints> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::PublishEndpoints {
+                service: s,
+                endpoints,
+            } if s == service => Some(endpoints),
+            _ => None,
+        })
+        .collect()
+}
+
+fn routes(effects: &[Effect]) -> Option<&Vec<VirtualHost>> {
+    effects.iter().rev().find_map(|e| match e {
+        Effect::PublishRoutes(hosts) => Some(hosts),
+        _ => None,
+    })
+}
+
+fn parks(effects: &[Effect]) -> usize {
+    effects
+        .iter()
+        .filter(|e| matches!(e, Effect::Park { .. }))
+        .count()
+}
+
+fn holder(p: Policy) -> Endpoints {
+    Endpoints::Holder(addr(HOLDER), p.hold())
+}
+
+#[test]
+fn at_start_every_service_is_published_parked_with_its_listener_and_routes() {
+    let w = World::new(true, true, vec![tcp("pg", 5432), http("web")]);
+    let e = &w.effects;
+    assert_eq!(listeners(e), ["pg"]);
+    assert_eq!(assignments(e, "pg"), [&holder(policy())]);
+    assert_eq!(assignments(e, "web"), [&holder(policy())]);
+    let hosts = routes(e).expect("route configuration");
+    assert_eq!(hosts.len(), 1);
+    assert_eq!(hosts[0].service, "web");
+    assert_eq!(hosts[0].timeout, Duration::from_secs(75));
+    assert!(e.contains(&Effect::PublishHttpListener(addr(HTTP))));
+    assert!(e.contains(&Effect::Track {
+        service: "pg".into(),
+        protocol: Protocol::Tcp
+    }));
+    assert_eq!(w.phase("pg"), Phase::Parked);
+}
+
+#[test]
+fn a_new_services_listener_waits_for_every_connected_envoys_ack_of_its_cluster() {
+    let mut w = World::new(true, false, vec![]);
+    w.envoys.connected = 2;
+    let e = w.event(0.0, Event::Upsert(tcp("pg", 5432)));
+    assert!(e.contains(&Effect::PublishCluster {
+        service: "pg".into()
+    }));
+    assert_eq!(assignments(&e, "pg"), [&holder(policy())]);
+    assert_eq!(listeners(&e), Vec::<&str>::new(), "cluster still warming");
+    assert_eq!(listeners(&w.tick(0.1)), Vec::<&str>::new(), "nobody ACKed");
+    // One Envoy has ACKed an older version only: still warming.
+    w.envoys
+        .acked_by_all
+        .insert("pg".into(), w.published["pg"] - 1);
+    assert_eq!(listeners(&w.tick(0.2)), Vec::<&str>::new());
+    w.ack("pg");
+    assert_eq!(listeners(&w.tick(0.3)), ["pg"]);
+    assert_eq!(
+        listeners(&w.tick(0.4)),
+        Vec::<&str>::new(),
+        "published once"
+    );
+}
+
+#[test]
+fn with_no_envoy_connected_a_new_service_gets_its_listener_at_once() {
+    let mut w = World::new(true, false, vec![]);
+    let e = w.event(0.0, Event::Upsert(tcp("pg", 5432)));
+    assert_eq!(listeners(&e), ["pg"]);
+}
+
+#[test]
+fn a_new_http_services_virtual_host_waits_for_its_warm_cluster() {
+    let mut w = World::new(true, true, vec![http("old")]);
+    w.envoys.connected = 1;
+    let e = w.event(0.0, Event::Upsert(http("web")));
+    let hosts: Vec<&str> = routes(&e)
+        .expect("routes rebuilt")
+        .iter()
+        .map(|h| h.service.as_str())
+        .collect();
+    assert_eq!(hosts, ["old"], "web still warming");
+    w.ack("web");
+    let e = w.tick(0.1);
+    let hosts: Vec<&str> = routes(&e)
+        .expect("routes rebuilt")
+        .iter()
+        .map(|h| h.service.as_str())
+        .collect();
+    assert_eq!(hosts, ["old", "web"]);
+}
+
+#[test]
+fn a_late_wake_result_is_ignored() {
+    let mut w = World::new(true, false, vec![tcp("pg", 5432)]);
+    let first = wake_number(&w.pending(0.0, "pg", 1.0)).expect("wake");
+    assert_eq!(w.phase("pg"), Phase::Waking);
+    // The wake times out; the held connection is standing demand: a second wake.
+    let e = w.tick(61.0);
+    assert_eq!(parks(&e), 1, "what the timed-out wake started is stopped");
+    assert_eq!(w.phase("pg"), Phase::Parked);
+    let second = wake_number(&w.tick(61.1)).expect("a new wake for the held connection");
+    assert!(second > first);
+    // The first wake's result arrives late: nothing changes.
+    let e = w.event(
+        62.0,
+        Event::WakeDone {
+            service: "pg".into(),
+            wake: first,
+            result: Ok(vec![addr("10.0.0.1:5432")]),
+        },
+    );
+    assert_eq!(e, []);
+    assert_eq!(w.phase("pg"), Phase::Waking);
+    let e = w.event(
+        63.0,
+        Event::WakeDone {
+            service: "pg".into(),
+            wake: second,
+            result: Ok(vec![addr("10.0.0.2:5432")]),
+        },
+    );
+    assert_eq!(w.phase("pg"), Phase::Awake);
+    assert_eq!(
+        assignments(&e, "pg"),
+        [&Endpoints::Upstream(vec![addr("10.0.0.2:5432")])]
+    );
+}
+
+#[test]
+fn wake_numbers_are_unique_across_services_and_readding() {
+    let mut w = World::new(true, false, vec![tcp("a", 1), tcp("b", 2)]);
+    let a = wake_number(&w.pending(0.0, "a", 1.0)).expect("wake");
+    let b = wake_number(&w.pending(0.0, "b", 1.0)).expect("wake");
+    w.event(
+        1.0,
+        Event::Remove {
+            service: "a".into(),
+        },
+    );
+    w.event(1.0, Event::Upsert(tcp("a", 1)));
+    let again = wake_number(&w.pending(2.0, "a", 2.0)).expect("wake");
+    assert!(a != b && again != a && again != b);
+    // The removed service's old wake cannot complete the new one.
+    w.event(
+        3.0,
+        Event::WakeDone {
+            service: "a".into(),
+            wake: a,
+            result: Ok(vec![addr("10.0.0.1:1")]),
+        },
+    );
+    assert_eq!(w.phase("a"), Phase::Waking);
+}
+
+#[test]
+fn a_failed_wake_is_counted_and_the_held_connection_asks_again() {
+    let mut w = World::new(true, false, vec![tcp("pg", 5432)]);
+    let wake = wake_number(&w.pending(0.0, "pg", 1.0)).expect("wake");
+    let e = w.event(
+        1.0,
+        Event::WakeDone {
+            service: "pg".into(),
+            wake,
+            result: Err("exited".into()),
+        },
+    );
+    assert!(e.contains(&Effect::Record(Record::ScaleError {
+        service: "pg".into()
+    })));
+    assert!(e.contains(&Effect::Record(Record::WakeFinished {
+        service: "pg".into(),
+        outcome: WakeOutcome::Failed,
+        took: Duration::from_secs(1),
+    })));
+    assert_eq!(parks(&e), 1);
+    assert_eq!(w.phase("pg"), Phase::Parked);
+    assert!(
+        wake_number(&w.tick(1.1)).is_some(),
+        "pending > 0: wake again"
+    );
+}
+
+#[test]
+fn a_timed_out_wake_is_told_to_the_operator() {
+    let mut w = World::new(true, false, vec![tcp("pg", 5432)]);
+    w.pending(0.0, "pg", 1.0);
+    let e = w.tick(60.0);
+    assert!(e.iter().any(|e| matches!(
+        e,
+        Effect::Notify(Notice { service, warning: true, reason: "WakeTimedOut", .. }) if service == "pg"
+    )));
+}
+
+#[test]
+fn a_reload_that_changes_hold_timeout_republishes_the_holder_assignment() {
+    let mut w = World::new(true, false, vec![tcp("pg", 5432), tcp("redis", 6379)]);
+    let longer = Policy {
+        hold_timeout: Duration::from_secs(90),
+        ..policy()
+    };
+    let e = w.event(
+        0.0,
+        Event::Reload {
+            policies: vec![("pg".into(), longer)],
+        },
+    );
+    assert_eq!(assignments(&e, "pg"), [&holder(longer)]);
+    assert_eq!(assignments(&e, "redis"), Vec::<&Endpoints>::new());
+    // A park now waits for the new version.
+    let v = w.published["pg"];
+    assert!(!w.envoys.all_acked("pg", v) || w.envoys.acked_by_all.is_empty());
+
+    // Only the idle timeout: nothing to republish.
+    let idle = Policy {
+        idle_timeout: Duration::from_secs(99),
+        ..longer
+    };
+    let e = w.event(
+        1.0,
+        Event::Reload {
+            policies: vec![("pg".into(), idle)],
+        },
+    );
+    assert_eq!(assignments(&e, "pg"), Vec::<&Endpoints>::new());
+    assert!(e.contains(&Effect::Record(Record::IdleTimeout {
+        service: "pg".into(),
+        idle_timeout: Duration::from_secs(99)
+    })));
+
+    // Awake: the upstreams stay; the next park publishes the new policy.
+    w.wake(2.0, "redis", &["10.0.0.9:6379"]);
+    let shorter = Policy {
+        hold_timeout: Duration::from_secs(5),
+        ..policy()
+    };
+    let e = w.event(
+        3.0,
+        Event::Reload {
+            policies: vec![("redis".into(), shorter)],
+        },
+    );
+    assert_eq!(assignments(&e, "redis"), Vec::<&Endpoints>::new());
+    let e = w.tick(30.0);
+    assert_eq!(w.phase("redis"), Phase::Parking);
+    assert_eq!(assignments(&e, "redis"), [&holder(shorter)]);
+}
+
+#[test]
+fn a_reload_of_an_http_services_wake_timeout_moves_its_route_timeout() {
+    let mut w = World::new(true, true, vec![http("web")]);
+    let slow = Policy {
+        wake_timeout: Duration::from_secs(120),
+        ..policy()
+    };
+    let e = w.event(
+        0.0,
+        Event::Reload {
+            policies: vec![("web".into(), slow)],
+        },
+    );
+    let hosts = routes(&e).expect("routes rebuilt");
+    assert_eq!(hosts[0].timeout, Duration::from_secs(135));
+}
+
+#[test]
+fn a_park_is_cancelled_by_a_connection_during_phase_one() {
+    let mut w = World::new(true, false, vec![tcp("pg", 5432)]);
+    w.wake(0.0, "pg", &["10.0.0.1:5432"]);
+    let e = w.tick(20.0);
+    assert_eq!(w.phase("pg"), Phase::Parking);
+    assert_eq!(assignments(&e, "pg"), [&holder(policy())]);
+    // Before every Envoy ACKed the holder, a connection lands in the holder.
+    let e = w.pending(20.5, "pg", 1.0);
+    assert_eq!(w.phase("pg"), Phase::Awake);
+    assert_eq!(
+        assignments(&e, "pg"),
+        [&Endpoints::Upstream(vec![addr("10.0.0.1:5432")])]
+    );
+    assert!(e.contains(&Effect::Record(Record::ParkCancelled {
+        service: "pg".into()
+    })));
+    assert_eq!(parks(&w.effects), 0);
+}
+
+#[test]
+fn phase_two_needs_every_ack_and_then_an_idle_sample() {
+    let mut w = World::new(true, false, vec![tcp("pg", 5432)]);
+    w.envoys.connected = 1;
+    w.envoys.acked_by_all.insert("pg".into(), 0);
+    w.wake(0.0, "pg", &["10.0.0.1:5432"]);
+    w.sample(1.0, "pg", 0.0, 5.0);
+    w.tick(20.0);
+    assert_eq!(w.phase("pg"), Phase::Parking);
+    // An idle sample before the ACK proves nothing.
+    w.sample(20.1, "pg", 0.0, 5.0);
+    w.tick(20.2);
+    assert_eq!(parks(&w.effects), 0);
+    w.ack("pg");
+    w.tick(20.3);
+    assert_eq!(parks(&w.effects), 0, "ACKed; waiting for a sample after it");
+    let e = w.sample(20.4, "pg", 0.0, 5.0);
+    assert_eq!(parks(&e), 1);
+    assert!(e.contains(&Effect::Record(Record::Parked {
+        service: "pg".into()
+    })));
+    assert_eq!(w.phase("pg"), Phase::Parked);
+}
+
+#[test]
+fn an_open_connection_on_the_old_upstream_cancels_phase_two() {
+    let mut w = World::new(true, false, vec![tcp("pg", 5432)]);
+    w.wake(0.0, "pg", &["10.0.0.1:5432"]);
+    w.tick(20.0);
+    w.ack("pg");
+    w.tick(20.1);
+    let e = w.sample(20.2, "pg", 1.0, 5.0);
+    assert_eq!(w.phase("pg"), Phase::Awake);
+    assert_eq!(parks(&e), 0);
+}
+
+#[test]
+fn followers_plan_no_scaling() {
+    let mut w = World::new(false, false, vec![tcp("pg", 5432)]);
+    let e = w.pending(0.0, "pg", 1.0);
+    let Some(Effect::Wake { scale, wake, .. }) =
+        e.iter().find(|e| matches!(e, Effect::Wake { .. }))
+    else {
+        panic!("a wake that watches for endpoints: {e:?}");
+    };
+    assert!(!scale, "a follower does not scale up");
+    let watch = *wake;
+    w.event(
+        1.0,
+        Event::WakeDone {
+            service: "pg".into(),
+            wake: watch,
+            result: Ok(vec![addr("10.0.0.1:5432")]),
+        },
+    );
+    w.pending(1.1, "pg", 0.0);
+    // Idle: the park runs both phases but the follower does not scale down.
+    w.tick(20.0);
+    w.tick(26.0);
+    assert_eq!(w.phase("pg"), Phase::Parked);
+    assert_eq!(parks(&w.effects), 0);
+    // A wake timed out as a follower stops nothing either.
+    w.pending(30.0, "pg", 1.0);
+    w.tick(91.0);
+    assert_eq!(parks(&w.effects), 0);
+    assert!(w
+        .effects
+        .iter()
+        .all(|e| !matches!(e, Effect::Wake { scale: true, .. })));
+}
+
+#[test]
+fn a_new_leader_asks_again_to_scale_the_wakes_it_only_watched() {
+    let mut w = World::new(false, false, vec![tcp("pg", 5432), tcp("idle", 1)]);
+    let watch = wake_number(&w.pending(0.0, "pg", 1.0)).expect("watching wake");
+    let e = w.event(1.0, Event::Leading(true));
+    let Some(Effect::Wake {
+        service,
+        wake,
+        scale: true,
+        ..
+    }) = e.iter().find(|e| matches!(e, Effect::Wake { .. }))
+    else {
+        panic!("a scaling wake: {e:?}");
+    };
+    assert_eq!(service, "pg");
+    assert!(*wake > watch);
+    assert_eq!(
+        e.iter()
+            .filter(|e| matches!(e, Effect::Wake { .. }))
+            .count(),
+        1,
+        "only the waking service"
+    );
+    // The watch's result is now late.
+    w.event(
+        2.0,
+        Event::WakeDone {
+            service: "pg".into(),
+            wake: watch,
+            result: Ok(vec![addr("10.0.0.1:5432")]),
+        },
+    );
+    assert_eq!(w.phase("pg"), Phase::Waking);
+    // Leading: the next park scales down.
+    let wake = *wake;
+    w.event(
+        3.0,
+        Event::WakeDone {
+            service: "pg".into(),
+            wake,
+            result: Ok(vec![addr("10.0.0.1:5432")]),
+        },
+    );
+    w.pending(3.1, "pg", 0.0);
+    w.tick(20.0);
+    w.tick(26.0);
+    assert_eq!(parks(&w.effects), 1);
+    // Losing the lead: no more scale-downs.
+    w.event(27.0, Event::Leading(false));
+    w.wake(28.0, "pg", &["10.0.0.1:5432"]);
+    w.tick(50.0);
+    w.tick(56.0);
+    assert_eq!(w.phase("pg"), Phase::Parked);
+    assert_eq!(parks(&w.effects), 1);
+}
+
+#[test]
+fn endpoints_that_change_while_awake_are_republished() {
+    let mut w = World::new(true, false, vec![tcp("pg", 5432)]);
+    // Parked: kept, not published.
+    let e = w.event(
+        0.0,
+        Event::Endpoints {
+            service: "pg".into(),
+            endpoints: vec![addr("10.0.0.1:5432")],
+        },
+    );
+    assert_eq!(e, []);
+    w.wake(1.0, "pg", &["10.0.0.1:5432"]);
+    let two = vec![addr("10.0.0.1:5432"), addr("10.0.0.2:5432")];
+    let e = w.event(
+        2.0,
+        Event::Endpoints {
+            service: "pg".into(),
+            endpoints: two.clone(),
+        },
+    );
+    assert_eq!(assignments(&e, "pg"), [&Endpoints::Upstream(two.clone())]);
+    // The same set again, or none at all: nothing to publish.
+    for same in [two.clone(), Vec::new()] {
+        let e = w.event(
+            3.0,
+            Event::Endpoints {
+                service: "pg".into(),
+                endpoints: same,
+            },
+        );
+        assert_eq!(e, []);
+    }
+    // During a park the latest set is kept, and a cancelled park publishes it.
+    w.tick(20.0);
+    assert_eq!(w.phase("pg"), Phase::Parking);
+    let three = vec![addr("10.0.0.3:5432")];
+    assert_eq!(
+        w.event(
+            20.1,
+            Event::Endpoints {
+                service: "pg".into(),
+                endpoints: three.clone(),
+            },
+        ),
+        []
+    );
+    let e = w.pending(20.2, "pg", 1.0);
+    assert_eq!(assignments(&e, "pg"), [&Endpoints::Upstream(three)]);
+}
+
+#[test]
+fn a_workload_found_running_wakes_and_one_found_at_zero_gets_the_holder() {
+    let mut w = World::new(true, false, vec![tcp("pg", 5432)]);
+    let e = w.event(
+        0.0,
+        Event::Observed {
+            service: "pg".into(),
+            running: true,
+        },
+    );
+    assert!(wake_number(&e).is_some());
+    let wake = wake_number(&e).expect("wake");
+    w.event(
+        0.5,
+        Event::WakeDone {
+            service: "pg".into(),
+            wake,
+            result: Ok(vec![addr("10.0.0.1:5432")]),
+        },
+    );
+    let e = w.event(
+        1.0,
+        Event::Observed {
+            service: "pg".into(),
+            running: false,
+        },
+    );
+    assert_eq!(w.phase("pg"), Phase::Parked);
+    assert_eq!(assignments(&e, "pg"), [&holder(policy())]);
+    assert_eq!(parks(&e), 0, "already at zero");
+}
+
+#[test]
+fn removing_a_service_drops_its_resources_and_its_virtual_host() {
+    let mut w = World::new(true, true, vec![http("web"), tcp("pg", 5432)]);
+    let e = w.event(
+        0.0,
+        Event::Remove {
+            service: "web".into(),
+        },
+    );
+    assert!(e.contains(&Effect::RemoveService {
+        service: "web".into()
+    }));
+    assert!(e.contains(&Effect::Untrack {
+        service: "web".into()
+    }));
+    assert!(e.contains(&Effect::Record(Record::Forget {
+        service: "web".into()
+    })));
+    assert_eq!(routes(&e).map(Vec::len), Some(0));
+    // Its stats and results no longer matter.
+    assert_eq!(w.pending(1.0, "web", 3.0), []);
+    assert_eq!(w.planner.phases().count(), 1);
+}
+
+#[test]
+fn an_upsert_moves_the_listener_and_a_new_policy_applies() {
+    let mut w = World::new(true, false, vec![tcp("pg", 5432)]);
+    let mut moved = tcp("pg", 6543);
+    let e = w.event(0.0, Event::Upsert(moved.clone()));
+    assert_eq!(
+        e,
+        [Effect::PublishListener {
+            service: "pg".into(),
+            listen: moved.listen.expect("listen"),
+        }]
+    );
+    moved.listen = None;
+    let e = w.event(1.0, Event::Upsert(moved.clone()));
+    assert_eq!(
+        e,
+        [Effect::RemoveListener {
+            service: "pg".into()
+        }]
+    );
+    moved.policy.max_pending = 7;
+    let e = w.event(2.0, Event::Upsert(moved.clone()));
+    assert_eq!(
+        assignments(&e, "pg"),
+        [&holder(moved.policy)],
+        "new maxPending reaches the holders"
+    );
+    assert_eq!(w.event(3.0, Event::Upsert(moved)), [], "nothing changed");
+}
+
+#[test]
+fn samples_and_pending_of_unknown_services_change_nothing() {
+    let mut w = World::new(true, false, vec![tcp("pg", 5432)]);
+    assert_eq!(w.pending(0.0, "nope", 5.0), []);
+    assert_eq!(w.sample(0.0, "nope", 5.0, 1.0), []);
+    assert_eq!(w.phase("pg"), Phase::Parked);
+}
+
+#[test]
+fn a_failed_park_is_counted() {
+    let mut w = World::new(true, false, vec![tcp("pg", 5432)]);
+    let e = w.event(
+        0.0,
+        Event::ParkFailed {
+            service: "pg".into(),
+            error: "API down".into(),
+        },
+    );
+    assert_eq!(
+        e,
+        [Effect::Record(Record::ScaleError {
+            service: "pg".into()
+        })]
+    );
+}
