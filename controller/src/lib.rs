@@ -188,6 +188,10 @@ impl Core {
             gate,
         } = self;
         let registry = Arc::new(registry);
+        if gate.is_none() {
+            // One controller, no election: it always leads (Kubernetes: the Lease says).
+            metrics.leader.set(1);
+        }
         let stopped = {
             let stop_rx = stop_rx.clone();
             move || stopping(Some(stop_rx.clone()))

@@ -65,15 +65,19 @@ impl<B: Backend> Runtime<B> {
             http: config.http.as_ref().map(|h| h.listen),
             leading,
         };
-        let (planner, effects) = Planner::new(settings, config.services.iter().map(|s| s.def()));
         let mut runtime = Runtime {
-            planner,
+            planner: Planner::new(settings, config.services.len()),
             cache,
             backend,
             metrics,
             events,
             directory,
         };
+        for s in &config.services {
+            let effects = runtime.planner.add(s.def());
+            runtime.execute(effects);
+        }
+        let effects = runtime.planner.started();
         runtime.execute(effects);
         runtime
     }
@@ -186,9 +190,7 @@ impl<B: Backend> Runtime<B> {
         let m = &self.metrics;
         match record {
             Record::State { service, phase } => m.set_state(&service, phase),
-            Record::WakeStarted { service } => {
-                m.wakes.get_or_create(&ServiceLabel { service }).inc();
-            }
+            Record::WakeStarted { service } => m.wake_started(&service),
             Record::WakeFinished {
                 service,
                 outcome,

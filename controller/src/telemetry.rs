@@ -174,7 +174,40 @@ impl Metrics {
             "Metric streams that failed, by source",
             m.ingest_errors.clone(),
         );
+        // Counters a rule alerts on exist at 0 from the start: a series' first sample is
+        // rate()'s baseline, so an error counted into a new series would go unseen.
+        for t in ["lds", "cds", "eds", "rds"] {
+            let _ = m.xds_nacks.get_or_create(&t.into());
+        }
+        for result in ["applied", "rejected"] {
+            let _ = m.config_reloads.get_or_create(&ResultLabel { result });
+        }
+        for source in ["push", "scrape"] {
+            let _ = m.ingest_errors.get_or_create(&SourceLabel { source });
+        }
+        for op in ["scale_up", "scale_down", "lease"] {
+            let _ = m.kube_api_errors.get_or_create(&OpLabel { op });
+        }
         m
+    }
+
+    /// A wake starts: the service's wake counters exist from now on (at 0), so the first
+    /// failure or park is a change a rate() sees. Only services that ever wake pay for the
+    /// series (10,000 parked services would otherwise carry 70,000 zeros).
+    pub fn wake_started(&self, service: &str) {
+        let label = ServiceLabel {
+            service: service.to_string(),
+        };
+        self.wakes.get_or_create(&label).inc();
+        for family in [&self.parks, &self.parks_cancelled, &self.scale_errors] {
+            let _ = family.get_or_create(&label);
+        }
+        for outcome in WakeOutcome::ALL {
+            let _ = self.wake_outcomes.get_or_create(&WakeLabels {
+                service: service.to_string(),
+                outcome: outcome.label(),
+            });
+        }
     }
 
     pub fn observe_ack(&self, r#type: &'static str, d: Duration) {
@@ -185,9 +218,18 @@ impl Metrics {
 
     /// Drop a removed service's series.
     pub fn forget_service(&self, service: &str) {
-        self.service_idle_timeout.remove(&ServiceLabel {
+        let label = ServiceLabel {
             service: service.to_string(),
-        });
+        };
+        for family in [
+            &self.wakes,
+            &self.parks,
+            &self.parks_cancelled,
+            &self.scale_errors,
+        ] {
+            family.remove(&label);
+        }
+        self.service_idle_timeout.remove(&label);
         for s in Phase::ALL {
             self.service_state.remove(&StateLabels {
                 service: service.to_string(),

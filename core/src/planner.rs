@@ -239,34 +239,37 @@ pub struct Planner {
 }
 
 impl Planner {
-    /// A planner with `services`, and the effects that publish them all parked: Envoy
-    /// starts with the holder as each service's endpoint, so the first connection is
-    /// held, not refused. (An Envoy connecting now warms clusters before listeners on
-    /// its own, so nothing waits here.)
-    pub fn new(
-        settings: Settings,
-        services: impl IntoIterator<Item = ServiceDef>,
-    ) -> (Self, Vec<Effect>) {
-        let services = services.into_iter();
-        let (n, _) = services.size_hint();
-        let mut planner = Planner {
-            services: HashMap::with_capacity(n),
-            names: Vec::with_capacity(n),
+    /// A planner with no service yet; the ones known at start follow with
+    /// [`Planner::add`], then [`Planner::started`].
+    pub fn new(settings: Settings, capacity: usize) -> Self {
+        Planner {
+            services: HashMap::with_capacity(capacity),
+            names: Vec::with_capacity(capacity),
             settings,
             wakes: 0,
             windows: Windows::default(),
             routes_dirty: false,
             out: Vec::new(),
-        };
-        for def in services {
-            planner.upsert(def, None);
         }
-        if let Some(listen) = settings.http {
-            planner.publish_routes();
-            planner.out.push(Effect::PublishHttpListener(listen));
+    }
+
+    /// A service known at start, published parked: Envoy starts with the holder as its
+    /// endpoint, so the first connection is held, not refused. (An Envoy connecting now
+    /// warms clusters before listeners on its own, so nothing waits here.) One service's
+    /// effects at a time: all of 10,000 at once would be a transient peak of memory that
+    /// the allocator keeps.
+    pub fn add(&mut self, def: ServiceDef) -> Vec<Effect> {
+        self.upsert(def, None);
+        self.take()
+    }
+
+    /// Every service known at start is added: the shared HTTP listener and its routes.
+    pub fn started(&mut self) -> Vec<Effect> {
+        if let Some(listen) = self.settings.http {
+            self.publish_routes();
+            self.out.push(Effect::PublishHttpListener(listen));
         }
-        let effects = planner.take();
-        (planner, effects)
+        self.take()
     }
 
     /// React to one event.

@@ -99,6 +99,11 @@ impl Metrics {
             "Times a connection waited for a file descriptor (to dial, or for relay pipes) instead of failing",
             m.fd_waits.clone(),
         );
+        // The limits' refusals exist at 0 from the start, so the first refusal is a change
+        // a rate() (and an alert) sees.
+        for reason in ["max_pending", "max_pending_total", "max_services"] {
+            let _ = m.refused.get_or_create(&ReasonLabel { reason });
+        }
         m
     }
 

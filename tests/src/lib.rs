@@ -16,6 +16,7 @@ pub mod holder_client;
 pub mod kube_stack;
 pub mod netns;
 pub mod process;
+pub mod prometheus;
 pub mod stack;
 pub mod wait;
 

@@ -127,6 +127,9 @@ pub struct Options {
     /// Scrape mode alone: no Envoy stats sink, holder `--no-push`; the controller scrapes
     /// Envoy's `/stats/prometheus` and the holder's `/metrics` at this interval.
     pub scrape: Option<Duration>,
+    /// YAML lines added at the top level of the controller's config, after `services:`
+    /// (e.g. a `scrape:` section next to pushes; not together with `scrape` above).
+    pub extra_config: Vec<String>,
 }
 
 impl Default for Options {
@@ -139,6 +142,7 @@ impl Default for Options {
             holder_nofile: None,
             http: false,
             scrape: None,
+            extra_config: Vec::new(),
         }
     }
 }
@@ -190,6 +194,10 @@ pub fn config_yaml(opts: &Options, holder: SocketAddr, scrape: Option<ScrapePort
         for e in &s.extra {
             y.push_str(&format!("    {e}\n"));
         }
+    }
+    for line in &opts.extra_config {
+        y.push_str(line);
+        y.push('\n');
     }
     y
 }

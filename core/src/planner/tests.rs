@@ -86,15 +86,19 @@ impl World {
             http: http.then(|| addr(HTTP)),
             leading,
         };
-        let (planner, effects) = Planner::new(settings, services);
         let mut w = World {
-            planner,
+            planner: Planner::new(settings, services.len()),
             envoys: Envoys::default(),
             base: Instant::now(),
             version: 100,
             published: HashMap::new(),
             effects: Vec::new(),
         };
+        for def in services {
+            let effects = w.planner.add(def);
+            w.run(effects);
+        }
+        let effects = w.planner.started();
         w.run(effects);
         w
     }
