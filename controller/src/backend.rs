@@ -78,8 +78,15 @@ pub trait Backend: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Vec<SocketAddr>, BackendError>>;
     /// Take `service` to zero.
     fn park(&self, service: &str) -> BoxFuture<'static, Result<(), BackendError>>;
+    /// Whether `service` runs now (reconciliation compares it with its state).
+    fn running(&self, service: &str) -> BoxFuture<'static, Result<bool, BackendError>>;
     /// Stop everything this backend started (controller shutdown).
     fn shutdown(&self) -> BoxFuture<'static, ()>;
+    /// Services found running when the controller started (a previous controller's
+    /// processes, adopted): they are woken, which finds them ready, and parked later.
+    fn running_at_start(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Tell the operator (Kubernetes: an Event on the Service). The log already has it;
     /// by default nothing more.
     fn notify(&self, _notice: &Notice) {}

@@ -56,20 +56,25 @@ pub enum RunError {
 }
 
 /// Run the controller with the process backend on bound listeners until `shutdown`,
-/// reloading the config file's timeouts and limits when `reload` is given.
+/// reloading the config file's timeouts and limits when `reload` is given, keeping what
+/// runs in `state_file` (see `backend::process`) when given.
 pub async fn run(
     config: Config,
     reload: Option<reload::Reload>,
+    state_file: Option<std::path::PathBuf>,
     grpc: TcpListener,
     admin: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let backend = ProcessBackend::new(
+    let mut backend = ProcessBackend::new(
         config
             .services
             .iter()
             .map(|s| (s.name.clone(), s.upstream, s.command.clone())),
     );
+    if let Some(path) = state_file {
+        backend = backend.with_state_file(path);
+    }
     run_with_reload(config, reload, Arc::new(backend), grpc, admin, shutdown).await
 }
 
@@ -209,7 +214,13 @@ impl Core {
             events_tx.clone(),
             services.clone(),
         );
-        let runtime = tokio::spawn(runtime.run(events_rx, gate.clone(), stopped()));
+        let reconcile_every = if gate.is_none() {
+            runtime::RECONCILE_PROCESSES
+        } else {
+            runtime::RECONCILE_KUBERNETES
+        };
+        let runtime =
+            tokio::spawn(runtime.run(events_rx, gate.clone(), reconcile_every, stopped()));
         let scraping = config.scrape.clone().map(|s| {
             tokio::spawn(ingest::scrape::run(
                 s,
@@ -219,6 +230,7 @@ impl Core {
                 stopped(),
             ))
         });
+        let peer_timeout = config.controller.peer_timeout;
         // Not kept: at 10,000 services the parsed document is MBs (the reload watcher
         // keeps its own copy of what it needs).
         drop(config);
@@ -238,10 +250,17 @@ impl Core {
             MAX_PUSH_BYTES,
         );
         info!(grpc = ?grpc.local_addr().ok(), admin = ?admin.local_addr().ok(), "controller serving");
+        // A peer that vanished without closing (its node lost power, a network dropped
+        // its packets) must not keep its stream, its ACK view and its stats: HTTP/2 pings
+        // every third of the peer timeout, the connection closed when one goes unanswered
+        // for another third; TCP keepalive below that for the kernel's view.
+        let ping = peer_timeout / 3;
         let grpc = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(ping))
+            .http2_keepalive_timeout(Some(ping))
             .add_service(ads)
             .add_service(sink)
-            .serve_with_incoming_shutdown(with_nodelay(grpc), stopped());
+            .serve_with_incoming_shutdown(accepted(grpc, ping), stopped());
         let admin = admin::serve(admin, registry, stopped());
 
         let stopper = async move {
@@ -268,15 +287,22 @@ impl Core {
 
 pub use backend::Backend;
 
-/// Accepted gRPC connections with Nagle off: an EDS update is a few hundred bytes that
-/// must leave at once, not wait for the previous segment's ACK.
-fn with_nodelay(
+/// Accepted gRPC connections with Nagle off (an EDS update is a few hundred bytes that
+/// must leave at once, not wait for the previous segment's ACK) and TCP keepalive on
+/// (probes after `idle` without traffic, every `idle`, three of them).
+fn accepted(
     listener: TcpListener,
+    idle: std::time::Duration,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|s| {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(idle)
+        .with_retries(3);
+    TcpListenerStream::new(listener).map(move |s| {
         let s = s?;
         s.set_nodelay(true)?;
+        socket2::SockRef::from(&s).set_tcp_keepalive(&keepalive)?;
         Ok(s)
     })
 }

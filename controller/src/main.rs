@@ -61,6 +61,11 @@ struct Args {
     /// Serve /metrics, /healthz, /readyz here instead of `controller.admin`.
     #[arg(long, value_name = "IP:PORT")]
     admin: Option<std::net::SocketAddr>,
+    /// Where the process backend keeps what runs (pid and start time per service), so a
+    /// controller restarted after a crash adopts the processes it left running instead
+    /// of starting second ones. Default: the config file's path with `.state` appended.
+    #[arg(long, env = "ZENVOY_STATE_FILE", value_name = "PATH")]
+    state_file: Option<PathBuf>,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "ZENVOY_LOG_JSON")]
     log_json: bool,
@@ -82,7 +87,23 @@ async fn main() -> anyhow::Result<()> {
         path: path.clone(),
         interval: args.reload_interval,
     };
-    zenvoy_controller::run(config, Some(reload), grpc, admin, shutdown_signal()).await?;
+    for w in config.warnings() {
+        tracing::warn!(warning = %w, "config");
+    }
+    let state = args.state_file.clone().unwrap_or_else(|| {
+        let mut p = path.clone().into_os_string();
+        p.push(".state");
+        PathBuf::from(p)
+    });
+    zenvoy_controller::run(
+        config,
+        Some(reload),
+        Some(state),
+        grpc,
+        admin,
+        shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }
 

@@ -105,6 +105,9 @@ pub async fn run(
         };
         count("applied");
         info!(%path, services = policies.len(), "config reloaded");
+        for w in next.warnings() {
+            warn!(%path, warning = %w, "config");
+        }
         if !policies.is_empty() && events.send(Event::Reload { policies }).await.is_err() {
             return; // runtime stopped
         }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{debug, info};
 use zenvoy_core::config::Config;
 use zenvoy_core::planner::{Effect, Planner, Record, Settings};
 
@@ -33,6 +33,12 @@ pub use zenvoy_core::model::{Event, ServiceDef};
 
 /// How often time-based transitions (idle, timeouts, park ACKs) are checked.
 pub const TICK: Duration = Duration::from_millis(100);
+/// How often what runs is compared with each service's state, with local processes
+/// (cheap: a look at each child).
+pub const RECONCILE_PROCESSES: Duration = Duration::from_secs(30);
+/// ... and with Kubernetes workloads (a read of each workload's scale: 10,000 services
+/// make 33 reads a second at this pace).
+pub const RECONCILE_KUBERNETES: Duration = Duration::from_secs(300);
 /// Bound of the event queue; senders (metrics streams) wait when it is full.
 pub const EVENT_QUEUE: usize = 4096;
 /// Upstream connect timeout Envoy uses for each service's cluster.
@@ -64,6 +70,8 @@ impl<B: Backend> Runtime<B> {
             holder: config.holder.address,
             http: config.http.as_ref().map(|h| h.listen),
             leading,
+            stats_expiry: config.stats_expiry(),
+            warm_timeout: zenvoy_core::planner::DEFAULT_WARM_TIMEOUT,
         };
         let mut runtime = Runtime {
             planner: Planner::new(settings, config.services.len()),
@@ -79,6 +87,16 @@ impl<B: Backend> Runtime<B> {
         }
         let effects = runtime.planner.started();
         runtime.execute(effects);
+        // Processes a previous controller left running: woken (the wake finds them ready)
+        // and parked when idle, like any other.
+        for service in runtime.backend.running_at_start() {
+            let observed = Event::Observed {
+                service,
+                running: true,
+            };
+            let effects = runtime.planner.handle(observed, now(), &*runtime.cache);
+            runtime.execute(effects);
+        }
         runtime
     }
 
@@ -89,15 +107,20 @@ impl<B: Backend> Runtime<B> {
         mut self,
         mut events: mpsc::Receiver<Event>,
         mut leading: Option<watch::Receiver<bool>>,
+        reconcile_every: Duration,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reconcile =
+            tokio::time::interval_at(Instant::now() + reconcile_every, reconcile_every);
+        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
             let effects = tokio::select! {
                 Some(ev) = events.recv() => self.planner.handle(ev, now(), &*self.cache),
                 _ = tick.tick() => self.planner.tick(now(), &*self.cache),
+                _ = reconcile.tick() => self.planner.reconcile(),
                 Some(leads) = changed(&mut leading) => {
                     self.planner.handle(Event::Leading(leads), now(), &*self.cache)
                 }
@@ -112,8 +135,8 @@ impl<B: Backend> Runtime<B> {
     fn execute(&mut self, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
-                Effect::PublishCluster { service } => {
-                    let cluster = resources::cluster(&service, CONNECT_TIMEOUT);
+                Effect::PublishCluster { service, limits } => {
+                    let cluster = resources::cluster(&service, CONNECT_TIMEOUT, &limits);
                     self.cache
                         .set(CLUSTER_TYPE, &service, resources::any(cluster));
                 }
@@ -122,8 +145,12 @@ impl<B: Backend> Runtime<B> {
                     let version = self.cache.set(ENDPOINT_TYPE, &service, resources::any(cla));
                     self.planner.published(&service, &endpoints, version);
                 }
-                Effect::PublishListener { service, listen } => {
-                    let listener = resources::listener(&service, listen);
+                Effect::PublishListener {
+                    service,
+                    listen,
+                    limits,
+                } => {
+                    let listener = resources::listener(&service, listen, &limits);
                     self.cache
                         .set(LISTENER_TYPE, &service, resources::any(listener));
                 }
@@ -152,6 +179,7 @@ impl<B: Backend> Runtime<B> {
                     scale,
                 } => self.wake(service, wake, timeout, scale),
                 Effect::Park { service } => self.park(service),
+                Effect::Check { service, wake } => self.check(service, wake),
                 Effect::Record(record) => self.record(record),
                 Effect::Notify(notice) => self.backend.notify(&notice),
             }
@@ -182,6 +210,28 @@ impl<B: Backend> Runtime<B> {
                     error: e.to_string(),
                 };
                 let _ = events.send(failed).await;
+            }
+        });
+    }
+
+    /// Ask the backend whether `service` runs; an error is logged and the service is
+    /// asked again at the next reconciliation.
+    fn check(&self, service: String, wake: u64) {
+        let checking = self.backend.running(&service);
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            match checking.await {
+                Ok(running) => {
+                    let checked = Event::Checked {
+                        service,
+                        wake,
+                        running,
+                    };
+                    let _ = events.send(checked).await;
+                }
+                Err(e) => {
+                    debug!(%service, error = %e, "cannot tell whether it runs; asking again later")
+                }
             }
         });
     }
@@ -218,6 +268,17 @@ impl<B: Backend> Runtime<B> {
                     .set(idle_timeout.as_secs_f64());
             }
             Record::Forget { service } => m.forget_service(&service),
+            Record::Rejected { count } => {
+                m.ingest_rejected.inc_by(count as u64);
+            }
+            Record::NodeExpired => {
+                m.ingest_nodes_expired.inc();
+            }
+            Record::Drift { service } => {
+                m.drift_repairs
+                    .get_or_create(&ServiceLabel { service })
+                    .inc();
+            }
         }
     }
 }

@@ -64,6 +64,9 @@ pub struct Metrics {
     pub xds_nacks: Family<TypeLabel, Counter>,
     pub ingest_samples: Family<SourceLabel, Counter>,
     pub ingest_errors: Family<SourceLabel, Counter>,
+    pub ingest_rejected: Counter,
+    pub ingest_nodes_expired: Counter,
+    pub drift_repairs: Family<ServiceLabel, Counter>,
     pub config_reloads: Family<ResultLabel, Counter>,
     /// 1 while this controller may scale (always with the process backend; the Lease
     /// holder with Kubernetes).
@@ -97,6 +100,9 @@ impl Metrics {
             xds_nacks: Family::default(),
             ingest_samples: Family::default(),
             ingest_errors: Family::default(),
+            ingest_rejected: Counter::default(),
+            ingest_nodes_expired: Counter::default(),
+            drift_repairs: Family::default(),
             config_reloads: Family::default(),
             leader: Gauge::default(),
             kube_api_errors: Family::default(),
@@ -174,6 +180,21 @@ impl Metrics {
             "Metric streams that failed, by source",
             m.ingest_errors.clone(),
         );
+        r.register(
+            "ingest_rejected",
+            "Stats refused because their value cannot be a count (negative, NaN, infinite)",
+            m.ingest_rejected.clone(),
+        );
+        r.register(
+            "ingest_nodes_expired",
+            "Nodes (Envoys, holders, scrape targets) forgotten after sending nothing for the stats expiry",
+            m.ingest_nodes_expired.clone(),
+        );
+        r.register(
+            "drift_repairs",
+            "Services whose workload did not match their state (running while parked, stopped while awake), repaired",
+            m.drift_repairs.clone(),
+        );
         // Counters a rule alerts on exist at 0 from the start: a series' first sample is
         // rate()'s baseline, so an error counted into a new series would go unseen.
         for t in ["lds", "cds", "eds", "rds"] {
@@ -199,7 +220,12 @@ impl Metrics {
             service: service.to_string(),
         };
         self.wakes.get_or_create(&label).inc();
-        for family in [&self.parks, &self.parks_cancelled, &self.scale_errors] {
+        for family in [
+            &self.parks,
+            &self.parks_cancelled,
+            &self.scale_errors,
+            &self.drift_repairs,
+        ] {
             let _ = family.get_or_create(&label);
         }
         for outcome in WakeOutcome::ALL {
@@ -226,6 +252,7 @@ impl Metrics {
             &self.parks,
             &self.parks_cancelled,
             &self.scale_errors,
+            &self.drift_repairs,
         ] {
             family.remove(&label);
         }

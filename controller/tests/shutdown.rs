@@ -39,6 +39,9 @@ impl Backend for Recorder {
     fn park(&self, _service: &str) -> BoxFuture<'static, Result<(), BackendError>> {
         Box::pin(async { Ok(()) })
     }
+    fn running(&self, _service: &str) -> BoxFuture<'static, Result<bool, BackendError>> {
+        Box::pin(async { Ok(false) })
+    }
     fn shutdown(&self) -> BoxFuture<'static, ()> {
         Box::pin(async {})
     }

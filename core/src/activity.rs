@@ -9,12 +9,12 @@
 //!     |                 v                        | minWarm) with no     | Activity
 //!     +------------- (failed)                    v activity             |
 //!     +---------------------------------------- Parking ----------------+
-//!        ACKed by every Envoy and one idle sample after it, or parkAckTimeout
+//!        ACKed by every Envoy and an idle sample from each after it, or parkAckTimeout
 //! ```
 //!
 //! Parking is two-phase: `PublishHolder` first, and only once every Envoy has ACKed that
-//! assignment (and a fresh stats sample shows nothing still open on the old upstream) does
-//! the machine say `ScaleDown`. A connection that arrives in between lands in the holder,
+//! assignment (`Acked`) and every Envoy's stats sample taken after it shows nothing still
+//! open on the old upstream (`Settled`) does the machine say `ScaleDown`. A connection that arrives in between lands in the holder,
 //! shows up as `Demand`, and cancels the park.
 
 use std::time::{Duration, Instant};
@@ -61,6 +61,9 @@ pub enum Input {
     WakeFailed,
     /// Every connected Envoy subscribed to the service's assignment has ACKed the holder.
     Acked,
+    /// Since that ACK, every Envoy that reports the service has sent a sample, and each
+    /// shows nothing open and no counter moved: no connection is left on the upstream.
+    Settled,
     /// The backend found the workload at zero replicas (parked by another controller
     /// replica, or by someone else): the holder goes back in front of it.
     ScaledToZero,
@@ -236,15 +239,15 @@ pub fn step(state: State, input: Input, now: Instant, t: &Timing) -> (State, Ste
             },
             Step::default(),
         ),
-        // Every Envoy sends new connections to the holder now; a sample taken after that
-        // shows nothing open on the upstream, so nothing is lost by stopping it.
+        // Every Envoy sends new connections to the holder now, and each one's sample taken
+        // after that shows nothing open on the upstream: nothing is lost by stopping it.
+        // (One node's idle sample proves nothing of another's connections.)
         (
             Parking {
-                acked_at: Some(acked),
-                ..
+                acked_at: Some(_), ..
             },
-            Input::Sample { active: false },
-        ) if now > acked => (Parked, Step::act(&[ScaleDown])),
+            Input::Settled,
+        ) => (Parked, Step::act(&[ScaleDown])),
         // Bounded: an Envoy that never ACKs (or no stats at all) does not keep the service up.
         (Parking { since, .. }, Input::Tick)
             if now.saturating_duration_since(since) >= t.park_ack_timeout =>

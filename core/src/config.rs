@@ -84,6 +84,25 @@ pub struct ControllerConfig {
     pub listen: SocketAddr,
     /// HTTP: `/metrics`, `/healthz`, `/readyz`.
     pub admin: SocketAddr,
+    /// How soon a peer (Envoy, holder) that went silent without closing is noticed: its
+    /// gRPC connection is pinged every third of this and closed when a ping goes
+    /// unanswered for another third, and its stats expire after all of it.
+    pub peer_timeout: Duration,
+}
+
+/// `controller.peerTimeout` when it is left out.
+pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Config {
+    /// How long a node's stats count after its last push or scrape: the peer timeout, and
+    /// at least three scrape intervals (a scrape target is heard from once an interval).
+    pub fn stats_expiry(&self) -> Duration {
+        let scrape = self
+            .scrape
+            .as_ref()
+            .map_or(Duration::ZERO, |s| s.interval.saturating_mul(3));
+        self.controller.peer_timeout.max(scrape)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -207,6 +226,51 @@ impl Config {
         })?;
         Self::from_yaml(&text)
     }
+}
+
+impl Config {
+    /// What is valid but likely not meant, each naming its fields: a `holdTimeout`
+    /// shorter than the `wakeTimeout` closes a held connection before a slow wake gives
+    /// up on it (logged at start and reload; `zenvoy check` prints them).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut check = |at: &str, p: &Policy| {
+            if let Some(w) = hold_shorter_than_wake(at, p) {
+                out.push(w);
+            }
+        };
+        check("defaults", &self.defaults);
+        for (i, s) in self.services.iter().enumerate() {
+            check(&format!("services[{i}]"), &s.policy);
+        }
+        for (i, (_, p)) in self.overrides.iter().enumerate() {
+            check(&format!("services[{i}]"), p);
+        }
+        out
+    }
+}
+
+/// The warning for a policy whose hold ends before its wake, with `at` the path of the
+/// policy (`services[2]`, `defaults`; an annotation prefix ending in '/').
+pub fn hold_shorter_than_wake(at: &str, p: &Policy) -> Option<String> {
+    if p.hold_timeout >= p.wake_timeout {
+        return None;
+    }
+    let field = |name: &str| {
+        if at.ends_with('/') {
+            format!("{at}{name}")
+        } else {
+            format!("{at}.{name}")
+        }
+    };
+    Some(format!(
+        "{} ({}) is shorter than {} ({}): a connection held while the service wakes is \
+         closed before the wake gives up; make holdTimeout at least wakeTimeout",
+        field("holdTimeout"),
+        humantime::format_duration(p.hold_timeout),
+        field("wakeTimeout"),
+        humantime::format_duration(p.wake_timeout),
+    ))
 }
 
 /// `serde_norway` leaves out the position when it is line 1 column 1 (e.g. an unknown

@@ -9,8 +9,9 @@ pub use zenvoy_contract::HoldPolicy;
 
 /// No activity for this long parks a service.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// A held connection waits at most this long for the upstream.
-pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(30);
+/// A held connection waits at most this long for the upstream: the wake timeout and 15 s
+/// more (an HTTP route's timeout too), so a held client outlasts any wake that succeeds.
+pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(75);
 /// After a wake, a service stays awake at least this long.
 pub const DEFAULT_MIN_WARM: Duration = Duration::ZERO;
 /// A wake that is not ready by then fails.
@@ -19,6 +20,13 @@ pub const DEFAULT_WAKE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_PARK_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Held connections per service in the holder.
 pub const DEFAULT_MAX_PENDING: u32 = 1000;
+/// Envoy closes a TCP connection idle for this long (`tcp_proxy` idle timeout; Envoy's own
+/// default is 1 h, which cuts a database pool's idle sessions). Zero: never.
+pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Connections (and requests, pending requests) Envoy opens to a service at once, holder
+/// included: Envoy's default circuit breaker is 1,024, which cut a burst of clients at a
+/// parked service.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 100_000;
 
 /// How Envoy fronts a service, and which stats tell it is busy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
@@ -41,6 +49,10 @@ pub struct Policy {
     pub wake_timeout: Duration,
     pub park_ack_timeout: Duration,
     pub max_pending: u32,
+    /// Envoy's idle timeout for the service's TCP connections (zero: none).
+    pub tcp_idle_timeout: Duration,
+    /// Envoy's circuit breakers for the service's cluster.
+    pub max_connections: u32,
 }
 
 impl Default for Policy {
@@ -52,11 +64,21 @@ impl Default for Policy {
             wake_timeout: DEFAULT_WAKE_TIMEOUT,
             park_ack_timeout: DEFAULT_PARK_ACK_TIMEOUT,
             max_pending: DEFAULT_MAX_PENDING,
+            tcp_idle_timeout: DEFAULT_TCP_IDLE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
 
 impl Policy {
+    /// What Envoy's resources for the service carry of it.
+    pub fn envoy(&self) -> EnvoyLimits {
+        EnvoyLimits {
+            tcp_idle_timeout: self.tcp_idle_timeout,
+            max_connections: self.max_connections,
+        }
+    }
+
     /// What the holder needs of it, carried on the holder endpoint.
     pub fn hold(&self) -> HoldPolicy {
         HoldPolicy {
@@ -64,6 +86,14 @@ impl Policy {
             max_pending: self.max_pending,
         }
     }
+}
+
+/// The limits Envoy applies to a service's connections: its listener's `tcp_proxy` idle
+/// timeout and its cluster's circuit breakers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnvoyLimits {
+    pub tcp_idle_timeout: Duration,
+    pub max_connections: u32,
 }
 
 /// A service as the controller fronts it: how Envoy reaches it and its policy. Where its
@@ -155,4 +185,11 @@ pub enum Event {
     /// Whether this controller may scale (Kubernetes: holds the Lease and has read what
     /// runs). A follower plans no scale-up and no scale-down.
     Leading(bool),
+    /// The answer to a reconciliation check: whether the service's workload runs, asked
+    /// when its wake number was `wake`.
+    Checked {
+        service: String,
+        wake: u64,
+        running: bool,
+    },
 }

@@ -42,7 +42,9 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use crate::activity::{self, Action, Input, Phase, State, Timing, WakeOutcome};
-use crate::model::{Endpoints, Event, HoldPolicy, Policy, Protocol, ServiceDef, VirtualHost};
+use crate::model::{
+    Endpoints, EnvoyLimits, Event, HoldPolicy, Policy, Protocol, ServiceDef, VirtualHost,
+};
 use crate::stats::window::Windows;
 
 /// An HTTP route's timeout is the service's wakeTimeout plus this (Envoy's default
@@ -67,9 +69,11 @@ pub trait Acks {
 /// to the backend; records to the metrics; notices to the operator (Kubernetes Events).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
-    /// The service's EDS cluster (with the holder's PROXY v2 transport-socket match).
+    /// The service's EDS cluster (with the holder's PROXY v2 transport-socket match and
+    /// its circuit breakers).
     PublishCluster {
         service: String,
+        limits: EnvoyLimits,
     },
     /// The service's assignment. Once published, tell the planner its version with
     /// [`Planner::published`].
@@ -77,10 +81,11 @@ pub enum Effect {
         service: String,
         endpoints: Endpoints,
     },
-    /// The service's own TCP listener.
+    /// The service's own TCP listener (with its idle timeout).
     PublishListener {
         service: String,
         listen: SocketAddr,
+        limits: EnvoyLimits,
     },
     RemoveListener {
         service: String,
@@ -116,6 +121,12 @@ pub enum Effect {
     Park {
         service: String,
     },
+    /// Ask the backend whether the service runs; the answer comes back as
+    /// [`Event::Checked`] with `wake`, the service's wake number when asked.
+    Check {
+        service: String,
+        wake: u64,
+    },
     Record(Record),
     Notify(Notice),
 }
@@ -146,6 +157,16 @@ pub enum Record {
     },
     /// A backend call failed (wake or park).
     ScaleError {
+        service: String,
+    },
+    /// Observations refused from one push: values that cannot be counts.
+    Rejected {
+        count: usize,
+    },
+    /// A node that sent nothing for the expiry was forgotten.
+    NodeExpired,
+    /// What runs did not match the service's state and was repaired.
+    Drift {
         service: String,
     },
     /// The service's idle timeout (when it is added, and when its policy changes).
@@ -180,7 +201,19 @@ pub struct Settings {
     /// May this controller scale from the start (process backend: yes; Kubernetes: only
     /// once [`Event::Leading`] says so).
     pub leading: bool,
+    /// A node (Envoy, holder, scrape target) that sends nothing for this long is
+    /// forgotten: its open connections and pending counts stop counting.
+    pub stats_expiry: Duration,
+    /// A new service's front door waits at most this long for every Envoy to warm its
+    /// cluster (an Envoy that never ACKs must not keep it closed).
+    pub warm_timeout: Duration,
 }
+
+/// [`Settings::stats_expiry`] when nothing else is said: three of the holder's
+/// heartbeats, thirty of Envoy's 1 s stats flushes.
+pub const DEFAULT_STATS_EXPIRY: Duration = Duration::from_secs(30);
+/// [`Settings::warm_timeout`] when nothing else is said.
+pub const DEFAULT_WARM_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Where a service added at run time stands with its front door (listener or virtual
 /// host).
@@ -188,10 +221,10 @@ pub struct Settings {
 enum Warming {
     /// Published, or needs no wait.
     Done,
-    /// Waits for its first holder assignment's version.
-    Publishing,
-    /// Waits for every connected Envoy to ACK this version of its assignment.
-    Until(u64),
+    /// Since `since`, waits for its first holder assignment's version ...
+    Publishing { since: Instant },
+    /// ... then for every connected Envoy to ACK this version of its assignment.
+    Until { version: u64, since: Instant },
 }
 
 #[derive(Debug)]
@@ -276,12 +309,19 @@ impl Planner {
     pub fn handle(&mut self, event: Event, now: Instant, acks: &dyn Acks) -> Vec<Effect> {
         match event {
             Event::Metrics { node, observations } => {
-                let verdicts = self.windows.observe(&node, observations);
+                let verdicts = self.windows.observe(&node, observations, now);
+                if verdicts.rejected > 0 {
+                    warn!(%node, rejected = verdicts.rejected, "stats that cannot be counts refused (negative, NaN or infinite)");
+                    self.record(Record::Rejected {
+                        count: verdicts.rejected,
+                    });
+                }
                 for (service, pending) in verdicts.pending {
                     self.set_pending(&service, pending, now);
                 }
                 for (service, active) in verdicts.samples {
                     self.apply(&service, Input::Sample { active }, now);
+                    self.settle(&service, now);
                 }
             }
             Event::NodeGone { node } => {
@@ -294,7 +334,7 @@ impl Planner {
                     self.set_policy(&service, policy);
                 }
             }
-            Event::Upsert(def) => self.upsert(def, Some(acks)),
+            Event::Upsert(def) => self.upsert(def, Some((acks, now))),
             Event::Remove { service } => self.remove(&service),
             Event::Observed { service, running } => {
                 let input = if running {
@@ -315,6 +355,11 @@ impl Planner {
                 self.record(Record::ScaleError { service });
             }
             Event::Leading(leading) => self.leading(leading),
+            Event::Checked {
+                service,
+                wake,
+                running,
+            } => self.checked(&service, wake, running, now),
         }
         self.flush_routes();
         self.take()
@@ -322,6 +367,14 @@ impl Planner {
 
     /// Time passed: timeouts, standing demand, warm-up gates and park ACKs are checked.
     pub fn tick(&mut self, now: Instant, acks: &dyn Acks) -> Vec<Effect> {
+        let (silent, pending) = self.windows.expire(now, self.settings.stats_expiry);
+        for node in silent {
+            warn!(%node, expiry = ?self.settings.stats_expiry, "no stats from this node for the expiry; its numbers no longer count");
+            self.record(Record::NodeExpired);
+        }
+        for (service, pending) in pending {
+            self.set_pending(&service, pending, now);
+        }
         // Taken out for the walk (apply needs &mut self) and put back: no allocation.
         let names = std::mem::take(&mut self.names);
         for name in &names {
@@ -332,22 +385,7 @@ impl Planner {
             if s.pending > 0.0 {
                 self.apply(name, Input::Demand, now);
             }
-            if let Some(s) = self.services.get_mut(name) {
-                if let Warming::Until(version) = s.warming {
-                    if acks.warm_everywhere(name, version) {
-                        s.warming = Warming::Done;
-                        if let Some(listen) = s.def.listen {
-                            self.out.push(Effect::PublishListener {
-                                service: name.clone(),
-                                listen,
-                            });
-                        }
-                        if s.def.protocol == Protocol::Http {
-                            self.routes_dirty = true;
-                        }
-                    }
-                }
-            }
+            self.warm(name, now, acks);
             if let Some(s) = self.services.get(name) {
                 if matches!(s.state, State::Parking { acked_at: None, .. })
                     && acks.all_acked(name, s.holder_version)
@@ -355,6 +393,8 @@ impl Planner {
                     self.apply(name, Input::Acked, now);
                 }
             }
+            // A node forgotten since the last sample can settle a park too.
+            self.settle(name, now);
             self.apply(name, Input::Tick, now);
         }
         self.names = names;
@@ -370,8 +410,8 @@ impl Planner {
         };
         if let Endpoints::Holder(..) = endpoints {
             s.holder_version = version;
-            if s.warming == Warming::Publishing {
-                s.warming = Warming::Until(version);
+            if let Warming::Publishing { since } = s.warming {
+                s.warming = Warming::Until { version, since };
             }
         }
     }
@@ -396,7 +436,7 @@ impl Planner {
     /// [`Event::Observed`]), or update one: a new listener, domains or policy are
     /// published. `acks` is given for a service added at run time (not at start): its
     /// front door waits for the connected Envoys to warm its cluster.
-    fn upsert(&mut self, def: ServiceDef, acks: Option<&dyn Acks>) {
+    fn upsert(&mut self, def: ServiceDef, acks: Option<(&dyn Acks, Instant)>) {
         let name = def.name.clone();
         if let Some(s) = self.services.get_mut(&name) {
             let old = std::mem::replace(&mut s.def, def.clone());
@@ -407,6 +447,7 @@ impl Planner {
                     Some(listen) => Effect::PublishListener {
                         service: name.clone(),
                         listen,
+                        limits: def.policy.envoy(),
                     },
                     None => Effect::RemoveListener {
                         service: name.clone(),
@@ -429,11 +470,12 @@ impl Planner {
         }
         let hold = def.policy.hold();
         let warming = match acks {
-            Some(acks) if acks.envoys() > 0 => Warming::Publishing,
+            Some((acks, now)) if acks.envoys() > 0 => Warming::Publishing { since: now },
             _ => Warming::Done,
         };
         self.out.push(Effect::PublishCluster {
             service: name.clone(),
+            limits: def.policy.envoy(),
         });
         self.out.push(Effect::PublishEndpoints {
             service: name.clone(),
@@ -443,6 +485,7 @@ impl Planner {
             self.out.push(Effect::PublishListener {
                 service: name.clone(),
                 listen,
+                limits: def.policy.envoy(),
             });
         }
         self.record(Record::State {
@@ -524,6 +567,19 @@ impl Planner {
         }
         if s.def.protocol == Protocol::Http && old.wake_timeout != policy.wake_timeout {
             self.routes_dirty = true;
+        }
+        if old.envoy() != policy.envoy() {
+            self.out.push(Effect::PublishCluster {
+                service: service.to_string(),
+                limits: policy.envoy(),
+            });
+            if let (Some(listen), Warming::Done) = (s.def.listen, s.warming) {
+                self.out.push(Effect::PublishListener {
+                    service: service.to_string(),
+                    listen,
+                    limits: policy.envoy(),
+                });
+            }
         }
         if old.idle_timeout != policy.idle_timeout {
             self.out.push(Effect::Record(Record::IdleTimeout {
@@ -610,11 +666,132 @@ impl Planner {
         }
     }
 
+    /// A service added at run time opens its front door once every connected Envoy has
+    /// its cluster warm, or after the warm-up bound (an Envoy that never ACKs must not
+    /// keep it closed; that Envoy may refuse the service's first connections).
+    fn warm(&mut self, name: &str, now: Instant, acks: &dyn Acks) {
+        let Some(s) = self.services.get_mut(name) else {
+            return;
+        };
+        let (warm, since) = match s.warming {
+            Warming::Done => return,
+            Warming::Publishing { since } => (false, since),
+            Warming::Until { version, since } => (acks.warm_everywhere(name, version), since),
+        };
+        let late = now.saturating_duration_since(since) >= self.settings.warm_timeout;
+        if !warm && !late {
+            return;
+        }
+        s.warming = Warming::Done;
+        if late && !warm {
+            warn!(service = name, bound = ?self.settings.warm_timeout, "not every Envoy ACKed the new service's cluster in time; opening its front door anyway");
+            self.out.push(Effect::Notify(Notice {
+                service: name.to_string(),
+                warning: true,
+                reason: "ClusterNotWarm",
+                note: format!(
+                    "not every connected Envoy ACKed this service's cluster within {:?}; its listener is published anyway, and an Envoy that has not may refuse its first connections",
+                    self.settings.warm_timeout
+                ),
+            }));
+        }
+        if let Some(listen) = s.def.listen {
+            self.out.push(Effect::PublishListener {
+                service: name.to_string(),
+                listen,
+                limits: s.def.policy.envoy(),
+            });
+        }
+        if s.def.protocol == Protocol::Http {
+            self.routes_dirty = true;
+        }
+    }
+
+    /// A parking service whose holder every Envoy has ACKed: once every Envoy's sample
+    /// taken after that ACK is idle, it may scale down.
+    fn settle(&mut self, service: &str, now: Instant) {
+        let Some(s) = self.services.get(service) else {
+            return;
+        };
+        if let State::Parking {
+            acked_at: Some(acked),
+            ..
+        } = s.state
+        {
+            if self.windows.settled(service, acked) {
+                self.apply(service, Input::Settled, now);
+            }
+        }
+    }
+
+    /// Ask what runs, for every service whose state says it is settled (parked with
+    /// nothing held, or awake): the answers ([`Event::Checked`]) repair drift. A follower
+    /// asks nothing (the leader repairs).
+    pub fn reconcile(&mut self) -> Vec<Effect> {
+        if !self.settings.leading {
+            return Vec::new();
+        }
+        for name in &self.names {
+            let Some(s) = self.services.get(name) else {
+                continue;
+            };
+            let settled = match s.state {
+                State::Parked => s.pending == 0.0,
+                State::Awake { .. } => true,
+                State::Waking { .. } | State::Parking { .. } => false,
+            };
+            if settled {
+                self.out.push(Effect::Check {
+                    service: name.clone(),
+                    wake: s.wake,
+                });
+            }
+        }
+        self.take()
+    }
+
+    /// What the backend found running, asked when the service's wake number was `wake`:
+    /// a parked service found running is scaled down again (a park that failed, or
+    /// someone else's scale-up); an awake one found stopped gets the holder again.
+    fn checked(&mut self, service: &str, wake: u64, running: bool, now: Instant) {
+        let Some(s) = self.services.get(service) else {
+            return;
+        };
+        // A wake started since the question was asked: the answer may be its doing.
+        if s.wake != wake {
+            return;
+        }
+        let note = match (s.state, running) {
+            (State::Parked, true) if s.pending == 0.0 && self.settings.leading => {
+                self.out.push(Effect::Park {
+                    service: service.to_string(),
+                });
+                "found running while parked (a park that failed, or a scale-up by someone else): scaling it to zero again"
+            }
+            (State::Awake { .. }, false) => {
+                self.apply(service, Input::ScaledToZero, now);
+                "found stopped while awake: the holder is its endpoint again, and the next connection wakes it"
+            }
+            _ => return,
+        };
+        warn!(service, note, "drift repaired");
+        self.record(Record::Drift {
+            service: service.to_string(),
+        });
+        self.out.push(Effect::Notify(Notice {
+            service: service.to_string(),
+            warning: true,
+            reason: "Drift",
+            note: note.to_string(),
+        }));
+    }
+
     fn set_pending(&mut self, service: &str, pending: f64, now: Instant) {
         let Some(s) = self.services.get_mut(service) else {
             return;
         };
         s.pending = pending;
+        debug!(service, pending, "pending");
         if pending > 0.0 {
             self.apply(service, Input::Demand, now);
         }

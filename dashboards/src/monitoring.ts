@@ -36,8 +36,8 @@ export function monitors(): Array<ServiceMonitor | PodMonitor> {
       metadata: { name: 'zenvoy-envoy', labels: PART_OF },
       spec: {
         selector: { matchLabels: { 'app.kubernetes.io/name': 'zenvoy-proxy' } },
-        // Envoy's admin listens on loopback only; deploy/proxy.yaml exposes just
-        // /stats/prometheus on this port.
+        // Envoy's admin listens on loopback only; deploy/base/proxy.yaml exposes its
+        // /stats/prometheus on this port (and the probes' paths, nothing else).
         podMetricsEndpoints: [
           { port: 'envoy-metrics', path: '/stats/prometheus', interval: '15s', relabelings: job('zenvoy-envoy') },
         ],

@@ -122,15 +122,17 @@ export function overview(): dashboard.DashboardBuilder {
         title: 'Wake outcomes and scale errors per minute',
         description:
           'Finished wakes by outcome: ready, failed (the backend gave up: the command exited, the API refused) ' +
-          'or timed_out (not ready within wakeTimeout). Scale errors are backend calls that failed, wakes and parks alike.',
+          'or timed_out (not ready within wakeTimeout). Scale errors are backend calls that failed, wakes and parks alike. ' +
+          'Drift repairs: a workload found running while its service was parked (or stopped while awake), put right by reconciliation.',
         unit: PER_MIN,
         steps: [],
         bars: true,
         queries: [
           { expr: `sum by (outcome) (rate(zenvoy_wake_outcomes_total[${RATE}])) * 60`, legend: '{{outcome}}' },
           { expr: `sum(rate(zenvoy_scale_errors_total[${RATE}])) * 60`, legend: 'scale errors' },
+          { expr: `sum(rate(zenvoy_drift_repairs_total[${RATE}])) * 60`, legend: 'drift repairs' },
         ],
-        colors: { ready: 'green', failed: 'red', timed_out: 'orange', 'scale errors': 'dark-red' },
+        colors: { ready: 'green', failed: 'red', timed_out: 'orange', 'scale errors': 'dark-red', 'drift repairs': 'purple' },
         w: 8,
         h: 8,
       }),
@@ -270,15 +272,17 @@ export function overview(): dashboard.DashboardBuilder {
     )
     .withPanel(
       timeseries({
-        title: 'Descriptor waits per minute',
+        title: 'Descriptor waits and redials per minute',
         description:
-          'Times a holder ran short of file descriptors and a connection waited for them instead of failing. ' +
-          'Any at all: raise its RLIMIT_NOFILE (see README, File descriptors).',
+          'Times a holder ran short of file descriptors and a connection waited for them instead of failing ' +
+          '(any at all: raise its RLIMIT_NOFILE, see README, File descriptors), and held connections whose dial failed ' +
+          'at every endpoint and was tried again before their hold ended (an upstream that accepts late or restarts).',
         unit: PER_MIN,
         steps: [[1, 'red']],
         bars: true,
         queries: [
-          { expr: `sum by (instance) (rate(zenvoy_holder_fd_waits_total[${RATE}])) * 60`, legend: '{{instance}}' },
+          { expr: `sum by (instance) (rate(zenvoy_holder_fd_waits_total[${RATE}])) * 60`, legend: 'fd waits {{instance}}' },
+          { expr: `sum by (instance) (rate(zenvoy_holder_redials_total[${RATE}])) * 60`, legend: 'redials {{instance}}' },
         ],
         w: 8,
         h: 8,
@@ -352,12 +356,16 @@ export function overview(): dashboard.DashboardBuilder {
       timeseries({
         title: 'Stats errors per minute',
         description:
-          'Metric streams that failed (push) and scrapes that failed (scrape). The node behind a failure is forgotten until it answers again.',
+          'Metric streams that failed (push) and scrapes that failed (scrape): the node behind a failure is forgotten until it answers again. ' +
+          'Expired: nodes that sent nothing for the stats expiry (controller.peerTimeout) and were forgotten. ' +
+          'Refused values: stats that cannot be counts (negative, NaN, infinite).',
         unit: PER_MIN,
         steps: [[1, 'red']],
         bars: true,
         queries: [
           { expr: `sum by (source) (rate(zenvoy_ingest_errors_total[${RATE}])) * 60`, legend: '{{source}}' },
+          { expr: `sum(rate(zenvoy_ingest_nodes_expired_total[${RATE}])) * 60`, legend: 'expired nodes' },
+          { expr: `sum(rate(zenvoy_ingest_rejected_total[${RATE}])) * 60`, legend: 'refused values' },
         ],
         w: 8,
         h: 8,

@@ -189,21 +189,21 @@ impl Hold {
     }
 
     /// The xDS client no longer subscribes to `services`, so their endpoints will not be
-    /// kept current: forget them (a policy is kept), unless a connection was held for
-    /// one meanwhile (it is back in the next subscription, and its endpoints are as
-    /// fresh as a moment ago). The next connection then waits for a fresh assignment
-    /// instead of dialing a service that may have been parked since.
+    /// kept current: forget each one that holds no connection (one held for meanwhile is
+    /// back in the next subscription, and its endpoints are as fresh as a moment ago).
+    /// Its slot goes too, freeing its place among `max_services`: a holder that sees
+    /// services come and go must not refuse new ones once it has seen `max_services`
+    /// names. The next connection for it waits for a fresh assignment instead of dialing
+    /// a service that may have been parked since; until that assignment brings the
+    /// service's policy (milliseconds), the holder's flags apply to it.
     pub fn forget_endpoints(&self, services: &[String]) {
-        let slots = lock(&self.slots);
+        let mut slots = lock(&self.slots);
         for name in services {
-            if let Some(slot) = slots.get(name) {
-                if slot.pending.load(Ordering::Acquire) == 0 {
-                    slot.state.send_if_modified(|s| {
-                        let had = !s.endpoints.is_empty();
-                        s.endpoints.clear();
-                        had
-                    });
-                }
+            if slots
+                .get(name)
+                .is_some_and(|s| s.pending.load(Ordering::Acquire) == 0)
+            {
+                slots.remove(name);
             }
         }
     }
@@ -324,17 +324,27 @@ mod tests {
         assert_eq!(t.state().borrow().endpoints, vec![ep]);
         drop(t);
         // Unsubscribed: these endpoints will not be kept current, so a new connection
-        // must wait for a fresh assignment; the policy is kept.
+        // must wait for a fresh assignment (which brings the policy again).
         h.forget_endpoints(&["svc".to_string()]);
         let t = h.admit("svc").expect("admit");
         let state = t.state().borrow().clone();
-        assert_eq!(
-            state,
-            SlotState {
-                endpoints: Vec::new(),
-                policy: Some(policy)
-            }
-        );
+        assert_eq!(state, SlotState::default());
+        let _ = policy;
+    }
+
+    #[test]
+    fn a_forgotten_service_frees_its_place_among_max_services() {
+        let h = hold(10, 10, 2);
+        for name in ["a", "b", "c", "d"] {
+            let t = h.admit(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            drop(t);
+            // The xDS client drops the subscription of a service with nothing held.
+            h.forget_endpoints(&[name.to_string()]);
+        }
+        // Two held at once still fill the holder's two places.
+        let _a = h.admit("a").expect("a");
+        let _b = h.admit("b").expect("b");
+        assert_eq!(h.admit("c").err(), Some(Refused::TooManyServices(2)));
     }
 
     #[test]

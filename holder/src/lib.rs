@@ -108,6 +108,27 @@ pub async fn run(
     }
 }
 
+/// How often the holder pings its controller connections (HTTP/2 and TCP keepalive): a
+/// controller that vanished without closing is noticed within this and [`PING_TIMEOUT`],
+/// and the streams reconnect to another replica.
+pub const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+pub const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A gRPC channel to a controller, with keepalives (see [`PING_EVERY`]).
+pub(crate) async fn connect(controller: &str) -> Result<tonic::transport::Channel, tonic::Status> {
+    tonic::transport::Endpoint::from_shared(controller.to_string())
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .tcp_keepalive(Some(PING_EVERY))
+        .http2_keep_alive_interval(PING_EVERY)
+        .keep_alive_timeout(PING_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))
+}
+
 /// Pending connections the kernel queues per listener before the holder accepts them.
 /// tokio's `TcpListener::bind` asks for 128, which a burst of clients arriving at a
 /// parked service overflows (each overflow costs a client a SYN retry, a second or more);

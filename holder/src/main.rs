@@ -45,7 +45,7 @@ struct Args {
     #[arg(long, default_value = "zenvoy-holder")]
     node_id: String,
     /// How long a connection is held before it is closed.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "75s", value_parser = humantime::parse_duration)]
     hold_timeout: Duration,
     /// A PROXY header must arrive within this.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
@@ -53,8 +53,10 @@ struct Args {
     /// Dial timeout per upstream endpoint.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
-    /// On SIGTERM, relays in progress get this long to finish.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    /// On SIGTERM, the holder stops accepting; connections still held and relays in
+    /// progress get this long to finish (held ones are relayed when their service wakes,
+    /// or closed at their holdTimeout). Default: the default holdTimeout and 15 s more.
+    #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
     /// Held connections per service; more are refused at once.
     #[arg(long, default_value_t = 1000)]

@@ -3,7 +3,9 @@
 //! held connection costs one message, not a scrape interval.
 //!
 //! Each message carries only the services whose count changed since the last one sent
-//! (all of them on a new stream), as gauge family `zenvoy_holder_pending{service}`.
+//! (all of them on a new stream), as gauge family `zenvoy_holder_pending{service}`; every
+//! 10 s without a change, the non-zero counts again (a heartbeat: the controller forgets
+//! a node it has not heard from for its stats expiry).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,7 +17,6 @@ use envoy_types::pb::envoy::service::metrics::v3::{stream_metrics_message, Strea
 use envoy_types::pb::io::prometheus::client::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 use tracing::{info, warn};
 
 use crate::hold::Hold;
@@ -23,6 +24,9 @@ use crate::telemetry::Metrics;
 
 pub const PENDING_FAMILY: &str = zenvoy_contract::HOLDER_PENDING;
 const RETRY_MIN: Duration = Duration::from_millis(100);
+/// Between changes, the held counts are pushed again this often: a third of the
+/// controller's default stats expiry (30 s).
+const HEARTBEAT: Duration = Duration::from_secs(10);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// The gauge family of one push: each service whose count changed, with its count.
@@ -49,6 +53,23 @@ pub fn family(changes: &[(String, usize)]) -> MetricFamily {
     }
 }
 
+/// The counts to push: each service whose count differs from the one last sent, and 0
+/// for each service last sent non-zero that the holder no longer lists (its slot was
+/// freed once nothing was held: without this its last count would stand for ever).
+fn changes(now: Vec<(String, usize)>, sent: &HashMap<String, usize>) -> Vec<(String, usize)> {
+    let mut out: Vec<(String, usize)> = now
+        .iter()
+        .filter(|(s, n)| sent.get(s).copied().unwrap_or(0) != *n)
+        .cloned()
+        .collect();
+    out.extend(
+        sent.keys()
+            .filter(|s| !now.iter().any(|(n, _)| n == *s))
+            .map(|s| (s.clone(), 0)),
+    );
+    out
+}
+
 /// Keep one metrics stream to a controller open, reconnecting with backoff to the next
 /// of `controllers` each time.
 pub async fn run(controllers: Vec<String>, node: Node, hold: Arc<Hold>, metrics: Arc<Metrics>) {
@@ -71,13 +92,7 @@ async fn stream_once(
     hold: &Hold,
     metrics: &Metrics,
 ) -> Result<(), tonic::Status> {
-    let channel = Endpoint::from_shared(controller.to_string())
-        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let channel = crate::connect(controller).await?;
     let mut client = MetricsServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(16);
     let mut changed = hold.watch_pending();
@@ -86,11 +101,7 @@ async fn stream_once(
     let mut first = true;
     let sender = async {
         loop {
-            let changes: Vec<(String, usize)> = hold
-                .pending()
-                .into_iter()
-                .filter(|(s, n)| sent.get(s) != Some(n))
-                .collect();
+            let changes = changes(hold.pending(), &sent);
             if first || !changes.is_empty() {
                 let msg = StreamMetricsMessage {
                     identifier: first.then(|| stream_metrics_message::Identifier {
@@ -103,10 +114,32 @@ async fn stream_once(
                 }
                 metrics.pushes.inc();
                 sent.extend(changes);
+                // A service back at zero needs no entry: its slot may be gone already.
+                sent.retain(|_, n| *n > 0);
                 first = false;
             }
-            if changed.changed().await.is_err() {
-                return;
+            // A heartbeat between changes: the controller forgets a node that sends
+            // nothing for its stats expiry (a holder gone silent without closing), so a
+            // count that stands still is said again.
+            tokio::select! {
+                c = changed.changed() => if c.is_err() {
+                    return;
+                },
+                () = tokio::time::sleep(HEARTBEAT) => {
+                    let held: Vec<(String, usize)> = hold
+                        .pending()
+                        .into_iter()
+                        .filter(|(_, n)| *n > 0)
+                        .collect();
+                    let msg = StreamMetricsMessage {
+                        identifier: None,
+                        envoy_metrics: vec![family(&held)],
+                    };
+                    if tx.send(msg).await.is_err() {
+                        return;
+                    }
+                    metrics.pushes.inc();
+                }
             }
         }
     };
@@ -115,5 +148,25 @@ async fn stream_once(
     tokio::select! {
         r = call => r.map(|_| ()),
         () = sender => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_freed_service_is_pushed_as_zero_and_unchanged_counts_are_not_pushed() {
+        let sent = HashMap::from([("gone".to_string(), 2), ("same".to_string(), 1)]);
+        let mut c = changes(
+            vec![
+                ("same".to_string(), 1),
+                ("new".to_string(), 3),
+                ("idle".to_string(), 0),
+            ],
+            &sent,
+        );
+        c.sort();
+        assert_eq!(c, [("gone".to_string(), 0), ("new".to_string(), 3)]);
     }
 }

@@ -30,6 +30,10 @@ use crate::telemetry::{outcome, DirectionLabel, Metrics, ServiceLabel};
 /// to the max.
 const FD_BACKOFF_MIN: Duration = Duration::from_millis(5);
 const FD_BACKOFF_MAX: Duration = Duration::from_millis(200);
+/// A held connection whose dial fails everywhere tries again after this, doubling up to
+/// the max, until its hold ends.
+const REDIAL_MIN: Duration = Duration::from_millis(50);
+const REDIAL_MAX: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -244,6 +248,7 @@ impl Server {
         debug!(%service, "held");
         let mut state = ticket.state();
         let mut backoff = FD_BACKOFF_MIN;
+        let mut redial = REDIAL_MIN;
         let dialed = loop {
             let (endpoints, deadline) = match self.endpoints(&mut state, started, &client).await {
                 Ok(x) => x,
@@ -284,6 +289,24 @@ impl Server {
                         return held(outcome::CLIENT_CLOSED);
                     }
                     backoff = (backoff * 2).min(FD_BACKOFF_MAX);
+                }
+                // Every endpoint refused or timed out, and the hold has time left: the
+                // upstream may be restarting, or the endpoints about to change. Try
+                // again (with the endpoints then current) until the deadline.
+                Err(e @ DialError::AllFailed { .. })
+                    if tokio::time::Instant::now() + redial < deadline =>
+                {
+                    debug!(%service, error = %e, retry_in = ?redial, "dial failed; retrying while held");
+                    self.metrics.redials.inc();
+                    let gone = tokio::select! {
+                        () = tokio::time::sleep(redial) => false,
+                        () = client_gone(&client) => true,
+                    };
+                    if gone {
+                        self.metrics.pending.get_or_create(&label).dec();
+                        return held(outcome::CLIENT_CLOSED);
+                    }
+                    redial = (redial * 2).min(REDIAL_MAX);
                 }
                 other => break other,
             }

@@ -45,6 +45,7 @@ pub struct Metrics {
     pub refused: Family<ReasonLabel, Counter>,
     pub pushes: Counter,
     pub fd_waits: Counter,
+    pub redials: Counter,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -62,6 +63,7 @@ impl Metrics {
             refused: Family::default(),
             pushes: Counter::default(),
             fd_waits: Counter::default(),
+            redials: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("zenvoy_holder");
         r.register(
@@ -98,6 +100,11 @@ impl Metrics {
             "fd_waits",
             "Times a connection waited for a file descriptor (to dial, or for relay pipes) instead of failing",
             m.fd_waits.clone(),
+        );
+        r.register(
+            "redials",
+            "Dials of a held connection that failed at every endpoint and were tried again before its hold ended",
+            m.redials.clone(),
         );
         // The limits' refusals exist at 0 from the start, so the first refusal is a change
         // a rate() (and an alert) sees.

@@ -20,7 +20,6 @@ use envoy_types::pb::google::protobuf::value;
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 use tracing::{debug, info, warn};
 
 use crate::hold::{Hold, ServicePolicy};
@@ -114,13 +113,7 @@ fn request(node: &Node, names: Vec<String>, last: Option<&DiscoveryResponse>) ->
 }
 
 async fn stream_once(controller: &str, node: &Node, hold: &Hold) -> Result<(), tonic::Status> {
-    let channel = Endpoint::from_shared(controller.to_string())
-        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let channel = crate::connect(controller).await?;
     let mut client = AggregatedDiscoveryServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(16);
     // Seen before the names are read: a change made after this read is not lost.

@@ -83,9 +83,16 @@ pub fn bootstrap_without_push(
             "typed_extension_protocol_options": {
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                     "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                    "explicit_http_config": { "http2_protocol_options": {} }
+                    // A controller that vanished without closing is noticed within
+                    // 15 s (pings), and the stream goes to another replica.
+                    "explicit_http_config": { "http2_protocol_options": {
+                        "connection_keepalive": { "interval": "10s", "timeout": "5s" }
+                    } }
                 }
             },
+            "upstream_connection_options": { "tcp_keepalive": {
+                "keepalive_time": 10, "keepalive_interval": 5, "keepalive_probes": 3
+            } },
             "load_assignment": {
                 "cluster_name": "zenvoy_controller",
                 "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": { "socket_address": {

@@ -10,6 +10,7 @@
 //!
 //! Used by `tests/` and by the `zenvoy-local` launcher behind `make run`.
 
+pub mod echo;
 pub mod envoy;
 pub mod fake_kube;
 pub mod holder_client;

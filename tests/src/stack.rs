@@ -130,6 +130,8 @@ pub struct Options {
     /// YAML lines added at the top level of the controller's config, after `services:`
     /// (e.g. a `scrape:` section next to pushes; not together with `scrape` above).
     pub extra_config: Vec<String>,
+    /// YAML lines under `controller:` (e.g. `peerTimeout: 6s`).
+    pub controller: Vec<String>,
 }
 
 impl Default for Options {
@@ -143,6 +145,7 @@ impl Default for Options {
             http: false,
             scrape: None,
             extra_config: Vec::new(),
+            controller: Vec::new(),
         }
     }
 }
@@ -158,9 +161,11 @@ pub struct ScrapePorts {
 }
 
 pub fn config_yaml(opts: &Options, holder: SocketAddr, scrape: Option<ScrapePorts>) -> String {
-    let mut y = format!(
-        "controller:\n  listen: 127.0.0.1:0\n  admin: 127.0.0.1:0\nholder:\n  address: {holder}\n"
-    );
+    let mut y = "controller:\n  listen: 127.0.0.1:0\n  admin: 127.0.0.1:0\n".to_string();
+    for c in &opts.controller {
+        y.push_str(&format!("  {c}\n"));
+    }
+    y.push_str(&format!("holder:\n  address: {holder}\n"));
     if opts.http {
         y.push_str("http:\n  listen: 127.0.0.1:0\n");
     }
@@ -347,6 +352,22 @@ impl Stack {
             flush: opts.flush,
             dir,
         })
+    }
+
+    /// Kill the controller with SIGKILL (no chance to stop anything) and start it again
+    /// with the same config on the same addresses; returns once it listens.
+    pub async fn restart_controller(&mut self) -> anyhow::Result<()> {
+        self.controller.kill();
+        let d = self.dir.path();
+        let _ = std::fs::remove_file(d.join("controller.json"));
+        let mut cmd = Command::new(bin("zenvoy-controller")?);
+        cmd.arg("--listen")
+            .arg(self.grpc.to_string())
+            .arg("--admin")
+            .arg(self.controller_admin.to_string());
+        let (controller, _, _) = spawn_controller(cmd, &d.join("zenvoy.yaml"), d).await?;
+        self.controller = controller;
+        Ok(())
     }
 
     /// Start another Envoy with node id `node` on the same controller; it is ready (has

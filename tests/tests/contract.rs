@@ -60,7 +60,11 @@ fn the_holder_reads_an_awake_assignment_as_its_upstreams_and_no_policy() {
 fn the_service_tlv_envoy_is_told_to_send_is_the_one_the_holder_reads() {
     use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
     use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::ProxyProtocolUpstreamTransport;
-    let c = cluster("pg.db", Duration::from_secs(1));
+    let c = cluster(
+        "pg.db",
+        Duration::from_secs(1),
+        &zenvoy_core::model::Policy::default().envoy(),
+    );
     let Some(ConfigType::TypedConfig(any)) = c.transport_socket_matches[0]
         .transport_socket
         .as_ref()

@@ -387,7 +387,7 @@ async fn only_the_lease_holder_scales_and_a_follower_takes_over() -> anyhow::Res
 }
 
 /// RBAC: every request the controllers made in a wake/park/lease/config run is allowed by
-/// `deploy/rbac.yaml`, and every verb there was used, bar the one kube's Event recorder
+/// `deploy/base/rbac.yaml`, and every verb there was used, bar the one kube's Event recorder
 /// uses only for a repeated Event (patch events: a series).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rbac_covers_exactly_what_the_controller_does() -> anyhow::Result<()> {
@@ -412,7 +412,8 @@ async fn rbac_covers_exactly_what_the_controller_does() -> anyhow::Result<()> {
         .wait_event("default", "InvalidAnnotation", None)
         .await?;
 
-    let rules = kube_stack::rbac_rules(&zenvoy_tests::workspace_root().join("deploy/rbac.yaml"))?;
+    let rules =
+        kube_stack::rbac_rules(&zenvoy_tests::workspace_root().join("deploy/base/rbac.yaml"))?;
     let mut used = std::collections::HashSet::new();
     let identity = stack.controllers[0].identity.clone();
     for r in stack.api.requests() {
@@ -430,7 +431,7 @@ async fn rbac_covers_exactly_what_the_controller_does() -> anyhow::Result<()> {
         }
         assert!(
             allowed,
-            "deploy/rbac.yaml does not allow {a:?} ({} {}?{})",
+            "deploy/base/rbac.yaml does not allow {a:?} ({} {}?{})",
             r.method, r.path, r.query
         );
     }

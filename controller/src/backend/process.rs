@@ -5,9 +5,17 @@
 //! (`sh -c` wrappers included): SIGTERM, then SIGKILL after a grace period. A wake and a
 //! park of the same service serialize on one lock, so a new process never races the old
 //! one for the port.
+//!
+//! What runs is written to a state file (service, pid, the process's start time). A
+//! controller that dies without stopping its services (SIGKILL, a crash) leaves them
+//! serving, as a Kubernetes controller leaves its workloads; the next one reads the file
+//! and adopts each process still alive (same pid and start time: not a recycled pid),
+//! so it neither starts a second instance nor mistakes a stranger for its own, and parks
+//! it like any other. Processes of services no longer configured are stopped.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,12 +41,66 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 struct Slot {
     upstream: SocketAddr,
     command: Vec<String>,
-    child: Mutex<Option<Child>>,
+    child: Mutex<Option<Running>>,
+}
+
+/// A service's process: started by this controller, or adopted from the one before.
+#[derive(Debug)]
+enum Running {
+    Child(Child),
+    /// Not our child (its parent died): no wait(2); its liveness is read from /proc.
+    Adopted(Identity),
+}
+
+/// A process as the state file names it: its pid and its start time (clock ticks since
+/// boot, `/proc/<pid>/stat` field 22), which a recycled pid does not share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Identity {
+    pub pid: i32,
+    pub start: u64,
+}
+
+impl Identity {
+    /// The identity of a live process, None when it is gone (or a zombie).
+    pub fn of(pid: i32) -> Option<Identity> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // `pid (comm) state ppid ...`: comm may hold spaces and parentheses.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        if fields.first() == Some(&"Z") {
+            return None;
+        }
+        // Field 22 of the whole line is the 20th after the comm.
+        let start = fields.get(19)?.parse().ok()?;
+        Some(Identity { pid, start })
+    }
+
+    fn alive(&self) -> bool {
+        Identity::of(self.pid) == Some(*self)
+    }
+}
+
+impl Running {
+    fn alive(&mut self) -> bool {
+        match self {
+            Running::Child(c) => c.try_wait().ok().flatten().is_none(),
+            Running::Adopted(id) => id.alive(),
+        }
+    }
+
+    fn identity(&self) -> Option<Identity> {
+        match self {
+            Running::Child(c) => Identity::of(i32::try_from(c.id()?).ok()?),
+            Running::Adopted(id) => Some(*id),
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone)]
 pub struct ProcessBackend {
     services: Arc<HashMap<String, Arc<Slot>>>,
+    state: Option<Arc<StateFile>>,
+    /// Services whose process was adopted at start (see [`Backend::running_at_start`]).
+    adopted: Arc<Vec<String>>,
 }
 
 impl ProcessBackend {
@@ -59,7 +121,66 @@ impl ProcessBackend {
             .collect();
         ProcessBackend {
             services: Arc::new(services),
+            state: None,
+            adopted: Arc::default(),
         }
+    }
+
+    /// Keep what runs in `path`, and adopt the processes a previous controller left
+    /// running (see the module's doc). Processes it names for services that are no
+    /// longer configured are stopped. An unreadable file is logged and starts empty.
+    pub fn with_state_file(mut self, path: PathBuf) -> Self {
+        let state = StateFile { path };
+        let mut adopted = Vec::new();
+        for (service, id) in state.load() {
+            if !id.alive() {
+                continue;
+            }
+            match self.services.get(&service) {
+                Some(slot) => match slot.child.try_lock() {
+                    Ok(mut child) => {
+                        info!(%service, pid = id.pid, "adopted the process a previous controller left running");
+                        *child = Some(Running::Adopted(id));
+                        adopted.push(service);
+                    }
+                    Err(_) => warn!(%service, "cannot adopt: slot busy"),
+                },
+                None => {
+                    warn!(%service, pid = id.pid, "stopping a process of a service no longer configured");
+                    let _ = killpg(Pid::from_raw(id.pid), Signal::SIGTERM);
+                }
+            }
+        }
+        self.state = Some(Arc::new(state));
+        self.adopted = Arc::new(adopted);
+        self.save_blocking();
+        self
+    }
+
+    /// Write what runs now (never awaits: at start, before any task runs).
+    fn save_blocking(&self) {
+        let Some(state) = &self.state else { return };
+        let mut running = HashMap::new();
+        for (name, slot) in self.services.iter() {
+            if let Ok(child) = slot.child.try_lock() {
+                if let Some(id) = child.as_ref().and_then(Running::identity) {
+                    running.insert(name.clone(), id);
+                }
+            }
+        }
+        state.save(&running);
+    }
+
+    /// Write what runs now.
+    async fn save(&self) {
+        let Some(state) = &self.state else { return };
+        let mut running = HashMap::new();
+        for (name, slot) in self.services.iter() {
+            if let Some(id) = slot.child.lock().await.as_ref().and_then(Running::identity) {
+                running.insert(name.clone(), id);
+            }
+        }
+        state.save(&running);
     }
 
     fn slot(&self, service: &str) -> Result<Arc<Slot>, BackendError> {
@@ -67,6 +188,41 @@ impl ProcessBackend {
             .get(service)
             .cloned()
             .ok_or_else(|| BackendError::UnknownService(service.to_string()))
+    }
+}
+
+/// The state file: service -> process identity, as JSON, replaced whole on each change.
+#[derive(Debug)]
+struct StateFile {
+    path: PathBuf,
+}
+
+impl StateFile {
+    fn load(&self) -> HashMap<String, Identity> {
+        match std::fs::read_to_string(&self.path) {
+            Ok(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
+                warn!(path = %self.path.display(), error = %e, "state file unreadable; adopting nothing");
+                HashMap::new()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+            Err(e) => {
+                warn!(path = %self.path.display(), error = %e, "cannot read the state file; adopting nothing");
+                HashMap::new()
+            }
+        }
+    }
+
+    /// Write atomically (a temporary file renamed over it): a crash mid-write leaves
+    /// the previous state, never half a file.
+    fn save(&self, running: &HashMap<String, Identity>) {
+        let tmp = self.path.with_extension("tmp");
+        let written = serde_json::to_vec(running)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
+        if let Err(e) = written {
+            warn!(path = %self.path.display(), error = %e, "cannot write the state file: a controller restarted after a crash would not adopt these processes");
+        }
     }
 }
 
@@ -104,7 +260,47 @@ fn probe_until(upstream: SocketAddr, until: std::time::Instant) -> bool {
     }
 }
 
-async fn stop(service: &str, mut child: Child) -> Result<(), BackendError> {
+async fn stop(service: &str, running: Running) -> Result<(), BackendError> {
+    match running {
+        Running::Child(c) => stop_child(service, c).await,
+        Running::Adopted(id) => stop_adopted(service, id).await,
+    }
+}
+
+/// Stop a process that is not our child: SIGTERM to its group, then SIGKILL after the
+/// grace period; it is gone when /proc no longer shows it (its new parent reaps it).
+async fn stop_adopted(service: &str, id: Identity) -> Result<(), BackendError> {
+    let pgid = Pid::from_raw(id.pid);
+    for (signal, wait) in [
+        (Signal::SIGTERM, STOP_GRACE),
+        (Signal::SIGKILL, Duration::from_secs(2)),
+    ] {
+        match killpg(pgid, signal) {
+            Ok(()) => {}
+            Err(nix::Error::ESRCH) => return Ok(()),
+            Err(e) => {
+                return Err(BackendError::Stop {
+                    service: service.to_string(),
+                    source: std::io::Error::from(e),
+                })
+            }
+        }
+        let until = tokio::time::Instant::now() + wait;
+        while id.alive() && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !id.alive() {
+            info!(service, pid = id.pid, "stopped (adopted)");
+            return Ok(());
+        }
+    }
+    Err(BackendError::Stop {
+        service: service.to_string(),
+        source: std::io::Error::other(format!("pid {} still alive after SIGKILL", id.pid)),
+    })
+}
+
+async fn stop_child(service: &str, mut child: Child) -> Result<(), BackendError> {
     let Some(pid) = child.id() else {
         return Ok(()); // already reaped
     };
@@ -142,17 +338,19 @@ impl Backend for ProcessBackend {
     ) -> BoxFuture<'static, Result<Vec<SocketAddr>, BackendError>> {
         let slot = self.slot(service);
         let service = service.to_string();
+        let backend = self.clone();
         Box::pin(async move {
             let slot = slot?;
-            {
+            let started = {
                 let mut child = slot.child.lock().await;
-                let running = match child.as_mut() {
-                    Some(c) => c.try_wait().ok().flatten().is_none(),
-                    None => false,
-                };
+                let running = child.as_mut().is_some_and(Running::alive);
                 if !running {
-                    *child = Some(spawn(&service, &slot.command)?);
+                    *child = Some(Running::Child(spawn(&service, &slot.command)?));
                 }
+                !running
+            };
+            if started {
+                backend.save().await;
             }
             let deadline = std::time::Instant::now() + timeout;
             loop {
@@ -167,13 +365,22 @@ impl Backend for ProcessBackend {
                     debug!(service, upstream = %slot.upstream, "ready");
                     return Ok(vec![slot.upstream]);
                 }
-                if let Some(c) = slot.child.lock().await.as_mut() {
-                    if let Ok(Some(status)) = c.try_wait() {
+                match slot.child.lock().await.as_mut() {
+                    Some(Running::Child(c)) => {
+                        if let Ok(Some(status)) = c.try_wait() {
+                            return Err(BackendError::Exited {
+                                service,
+                                status: status.to_string(),
+                            });
+                        }
+                    }
+                    Some(Running::Adopted(id)) if !id.alive() => {
                         return Err(BackendError::Exited {
                             service,
-                            status: status.to_string(),
+                            status: format!("adopted pid {} is gone", id.pid),
                         });
                     }
+                    _ => {}
                 }
                 if std::time::Instant::now() >= deadline {
                     return Err(BackendError::NotReady {
@@ -189,27 +396,80 @@ impl Backend for ProcessBackend {
     fn park(&self, service: &str) -> BoxFuture<'static, Result<(), BackendError>> {
         let slot = self.slot(service);
         let service = service.to_string();
+        let backend = self.clone();
         Box::pin(async move {
             let slot = slot?;
-            // Holding the lock while stopping makes a racing wake wait for the port.
-            let mut child = slot.child.lock().await;
-            match child.take() {
-                Some(c) => stop(&service, c).await,
-                None => Ok(()),
-            }
+            let stopped = {
+                // Holding the lock while stopping makes a racing wake wait for the port.
+                let mut child = slot.child.lock().await;
+                match child.take() {
+                    Some(c) => stop(&service, c).await,
+                    None => return Ok(()),
+                }
+            };
+            backend.save().await;
+            stopped
         })
     }
 
-    fn shutdown(&self) -> BoxFuture<'static, ()> {
-        let services = self.services.clone();
+    /// Whether the service's process (started or adopted by this controller) is alive.
+    fn running(&self, service: &str) -> BoxFuture<'static, Result<bool, BackendError>> {
+        let slot = self.slot(service);
         Box::pin(async move {
-            for (name, slot) in services.iter() {
+            let slot = slot?;
+            let mut child = slot.child.lock().await;
+            Ok(child.as_mut().is_some_and(Running::alive))
+        })
+    }
+
+    fn running_at_start(&self) -> Vec<String> {
+        self.adopted.to_vec()
+    }
+
+    fn shutdown(&self) -> BoxFuture<'static, ()> {
+        let backend = self.clone();
+        Box::pin(async move {
+            for (name, slot) in backend.services.iter() {
                 if let Some(c) = slot.child.lock().await.take() {
                     if let Err(e) = stop(name, c).await {
                         warn!(error = %e, "stopping at shutdown");
                     }
                 }
             }
+            backend.save().await;
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_tells_a_live_process_from_a_recycled_pid() {
+        let me = Identity::of(i32::try_from(std::process::id()).expect("pid")).expect("alive");
+        assert!(me.alive());
+        let recycled = Identity {
+            start: me.start + 1,
+            ..me
+        };
+        assert!(!recycled.alive(), "same pid, another start time");
+        assert_eq!(Identity::of(i32::MAX), None);
+    }
+
+    #[test]
+    fn the_state_file_round_trips_and_a_broken_one_adopts_nothing() {
+        let dir = std::env::temp_dir().join(format!("zenvoy-state-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let state = StateFile {
+            path: dir.join("state.json"),
+        };
+        assert!(state.load().is_empty(), "no file yet");
+        let running = HashMap::from([("pg".to_string(), Identity { pid: 42, start: 7 })]);
+        state.save(&running);
+        assert_eq!(state.load(), running);
+        std::fs::write(&state.path, "{not json").expect("write");
+        assert!(state.load().is_empty());
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

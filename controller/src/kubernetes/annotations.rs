@@ -9,7 +9,7 @@ pub const PREFIX: &str = "zenvoy.io/";
 
 /// `policy` with the policy annotations present in `annotations` applied
 /// (`zenvoy.io/idleTimeout`, `holdTimeout`, `minWarm`, `wakeTimeout`, `parkAckTimeout`,
-/// `maxPending`). Other keys are ignored.
+/// `maxPending`, `tcpIdleTimeout`, `maxConnections`). Other keys are ignored.
 ///
 /// # Errors
 /// [`ConfigError::Invalid`] naming the annotation key and value.
@@ -18,14 +18,20 @@ pub fn policy<'a>(
     annotations: impl Fn(&str) -> Option<&'a str>,
 ) -> Result<Policy, ConfigError> {
     let get = |name: &str| annotations(&format!("{PREFIX}{name}")).map(str::to_owned);
-    let max_pending = match get("maxPending") {
-        None => None,
-        Some(v) => Some(v.trim().parse::<u32>().map_err(|_| ConfigError::Invalid {
-            field: format!("{PREFIX}maxPending"),
-            value: v.clone(),
-            reason: "not a whole number".to_string(),
-        })?),
+    let whole = |name: &str| match get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .trim()
+            .parse::<u32>()
+            .map(Some)
+            .map_err(|_| ConfigError::Invalid {
+                field: format!("{PREFIX}{name}"),
+                value: v.clone(),
+                reason: format!("not a whole number from 1 to {}", u32::MAX),
+            }),
     };
+    let max_pending = whole("maxPending")?;
+    let max_connections = whole("maxConnections")?;
     apply_overrides(
         policy,
         PREFIX,
@@ -36,6 +42,8 @@ pub fn policy<'a>(
             wake_timeout: get("wakeTimeout"),
             park_ack_timeout: get("parkAckTimeout"),
             max_pending,
+            tcp_idle_timeout: get("tcpIdleTimeout"),
+            max_connections,
         },
     )
 }
@@ -76,6 +84,11 @@ mod tests {
             ("zenvoy.io/maxPending", "0"),
             ("zenvoy.io/holdTimeout", "0s"),
             ("zenvoy.io/wakeTimeout", "soon"),
+            // The overflow that stopped every wake: bounded at parse time now.
+            ("zenvoy.io/wakeTimeout", "18446744073709551615s"),
+            ("zenvoy.io/idleTimeout", "400d"),
+            ("zenvoy.io/maxConnections", "99999999999"),
+            ("zenvoy.io/maxPending", "2000000"),
         ] {
             let e = with(&[(k, v)]).expect_err(k).to_string();
             assert!(

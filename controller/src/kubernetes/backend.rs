@@ -368,6 +368,22 @@ impl Backend for KubeBackend {
         Box::pin(async {})
     }
 
+    /// Whether the workload has replicas (its `/scale`).
+    fn running(&self, service: &str) -> BoxFuture<'static, Result<bool, BackendError>> {
+        let target = endpoints::target(&self.targets, service);
+        let client = self.client.clone();
+        let service = service.to_string();
+        Box::pin(async move {
+            let Some(t) = target else {
+                return Err(BackendError::UnknownService(service));
+            };
+            bounded(replicas(&client, &t))
+                .await
+                .map(|n| n > 0)
+                .map_err(|e| api_error(&service, "read the scale", e))
+        })
+    }
+
     /// An Event on the Service the notice is about.
     fn notify(&self, notice: &Notice) {
         let Some(t) = endpoints::target(&self.targets, &notice.service) else {

@@ -15,9 +15,10 @@ use std::sync::PoisonError;
 use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 use tracing::{info, warn};
-use zenvoy_core::config::Config;
+use zenvoy_core::config::{hold_shorter_than_wake, Config};
 use zenvoy_core::model::{Event, ServiceDef};
 
+use super::annotations;
 use super::endpoints::{self, Targets};
 use super::service::{self, service_name, Discovered, Target};
 
@@ -170,13 +171,19 @@ impl Index {
             }
         }
         self.set_target(&key, &d);
+        // Valid, but a held connection would be closed before a slow wake gives up.
+        let mut out = match hold_shorter_than_wake(annotations::PREFIX, &d.def.policy) {
+            Some(note) => warn("HoldShorterThanWake", note),
+            None => Vec::new(),
+        };
         if let Some(k) = self.known.get_mut(&key) {
             k.svc = svc;
             if k.def == d.def {
                 return Vec::new();
             }
             k.def = d.def.clone();
-            return vec![Change::Runtime(Event::Upsert(d.def))];
+            out.insert(0, Change::Runtime(Event::Upsert(d.def)));
+            return out;
         }
         info!(service = %key, workload = %d.target, "service discovered");
         self.known.insert(
@@ -187,7 +194,8 @@ impl Index {
                 stream,
             },
         );
-        vec![Change::Added(d.def)]
+        out.insert(0, Change::Added(d.def));
+        out
     }
 
     /// A new config: every service's definition again (policy layers may have moved).

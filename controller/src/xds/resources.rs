@@ -10,7 +10,9 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
+use envoy_types::pb::envoy::config::cluster::v3::{
+    circuit_breakers, cluster, CircuitBreakers, Cluster,
+};
 use envoy_types::pb::envoy::config::core::v3::{
     address, config_source, proxy_protocol_config, socket_address, Address, AggregatedConfigSource,
     ApiVersion, ConfigSource, Metadata, ProxyProtocolConfig, SocketAddress, TlvEntry,
@@ -31,7 +33,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
 use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::ProxyProtocolUpstreamTransport;
 use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
-use envoy_types::pb::google::protobuf::{value, Any, Duration, Struct, Value};
+use envoy_types::pb::google::protobuf::{value, Any, Duration, Struct, UInt32Value, Value};
 use envoy_types::util::pack_any;
 
 pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
@@ -44,7 +46,7 @@ pub const HTTP_LISTENER: &str = "zenvoy_http";
 
 pub use zenvoy_contract::{HOLDER_MARK, HOLD_POLICY, TRANSPORT_SOCKET_MATCH};
 use zenvoy_core::model;
-pub use zenvoy_core::model::{Endpoints, HoldPolicy};
+pub use zenvoy_core::model::{Endpoints, EnvoyLimits, HoldPolicy};
 
 fn socket_address(addr: SocketAddr) -> Address {
     Address {
@@ -87,11 +89,14 @@ fn holder_mark() -> Struct {
     }
 }
 
-/// The Listener for a service: plain TCP, proxied to the service's cluster.
-pub fn listener(name: &str, listen: SocketAddr) -> Listener {
+/// The Listener for a service: plain TCP, proxied to the service's cluster, closing a
+/// connection idle for `limits.tcp_idle_timeout` (zero: never; Envoy's own default is
+/// 1 h, which would cut a database pool's idle sessions).
+pub fn listener(name: &str, listen: SocketAddr, limits: &EnvoyLimits) -> Listener {
     let proxy = TcpProxy {
         stat_prefix: name.to_string(),
         cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(name.to_string())),
+        idle_timeout: Some(duration(limits.tcp_idle_timeout)),
         ..Default::default()
     };
     Listener {
@@ -176,8 +181,23 @@ pub fn route_configuration(hosts: &[model::VirtualHost]) -> RouteConfiguration {
 }
 
 /// The EDS Cluster for a service. Endpoints marked as the holder get an upstream PROXY v2
-/// transport socket whose TLV 0xE0 names the service; other endpoints use raw TCP.
-pub fn cluster(name: &str, connect_timeout: std::time::Duration) -> Cluster {
+/// transport socket whose TLV 0xE0 names the service; other endpoints use raw TCP. Its
+/// circuit breakers allow `limits.max_connections` connections, pending requests and
+/// requests at once: Envoy's default of 1,024 applies to the connections to the holder
+/// too, and cut a burst of clients at a parked service.
+pub fn cluster(name: &str, connect_timeout: std::time::Duration, limits: &EnvoyLimits) -> Cluster {
+    let max = Some(UInt32Value {
+        value: limits.max_connections,
+    });
+    let circuit_breakers = CircuitBreakers {
+        thresholds: vec![circuit_breakers::Thresholds {
+            max_connections: max,
+            max_pending_requests: max,
+            max_requests: max,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
     let proxy_protocol = ProxyProtocolUpstreamTransport {
         config: Some(ProxyProtocolConfig {
             version: proxy_protocol_config::Version::V2 as i32,
@@ -201,6 +221,7 @@ pub fn cluster(name: &str, connect_timeout: std::time::Duration) -> Cluster {
             service_name: String::new(),
         }),
         connect_timeout: Some(duration(connect_timeout)),
+        circuit_breakers: Some(circuit_breakers),
         transport_socket_matches: vec![cluster::TransportSocketMatch {
             name: "zenvoy-holder".to_string(),
             r#match: Some(holder_mark()),
@@ -340,7 +361,23 @@ mod tests {
 
     #[test]
     fn cluster_adds_the_service_tlv_for_the_holder_match() {
-        let c = cluster("pg.db", std::time::Duration::from_millis(1500));
+        let limits = EnvoyLimits {
+            tcp_idle_timeout: std::time::Duration::ZERO,
+            max_connections: 50_000,
+        };
+        let c = cluster("pg.db", std::time::Duration::from_millis(1500), &limits);
+        let t = &c
+            .circuit_breakers
+            .as_ref()
+            .expect("circuit breakers")
+            .thresholds[0];
+        for limit in [t.max_connections, t.max_pending_requests, t.max_requests] {
+            assert_eq!(
+                limit,
+                Some(UInt32Value { value: 50_000 }),
+                "above Envoy's 1,024"
+            );
+        }
         assert_eq!(
             c.connect_timeout,
             Some(Duration {
@@ -366,7 +403,11 @@ mod tests {
 
     #[test]
     fn listener_proxies_to_the_cluster_of_the_same_name() {
-        let l = listener("redis", addr("0.0.0.0:6379"));
+        let limits = EnvoyLimits {
+            tcp_idle_timeout: std::time::Duration::from_secs(8 * 3600),
+            max_connections: 1,
+        };
+        let l = listener("redis", addr("0.0.0.0:6379"), &limits);
         let Some(filter::ConfigType::TypedConfig(any)) =
             l.filter_chains[0].filters[0].config_type.clone()
         else {
@@ -376,6 +417,14 @@ mod tests {
         assert_eq!(
             tp.cluster_specifier,
             Some(tcp_proxy::ClusterSpecifier::Cluster("redis".into()))
+        );
+        assert_eq!(
+            tp.idle_timeout,
+            Some(Duration {
+                seconds: 8 * 3600,
+                nanos: 0
+            }),
+            "a database session idle for hours stays"
         );
     }
 

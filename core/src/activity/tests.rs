@@ -125,7 +125,7 @@ fn activity_keeps_a_service_awake() {
 }
 
 #[test]
-fn park_completes_after_ack_and_a_later_idle_sample() {
+fn park_completes_after_ack_and_every_envoys_idle_sample() {
     let b = Instant::now();
     let parking = State::Parking {
         since: b,
@@ -135,11 +135,23 @@ fn park_completes_after_ack_and_a_later_idle_sample() {
     // An idle sample before the ACK does not finish the park.
     let (s, a) = run(parking, b, &[(1, Input::Sample { active: false })]);
     assert_eq!((s, a), (parking, vec![]));
+    // Settled is only meaningful after the ACK.
+    let (s, a) = run(parking, b, &[(1, Input::Settled)]);
+    assert_eq!((s, a), (parking, vec![]));
+    // One node's idle sample after the ACK is not enough: the planner says Settled
+    // once every node's is in.
+    let acked = State::Parking {
+        since: b,
+        woke: b,
+        acked_at: Some(secs(b, 1)),
+    };
     let (s, a) = run(
         parking,
         b,
         &[(1, Input::Acked), (2, Input::Sample { active: false })],
     );
+    assert_eq!((s, a), (acked, vec![]));
+    let (s, a) = run(parking, b, &[(1, Input::Acked), (2, Input::Settled)]);
     assert_eq!((s, a), (State::Parked, vec![ScaleDown]));
 }
 
@@ -192,12 +204,12 @@ fn two_full_cycles() {
         (1, Input::Ready),
         (16, Input::Tick),
         (16, Input::Acked),
-        (17, Input::Sample { active: false }),
+        (17, Input::Settled),
         (20, Input::Demand),
         (21, Input::Ready),
         (36, Input::Tick),
         (36, Input::Acked),
-        (37, Input::Sample { active: false }),
+        (37, Input::Settled),
     ] {
         let (next, st) = step(state, input, secs(b, s), &t);
         state = next;

@@ -22,6 +22,7 @@ pub struct Config {
 pub struct Controller {
     pub listen: Option<String>,
     pub admin: Option<String>,
+    pub peer_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -60,6 +61,8 @@ pub struct Policy {
     pub wake_timeout: Option<String>,
     pub park_ack_timeout: Option<String>,
     pub max_pending: Option<u32>,
+    pub tcp_idle_timeout: Option<String>,
+    pub max_connections: Option<u32>,
 }
 
 /// The policy fields are repeated rather than `#[serde(flatten)]`ed: serde does not
@@ -81,4 +84,6 @@ pub struct Service {
     pub wake_timeout: Option<String>,
     pub park_ack_timeout: Option<String>,
     pub max_pending: Option<u32>,
+    pub tcp_idle_timeout: Option<String>,
+    pub max_connections: Option<u32>,
 }

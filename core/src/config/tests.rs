@@ -90,7 +90,7 @@ fn built_in_defaults() {
         ),
         (
             Duration::from_secs(300),
-            Duration::from_secs(30),
+            Duration::from_secs(75),
             Duration::ZERO,
             Duration::from_secs(60),
             Duration::from_secs(5),
@@ -141,6 +141,7 @@ services:
             wake_timeout: Duration::from_secs(120),
             park_ack_timeout: Duration::from_secs(1),
             max_pending: 7,
+            ..Policy::default()
         }
     );
     assert_eq!(

@@ -152,6 +152,8 @@ impl raw::Config {
                     wake_timeout: s.wake_timeout,
                     park_ack_timeout: s.park_ack_timeout,
                     max_pending: s.max_pending,
+                    tcp_idle_timeout: s.tcp_idle_timeout,
+                    max_connections: s.max_connections,
                 },
             )?;
             overrides.push((s.name, policy));
@@ -165,7 +167,20 @@ impl raw::Config {
         let controller = ControllerConfig {
             listen: addr_or("controller.listen", c.listen, DEFAULT_CONTROLLER_LISTEN)?,
             admin: addr_or("controller.admin", c.admin, DEFAULT_CONTROLLER_ADMIN)?,
+            peer_timeout: duration_or(
+                "controller.peerTimeout",
+                c.peer_timeout,
+                DEFAULT_PEER_TIMEOUT,
+                Zero::Rejected,
+            )?,
         };
+        if controller.peer_timeout < MIN_PEER_TIMEOUT {
+            return Err(invalid(
+                "controller.peerTimeout",
+                humantime::format_duration(controller.peer_timeout).to_string(),
+                "must be at least 3s (a third of it is the keepalive ping interval)",
+            ));
+        }
         let h = self.holder.unwrap_or_default();
         let holder = HolderConfig {
             address: addr_or("holder.address", h.address, DEFAULT_HOLDER_ADDRESS)?,
@@ -253,6 +268,8 @@ impl raw::Service {
             wake_timeout,
             park_ack_timeout,
             max_pending,
+            tcp_idle_timeout,
+            max_connections,
         } = self;
         check_name(&format!("{at}.name"), &name)?;
         let protocol = match protocol.as_deref() {
@@ -335,6 +352,8 @@ impl raw::Service {
             wake_timeout,
             park_ack_timeout,
             max_pending,
+            tcp_idle_timeout,
+            max_connections,
         };
         Ok(ServiceConfig {
             name,
@@ -378,11 +397,23 @@ impl Policy {
         let dur = |name: &str, raw: Option<String>, current: Duration, zero: Zero| {
             duration_or(&path(name), raw, current, zero)
         };
-        let max_pending = match raw.max_pending {
-            Some(0) => return Err(invalid(path("maxPending"), "0", "must be at least 1")),
-            Some(n) => n,
-            None => self.max_pending,
+        let count = |name: &str, raw: Option<u32>, current: u32, max: u32| match raw {
+            Some(0) => Err(invalid(path(name), "0", "must be at least 1")),
+            Some(n) if n > max => Err(invalid(
+                path(name),
+                n.to_string(),
+                format!("must be at most {max}"),
+            )),
+            Some(n) => Ok(n),
+            None => Ok(current),
         };
+        let max_pending = count("maxPending", raw.max_pending, self.max_pending, MAX_PENDING)?;
+        let max_connections = count(
+            "maxConnections",
+            raw.max_connections,
+            self.max_connections,
+            MAX_CONNECTIONS,
+        )?;
         Ok(Self {
             idle_timeout: dur("idleTimeout", raw.idle_timeout, self.idle_timeout, Rejected)?,
             hold_timeout: dur("holdTimeout", raw.hold_timeout, self.hold_timeout, Rejected)?,
@@ -395,9 +426,26 @@ impl Policy {
                 Rejected,
             )?,
             max_pending,
+            tcp_idle_timeout: dur(
+                "tcpIdleTimeout",
+                raw.tcp_idle_timeout,
+                self.tcp_idle_timeout,
+                Allowed,
+            )?,
+            max_connections,
         })
     }
 }
+
+/// The shortest `controller.peerTimeout`.
+pub const MIN_PEER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The longest duration any field takes: a deadline computed from it never overflows.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The most connections held per service (each is a descriptor in every holder).
+pub const MAX_PENDING: u32 = 1_000_000;
+/// The highest circuit-breaker limit.
+pub const MAX_CONNECTIONS: u32 = 10_000_000;
 
 /// Whether a duration field may be zero.
 #[derive(Clone, Copy, PartialEq)]
@@ -422,6 +470,13 @@ fn duration_or(
     })?;
     if zero == Zero::Rejected && d.is_zero() {
         return Err(invalid(field, text, "must be greater than zero"));
+    }
+    if d > MAX_DURATION {
+        return Err(invalid(
+            field,
+            text,
+            "must be at most 365d (durations are bounded so that no deadline can overflow)",
+        ));
     }
     Ok(d)
 }

@@ -20,6 +20,7 @@ fn policy() -> Policy {
         wake_timeout: Duration::from_secs(60),
         park_ack_timeout: Duration::from_secs(5),
         max_pending: 100,
+        ..Policy::default()
     }
 }
 
@@ -80,11 +81,24 @@ struct World {
 }
 
 impl World {
+    /// A world whose nodes never go silent long enough to expire (a real holder sends a
+    /// heartbeat; these tests push only what they test).
     fn new(leading: bool, http: bool, services: Vec<ServiceDef>) -> Self {
+        Self::with_expiry(leading, http, services, Duration::from_secs(24 * 3600))
+    }
+
+    fn with_expiry(
+        leading: bool,
+        http: bool,
+        services: Vec<ServiceDef>,
+        stats_expiry: Duration,
+    ) -> Self {
         let settings = Settings {
             holder: addr(HOLDER),
             http: http.then(|| addr(HTTP)),
             leading,
+            stats_expiry,
+            warm_timeout: Duration::from_secs(15),
         };
         let mut w = World {
             planner: Planner::new(settings, services.len()),
@@ -158,10 +172,21 @@ impl World {
 
     /// An Envoy sample: `open` connections, counters at `c`.
     fn sample(&mut self, secs: f64, service: &str, open: f64, c: f64) -> Vec<Effect> {
+        self.sample_from("envoy#2", secs, service, open, c)
+    }
+
+    fn sample_from(
+        &mut self,
+        node: &str,
+        secs: f64,
+        service: &str,
+        open: f64,
+        c: f64,
+    ) -> Vec<Effect> {
         self.event(
             secs,
             Event::Metrics {
-                node: "envoy#2".into(),
+                node: node.into(),
                 observations: vec![(
                     service.to_string(),
                     Observation::Envoy(Stats {
@@ -263,7 +288,8 @@ fn a_new_services_listener_waits_for_every_connected_envoys_ack_of_its_cluster()
     w.envoys.connected = 2;
     let e = w.event(0.0, Event::Upsert(tcp("pg", 5432)));
     assert!(e.contains(&Effect::PublishCluster {
-        service: "pg".into()
+        service: "pg".into(),
+        limits: policy().envoy(),
     }));
     assert_eq!(assignments(&e, "pg"), [&holder(policy())]);
     assert_eq!(listeners(&e), Vec::<&str>::new(), "cluster still warming");
@@ -747,6 +773,7 @@ fn an_upsert_moves_the_listener_and_a_new_policy_applies() {
         [Effect::PublishListener {
             service: "pg".into(),
             listen: moved.listen.expect("listen"),
+            limits: moved.policy.envoy(),
         }]
     );
     moved.listen = None;
@@ -791,4 +818,236 @@ fn a_failed_park_is_counted() {
             service: "pg".into()
         })]
     );
+}
+
+fn drift(effects: &[Effect]) -> bool {
+    effects
+        .iter()
+        .any(|e| matches!(e, Effect::Record(Record::Drift { .. })))
+}
+
+#[test]
+fn a_connection_opened_on_a_second_envoy_just_before_its_ack_stops_the_park() {
+    let mut w = World::new(true, false, vec![tcp("pg", 5432)]);
+    w.envoys.connected = 2;
+    w.envoys.acked_by_all.insert("pg".into(), 0);
+    w.wake(0.0, "pg", &["10.0.0.1:5432"]);
+    w.sample_from("envoy-a#1", 1.0, "pg", 0.0, 5.0);
+    w.sample_from("envoy-b#2", 1.0, "pg", 0.0, 9.0);
+    w.tick(20.0);
+    assert_eq!(w.phase("pg"), Phase::Parking);
+    w.ack("pg");
+    w.tick(20.1);
+    // Envoy a's sample after the ACK is idle; b's last one predates it, and b has just
+    // taken a connection to the old upstream. One idle node must not end the park.
+    let e = w.sample_from("envoy-a#1", 20.2, "pg", 0.0, 5.0);
+    assert_eq!(parks(&e), 0, "b has not reported since the ACK");
+    let e = w.sample_from("envoy-b#2", 20.3, "pg", 1.0, 10.0);
+    assert_eq!(parks(&e), 0);
+    assert_eq!(
+        w.phase("pg"),
+        Phase::Awake,
+        "b's connection cancels the park"
+    );
+}
+
+#[test]
+fn the_park_ends_once_every_envoy_reported_idle_after_the_ack() {
+    let mut w = World::new(true, false, vec![tcp("pg", 5432)]);
+    w.wake(0.0, "pg", &["10.0.0.1:5432"]);
+    w.sample_from("envoy-a#1", 1.0, "pg", 0.0, 5.0);
+    w.sample_from("envoy-b#2", 1.0, "pg", 0.0, 9.0);
+    w.tick(20.0);
+    w.ack("pg");
+    w.tick(20.1);
+    assert_eq!(parks(&w.sample_from("envoy-a#1", 20.2, "pg", 0.0, 5.0)), 0);
+    assert_eq!(parks(&w.sample_from("envoy-b#2", 20.3, "pg", 0.0, 9.0)), 1);
+    assert_eq!(w.phase("pg"), Phase::Parked);
+}
+
+#[test]
+fn a_silent_envoys_open_connection_stops_counting_after_the_expiry() {
+    let mut w = World::with_expiry(true, false, vec![tcp("pg", 5432)], Duration::from_secs(30));
+    w.wake(0.0, "pg", &["10.0.0.1:5432"]);
+    // Envoy a reports an open connection, then goes silent without closing its stream
+    // (a node that vanished). Envoy b keeps reporting idle.
+    w.sample_from("envoy-a#1", 1.0, "pg", 1.0, 5.0);
+    for t in 2..=40 {
+        w.sample_from("envoy-b#2", f64::from(t), "pg", 0.0, 9.0);
+        w.tick(f64::from(t) + 0.5);
+    }
+    // 30 s after a's last push it is forgotten; from then the idle timeout runs.
+    assert_eq!(w.phase("pg"), Phase::Awake);
+    let expired = w
+        .effects
+        .iter()
+        .filter(|e| matches!(e, Effect::Record(Record::NodeExpired)))
+        .count();
+    assert!(
+        expired >= 1,
+        "a (and the holder that stopped pushing) forgotten"
+    );
+    for t in 41..=60 {
+        w.sample_from("envoy-b#2", f64::from(t), "pg", 0.0, 9.0);
+        w.tick(f64::from(t) + 0.5);
+    }
+    assert_eq!(
+        w.phase("pg"),
+        Phase::Parked,
+        "parked once a's connection stopped counting"
+    );
+}
+
+#[test]
+fn a_silent_holders_pending_count_stops_demanding_a_wake() {
+    let mut w = World::with_expiry(true, false, vec![tcp("pg", 5432)], Duration::from_secs(90));
+    let first = wake_number(&w.pending(0.0, "pg", 1.0)).expect("wake");
+    w.tick(61.0);
+    // Standing demand: the held connection asks again after the failed wake...
+    assert!(wake_number(&w.tick(61.1)).is_some_and(|n| n > first));
+    // ...but a holder silent past the expiry holds nothing we can know of.
+    w.tick(122.0);
+    w.tick(122.1);
+    assert_eq!(wake_number(&w.tick(122.2)), None);
+    assert_eq!(w.phase("pg"), Phase::Parked);
+}
+
+#[test]
+fn a_new_services_front_door_opens_after_the_warm_bound_without_every_ack() {
+    let mut w = World::new(true, false, vec![]);
+    w.envoys.connected = 1;
+    w.event(0.0, Event::Upsert(tcp("pg", 5432)));
+    assert_eq!(listeners(&w.tick(14.9)), Vec::<&str>::new());
+    let e = w.tick(15.0);
+    assert_eq!(listeners(&e), ["pg"]);
+    assert!(e.iter().any(|e| matches!(
+        e,
+        Effect::Notify(Notice {
+            reason: "ClusterNotWarm",
+            ..
+        })
+    )));
+}
+
+#[test]
+fn values_that_cannot_be_counts_are_refused_and_recorded() {
+    let mut w = World::new(true, false, vec![tcp("pg", 5432)]);
+    w.wake(0.0, "pg", &["10.0.0.1:5432"]);
+    w.sample_from("envoy-a#1", 1.0, "pg", 2.0, 5.0);
+    // A negative open count from another node would cancel a's two connections.
+    let e = w.sample_from("envoy-x#9", 1.5, "pg", -2.0, 0.0);
+    assert!(e.contains(&Effect::Record(Record::Rejected { count: 1 })));
+    w.sample_from("envoy-b#3", 19.0, "pg", 0.0, 1.0);
+    w.sample_from("envoy-b#3", 19.5, "pg", 0.0, 1.0);
+    w.tick(20.0);
+    assert_eq!(w.phase("pg"), Phase::Awake, "a's connections still count");
+}
+
+#[test]
+fn a_parked_service_found_running_is_scaled_down_again() {
+    let mut w = World::new(true, false, vec![tcp("pg", 5432), tcp("redis", 6379)]);
+    let checks = w.planner.reconcile();
+    w.run(checks.clone());
+    let Some(Effect::Check { wake, .. }) = checks
+        .iter()
+        .find(|e| matches!(e, Effect::Check { service, .. } if service == "pg"))
+    else {
+        panic!("a check for pg: {checks:?}");
+    };
+    let e = w.event(
+        1.0,
+        Event::Checked {
+            service: "pg".into(),
+            wake: *wake,
+            running: true,
+        },
+    );
+    assert_eq!(parks(&e), 1);
+    assert!(drift(&e));
+    // Parked and not running: nothing to do.
+    let e = w.event(
+        1.0,
+        Event::Checked {
+            service: "redis".into(),
+            wake: 0,
+            running: false,
+        },
+    );
+    assert_eq!(e, []);
+}
+
+#[test]
+fn an_awake_service_found_stopped_gets_the_holder_again() {
+    let mut w = World::new(true, false, vec![tcp("pg", 5432)]);
+    w.wake(0.0, "pg", &["10.0.0.1:5432"]);
+    let checks = w.planner.reconcile();
+    let Some(Effect::Check { wake, .. }) = checks.first() else {
+        panic!("a check: {checks:?}");
+    };
+    let e = w.event(
+        1.0,
+        Event::Checked {
+            service: "pg".into(),
+            wake: *wake,
+            running: false,
+        },
+    );
+    assert!(drift(&e));
+    assert_eq!(w.phase("pg"), Phase::Parked);
+    assert_eq!(assignments(&e, "pg"), [&holder(policy())]);
+    assert_eq!(parks(&e), 0, "nothing runs to stop");
+}
+
+#[test]
+fn a_check_answered_after_a_new_wake_is_ignored_and_busy_services_are_not_checked() {
+    let mut w = World::new(true, false, vec![tcp("pg", 5432), tcp("held", 1)]);
+    let checks = w.planner.reconcile();
+    let Some(Effect::Check { wake, .. }) = checks.first() else {
+        panic!("a check");
+    };
+    let asked = *wake;
+    // A connection wakes pg before the answer comes.
+    w.pending(0.5, "pg", 1.0);
+    let e = w.event(
+        1.0,
+        Event::Checked {
+            service: "pg".into(),
+            wake: asked,
+            running: true,
+        },
+    );
+    assert_eq!(e, []);
+    // Waking, and parked-with-held-connections services are not checked.
+    w.pending(1.0, "held", 1.0);
+    w.tick(61.0);
+    assert!(w.planner.reconcile().iter().all(
+        |e| !matches!(e, Effect::Check { service, .. } if service == "pg" || service == "held")
+    ));
+}
+
+#[test]
+fn a_follower_checks_nothing() {
+    let mut w = World::new(false, false, vec![tcp("pg", 5432)]);
+    assert_eq!(w.planner.reconcile(), []);
+}
+
+#[test]
+fn new_envoy_limits_republish_the_cluster_and_the_listener() {
+    let mut w = World::new(true, false, vec![tcp("pg", 5432)]);
+    let roomy = Policy {
+        max_connections: 5000,
+        tcp_idle_timeout: Duration::ZERO,
+        ..policy()
+    };
+    let e = w.event(
+        0.0,
+        Event::Reload {
+            policies: vec![("pg".into(), roomy)],
+        },
+    );
+    assert!(e.contains(&Effect::PublishCluster {
+        service: "pg".into(),
+        limits: roomy.envoy()
+    }));
+    assert_eq!(listeners(&e), ["pg"]);
 }

@@ -25,6 +25,10 @@ struct Args {
     /// Body text for --http.
     #[arg(long, default_value = "hello from zenvoy-echo")]
     body: String,
+    /// After the first connection (the controller's readiness probe), stop listening for
+    /// this long, then listen again: an upstream that flaps right after it looked ready.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pause_after_first: Option<std::time::Duration>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -50,6 +54,16 @@ async fn main() -> anyhow::Result<()> {
     );
     let body: &'static str = Box::leak(args.body.into_boxed_str());
     let mut accepts = 0u32;
+    let mut listener = listener;
+    if let Some(pause) = args.pause_after_first {
+        let (first, _) = listener.accept().await?;
+        drop(first);
+        drop(listener);
+        eprintln!("zenvoy-echo: not listening for {pause:?}");
+        tokio::time::sleep(pause).await;
+        listener = TcpListener::bind(args.listen).await?;
+        eprintln!("zenvoy-echo: listening again");
+    }
     loop {
         let (s, _) = listener.accept().await?;
         let _ = s.set_nodelay(true);

@@ -186,3 +186,27 @@ fn a_new_config_reapplies_every_services_policy() {
     assert_eq!(def.policy.idle_timeout, std::time::Duration::from_secs(120));
     assert_eq!(ix.reapply(&c), [], "already applied");
 }
+
+#[test]
+fn a_hold_shorter_than_the_wake_is_warned_about_and_still_applied() {
+    let mut ix = index();
+    let c = config();
+    let short = svc(
+        "a",
+        "ns",
+        &[
+            (service::ENABLED, "true"),
+            ("zenvoy.io/holdTimeout", "10s"),
+            ("zenvoy.io/wakeTimeout", "2m"),
+        ],
+        80,
+    );
+    let ch = ix.apply(short, 0, &c);
+    assert_eq!(added(&ch), ["a.ns"]);
+    let (reason, note) = warning(&ch).expect("a warning");
+    assert_eq!(reason, "HoldShorterThanWake");
+    assert!(
+        note.contains("zenvoy.io/holdTimeout") && note.contains("zenvoy.io/wakeTimeout"),
+        "{note}"
+    );
+}

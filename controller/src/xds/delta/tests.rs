@@ -8,7 +8,11 @@ fn cache() -> Cache {
         cache.set(
             CLUSTER_TYPE,
             s,
-            resources::any(resources::cluster(s, std::time::Duration::from_secs(1))),
+            resources::any(resources::cluster(
+                s,
+                std::time::Duration::from_secs(1),
+                &limits(),
+            )),
         );
         let up = Endpoints::Upstream(vec!["127.0.0.1:1".parse().expect("addr")]);
         cache.set(
@@ -115,4 +119,8 @@ fn a_request_of_another_type_keeps_the_endpoint_acks() {
     assert_eq!(r2.len(), 1);
     s.on_request(req(ENDPOINT_TYPE, &[], &r2[0].nonce), &c, &m);
     assert!(c.all_acked("a", v2));
+}
+
+fn limits() -> resources::EnvoyLimits {
+    zenvoy_core::model::Policy::default().envoy()
 }

@@ -15,12 +15,16 @@ fn cache_with(services: &[&str]) -> Cache {
         cache.set(
             LISTENER_TYPE,
             s,
-            resources::any(resources::listener(s, addr)),
+            resources::any(resources::listener(s, addr, &limits())),
         );
         cache.set(
             CLUSTER_TYPE,
             s,
-            resources::any(resources::cluster(s, std::time::Duration::from_secs(1))),
+            resources::any(resources::cluster(
+                s,
+                std::time::Duration::from_secs(1),
+                &limits(),
+            )),
         );
         cache.set(
             ENDPOINT_TYPE,
@@ -70,7 +74,11 @@ fn wildcard_types_get_everything_once_until_a_change() {
     cache.set(
         CLUSTER_TYPE,
         "a",
-        resources::any(resources::cluster("a", std::time::Duration::from_secs(5))),
+        resources::any(resources::cluster(
+            "a",
+            std::time::Duration::from_secs(5),
+            &limits(),
+        )),
     );
     let r2 = s.on_change(&cache);
     assert_eq!(r2.len(), 1);
@@ -205,4 +213,8 @@ fn a_request_of_another_type_keeps_the_endpoint_acks() {
     assert_eq!(r2.len(), 1);
     s.on_request(req(ENDPOINT_TYPE, &["a"], Some(&r2[0])), &cache, &m);
     assert!(cache.all_acked("a", v2));
+}
+
+fn limits() -> resources::EnvoyLimits {
+    zenvoy_core::model::Policy::default().envoy()
 }
