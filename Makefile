@@ -14,10 +14,12 @@ setup:
 build:
 	$(CARGO) build --workspace --bins
 
-# The local stack: Envoy on 127.0.0.1:10000 in front of an example HTTP service that
-# starts on the first connection and stops after 15 s idle (examples/local.yaml).
+# The local stack: `zenvoy run` (controller and holder in one process, Envoy as its
+# child) with Envoy on 127.0.0.1:10000 in front of an example HTTP service that starts
+# on the first connection and stops after 15 s idle (examples/local.yaml); logs in
+# run/logs/. Ctrl-C stops all of it.
 run: setup build
-	$(BIN)/zenvoy-local --config examples/local.yaml
+	$(BIN)/zenvoy run --config examples/local.yaml
 
 # Everything CI runs: the dashboards and alerts checks, format, lints, unit tests,
 # end-to-end tests with a real Envoy (and a real Prometheus: tests/tests/dashboards.rs).
@@ -34,7 +36,8 @@ unit:
 	$(CARGO) test --workspace --lib --bins
 
 e2e: setup build
-	$(CARGO) test --workspace --test e2e --test holder --test transparent --test kubernetes --test fake_kube --test deploy --test images
+	$(CARGO) test --workspace --test e2e --test holder --test transparent --test kubernetes --test fake_kube --test deploy --test images \
+	  --test cli --test readiness --test grpc --test real_servers
 
 # Dashboards and alerts without a build: the committed dashboard JSON, queries.json and
 # deploy/monitoring/ are exactly what dashboards/ generates; deploy/monitoring/ is valid

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes the README's dashboard pictures (docs/img/zenvoy-*.png) from a real local stack:
-# zenvoy-local with examples/demo.yaml (controller, holder, Envoy, three services), a real
+# `zenvoy run` with examples/demo.yaml (controller, holder, Envoy, three services), a real
 # Prometheus with examples/prometheus.yml (its data in a temporary directory), about six
 # minutes of traffic that wakes, serves and parks web and db, keeps a TCP connection open
 # on db, fails broken's wakes and sends the holder a connection without a PROXY header
@@ -11,7 +11,8 @@
 #   BIN=target/release OUT=/tmp/pictures scripts/dashboard-pictures.sh
 #
 # Needs Prometheus (make setup) and matplotlib (.venv/bin/pip install matplotlib); uses
-# the ports of examples/demo.yaml, Envoy's admin 9901 and Prometheus on PROM_PORT (9090).
+# the ports of examples/demo.yaml (Envoy's admin on 9901 among them) and Prometheus on
+# PROM_PORT (9090).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/debug}
@@ -30,7 +31,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$BIN/zenvoy-local" --config examples/demo.yaml --dir "$work/run" >"$work/local.log" 2>&1 &
+"$BIN/zenvoy" run --config examples/demo.yaml --dir "$work/run" >"$work/local.log" 2>&1 &
 pids+=($!)
 prometheus --config.file=examples/prometheus.yml --storage.tsdb.path="$work/prom" \
   --web.listen-address="127.0.0.1:$PROM_PORT" --log.level=warn >"$work/prometheus.log" 2>&1 &

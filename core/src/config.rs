@@ -40,6 +40,16 @@ pub const DEFAULT_CONTROLLER_LISTEN: SocketAddr = localhost(18000);
 pub const DEFAULT_CONTROLLER_ADMIN: SocketAddr = localhost(18001);
 /// Where Envoy sends held connections (PROXY protocol v2).
 pub const DEFAULT_HOLDER_ADDRESS: SocketAddr = localhost(15001);
+/// The holder's `/metrics` when `zenvoy run` starts it.
+pub const DEFAULT_HOLDER_ADMIN: SocketAddr = localhost(15002);
+/// Envoy's admin interface when `zenvoy run` starts it.
+pub const DEFAULT_ENVOY_ADMIN: SocketAddr = localhost(9901);
+/// `runDir` when it is left out (next to the config file).
+pub const DEFAULT_RUN_DIR: &str = "zenvoy-run";
+/// `ready.interval` when it is left out.
+pub const DEFAULT_READY_INTERVAL: Duration = Duration::from_millis(100);
+/// `stopGrace` when it is left out.
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(5);
 /// Longest service name (a DNS subdomain, RFC 1123).
 pub const MAX_NAME_LEN: usize = zenvoy_contract::MAX_SERVICE_NAME_LEN;
 /// Namespace used in an HTTP service's domain forms when none is given.
@@ -54,6 +64,11 @@ const fn localhost(port: u16) -> SocketAddr {
 pub struct Config {
     pub controller: ControllerConfig,
     pub holder: HolderConfig,
+    pub envoy: EnvoyConfig,
+    /// Where `zenvoy run` and the process backend keep their files: the state file,
+    /// service logs (`logs/<name>.log`), Envoy's and the holder's logs. Relative paths
+    /// in a file read with [`Config::load`] are relative to the file's directory.
+    pub run_dir: PathBuf,
     /// The shared Host-routed HTTP listener, if any service speaks HTTP.
     pub http: Option<HttpConfig>,
     /// Stats pages to scrape, for Envoys and holders that do not push.
@@ -88,7 +103,36 @@ pub struct ControllerConfig {
     /// gRPC connection is pinged every third of this and closed when a ping goes
     /// unanswered for another third, and its stats expire after all of it.
     pub peer_timeout: Duration,
+    /// mTLS for every gRPC stream; plaintext when absent (loopback only, say).
+    pub tls: Option<TlsConfig>,
+    /// The largest gRPC message accepted (a metrics push, an ADS request), in bytes.
+    pub max_message_bytes: usize,
+    /// ADS and metrics streams open at once, all peers together; more are refused.
+    pub max_streams: usize,
+    /// Resource names one ADS stream may subscribe to.
+    pub max_names_per_stream: usize,
 }
+
+/// The controller's TLS files (PEM). Clients must present a certificate signed by
+/// `client_ca`, and a stream is accepted only from the node its certificate names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The controller's certificate chain.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// The CA that signs the certificates of Envoys and holders.
+    pub client_ca: PathBuf,
+}
+
+/// `controller.maxMessageBytes` when it is left out: a 10,000-cluster Envoy push is
+/// 3.2 MiB; tonic's own default of 4 MiB would leave too little room.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 8 << 20;
+/// `controller.maxStreams` when it is left out: two streams for each of 500 nodes
+/// (an ADS and a metrics stream per Envoy or holder), with room.
+pub const DEFAULT_MAX_STREAMS: usize = 1024;
+/// `controller.maxNamesPerStream` when it is left out.
+pub const DEFAULT_MAX_NAMES_PER_STREAM: usize = 100_000;
 
 /// `controller.peerTimeout` when it is left out.
 pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -109,6 +153,15 @@ impl Config {
 pub struct HolderConfig {
     /// Where Envoy sends held connections (PROXY protocol v2).
     pub address: SocketAddr,
+    /// The holder's `/metrics` (used by `zenvoy run`, which starts the holder).
+    pub admin: SocketAddr,
+}
+
+/// The Envoy `zenvoy run` starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvoyConfig {
+    /// Its admin interface (`/stats/prometheus`, `/ready`).
+    pub admin: SocketAddr,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -154,8 +207,85 @@ pub struct ServiceConfig {
     pub upstream: SocketAddr,
     /// Program and arguments for the process backend; non-empty, `command[0]` non-empty.
     pub command: Vec<String>,
+    /// How the process backend runs, checks and stops the command.
+    pub process: ProcessOptions,
     /// `defaults` with this service's overrides applied.
     pub policy: Policy,
+}
+
+/// How the process backend runs a service's command, tells it is ready, and stops it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessOptions {
+    pub ready: Ready,
+    /// stdout and stderr, appended (`<runDir>/logs/<name>.log` by default).
+    pub log: PathBuf,
+    /// Set in the command's environment, over what the controller has.
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Working directory; the controller's when absent.
+    pub cwd: Option<PathBuf>,
+    /// Sent to the process group to stop it (`SIGINT` is Postgres's fast shutdown).
+    pub stop_signal: StopSignal,
+    /// After this long without exiting, the group gets SIGKILL.
+    pub stop_grace: Duration,
+}
+
+/// When a woken process counts as ready. Every check first waits for the upstream port
+/// to accept; the wake gives up after the service's `wakeTimeout`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ready {
+    pub check: ReadyCheck,
+    /// How often `http` and `command` checks are tried.
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadyCheck {
+    /// The upstream port accepts a connection (the default).
+    Tcp,
+    /// `GET path` on the upstream answers `status` (any 2xx when absent).
+    Http { path: String, status: Option<u16> },
+    /// The program exits 0 (`pg_isready`, `redis-cli ping`).
+    Command(Vec<String>),
+}
+
+/// The signals a service may be stopped with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopSignal {
+    Term,
+    Int,
+    Quit,
+    Hup,
+    Usr1,
+    Usr2,
+}
+
+impl StopSignal {
+    const ALL: [StopSignal; 6] = [
+        StopSignal::Term,
+        StopSignal::Int,
+        StopSignal::Quit,
+        StopSignal::Hup,
+        StopSignal::Usr1,
+        StopSignal::Usr2,
+    ];
+
+    /// `SIGTERM`, `SIGINT`, ...
+    pub fn name(self) -> &'static str {
+        match self {
+            StopSignal::Term => "SIGTERM",
+            StopSignal::Int => "SIGINT",
+            StopSignal::Quit => "SIGQUIT",
+            StopSignal::Hup => "SIGHUP",
+            StopSignal::Usr1 => "SIGUSR1",
+            StopSignal::Usr2 => "SIGUSR2",
+        }
+    }
+
+    /// `SIGINT` or `INT`.
+    pub fn parse(s: &str) -> Option<StopSignal> {
+        let s = s.strip_prefix("SIG").unwrap_or(s);
+        Self::ALL.into_iter().find(|sig| &sig.name()[3..] == s)
+    }
 }
 
 impl ServiceConfig {
@@ -219,12 +349,52 @@ impl Config {
     ///
     /// # Errors
     /// [`ConfigError::Io`] naming `path` if it cannot be read, else as `from_yaml`.
+    /// Relative paths in it (`runDir`, a service's `log` and `cwd`, TLS files) are
+    /// made relative to the file's directory, so the same file means the same thing
+    /// whichever directory it is run from.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_for(path, Mode::Process)
+    }
+
+    /// As [`Config::load`], with the `services` rules of `mode`.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn load_for(path: &Path, mode: Mode) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_yaml(&text)
+        let mut config = Self::from_yaml_for(&text, mode)?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        config.resolve_paths(base);
+        Ok(config)
+    }
+
+    /// Every relative path made relative to `base`.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.run_dir);
+        if let Some(t) = &mut self.controller.tls {
+            resolve(&mut t.cert);
+            resolve(&mut t.key);
+            resolve(&mut t.client_ca);
+        }
+        for s in &mut self.services {
+            resolve(&mut s.process.log);
+            if let Some(cwd) = &mut s.process.cwd {
+                resolve(cwd);
+            }
+        }
+    }
+
+    /// Where the process backend keeps what runs.
+    pub fn state_file(&self) -> PathBuf {
+        self.run_dir.join("state.json")
     }
 }
 

@@ -37,6 +37,45 @@ pub enum Protocol {
     /// A virtual host on the shared HTTP listener; activity from requests (pooled
     /// keep-alive connections stay open while idle, so connections do not count).
     Http,
+    /// As `Http`, with an HTTP/2 upstream (gRPC, h2c): config `grpc` or `http2`.
+    Http2,
+}
+
+impl Protocol {
+    /// Routed on the shared HTTP listener by Host (`:authority`).
+    pub fn routed(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Http2)
+    }
+
+    /// Whose stats tell activity: connections and bytes (`Tcp`) or requests (`Http`).
+    pub fn activity(self) -> Protocol {
+        match self {
+            Protocol::Tcp => Protocol::Tcp,
+            Protocol::Http | Protocol::Http2 => Protocol::Http,
+        }
+    }
+
+    /// What [`Protocol::parse`] takes, for errors.
+    pub const EXPECTED: &'static str = "must be \"tcp\", \"http\", \"grpc\" or \"http2\"";
+
+    /// The config's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Http => "http",
+            Protocol::Http2 => "grpc",
+        }
+    }
+
+    /// Read from the config's `protocol` (and the `zenvoy.io/protocol` annotation).
+    pub fn parse(s: &str) -> Option<Protocol> {
+        match s {
+            "tcp" => Some(Protocol::Tcp),
+            "http" => Some(Protocol::Http),
+            "grpc" | "http2" => Some(Protocol::Http2),
+            _ => None,
+        }
+    }
 }
 
 /// Timeouts and limits of one service. Every duration except `min_warm` is > 0, and
@@ -124,7 +163,8 @@ pub enum Endpoints {
 pub struct VirtualHost {
     pub service: String,
     pub domains: Vec<String>,
-    /// Route timeout: long enough for a cold start plus the request itself.
+    /// Route timeout: long enough for a cold start plus the request itself; zero (none)
+    /// for gRPC, whose calls may stream for as long as they like.
     pub timeout: Duration,
 }
 

@@ -73,6 +73,8 @@ pub enum Effect {
     /// its circuit breakers).
     PublishCluster {
         service: String,
+        /// `Http2`: the cluster speaks HTTP/2 to its upstream (and to the holder).
+        protocol: Protocol,
         limits: EnvoyLimits,
     },
     /// The service's assignment. Once published, tell the planner its version with
@@ -246,6 +248,26 @@ struct Service {
     /// The current wake was asked for without scaling (this controller did not lead).
     wake_watch_only: bool,
     warming: Warming,
+    /// When it entered its phase (None: in it since it was added).
+    phase_since: Option<Instant>,
+    /// How the last wake ended, and how long it took.
+    last_wake: Option<(WakeOutcome, Duration)>,
+}
+
+/// One service at a glance (the admin API's `/status`, `zenvoy status`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    pub name: String,
+    pub phase: Phase,
+    /// How long it has been in its phase; None: since it was added.
+    pub since: Option<Duration>,
+    /// Connections held for it, summed over holders.
+    pub pending: u64,
+    /// How the last wake ended and how long it took; None: not woken yet.
+    pub last_wake: Option<(WakeOutcome, Duration)>,
+    /// Awake: how long since it was last active (it parks at its idle timeout).
+    pub idle: Option<Duration>,
+    pub idle_timeout: Duration,
 }
 
 fn timing(p: &Policy) -> Timing {
@@ -424,6 +446,32 @@ impl Planner {
         })
     }
 
+    /// Every service at `now`, in the order they came.
+    pub fn status(&self, now: Instant) -> Vec<Status> {
+        self.names
+            .iter()
+            .filter_map(|n| {
+                let s = self.services.get(n)?;
+                let idle = match s.state {
+                    State::Awake { last_active, .. } => {
+                        Some(now.saturating_duration_since(last_active))
+                    }
+                    _ => None,
+                };
+                Some(Status {
+                    name: n.clone(),
+                    phase: s.state.phase(),
+                    since: s.phase_since.map(|t| now.saturating_duration_since(t)),
+                    // Sums of non-negative counts; rounding keeps a float sum's dust out.
+                    pending: s.pending.round().clamp(0.0, u64::MAX as f64) as u64,
+                    last_wake: s.last_wake,
+                    idle,
+                    idle_timeout: s.def.policy.idle_timeout,
+                })
+            })
+            .collect()
+    }
+
     fn take(&mut self) -> Vec<Effect> {
         std::mem::take(&mut self.out)
     }
@@ -459,6 +507,11 @@ impl Planner {
                     service: name.clone(),
                     protocol: def.protocol,
                 });
+                self.out.push(Effect::PublishCluster {
+                    service: name.clone(),
+                    protocol: def.protocol,
+                    limits: def.policy.envoy(),
+                });
             }
             if old.protocol != def.protocol || old.domains != def.domains {
                 self.routes_dirty = true;
@@ -475,6 +528,7 @@ impl Planner {
         };
         self.out.push(Effect::PublishCluster {
             service: name.clone(),
+            protocol: def.protocol,
             limits: def.policy.envoy(),
         });
         self.out.push(Effect::PublishEndpoints {
@@ -500,7 +554,7 @@ impl Planner {
             service: name.clone(),
             protocol: def.protocol,
         });
-        if acks.is_some() && def.protocol == Protocol::Http {
+        if acks.is_some() && def.protocol.routed() {
             self.routes_dirty = true;
         }
         self.services.insert(
@@ -516,6 +570,8 @@ impl Planner {
                 wake: 0,
                 wake_watch_only: false,
                 warming,
+                phase_since: None,
+                last_wake: None,
             },
         );
         self.names.push(name);
@@ -534,7 +590,7 @@ impl Planner {
         self.out.push(Effect::RemoveService {
             service: name.to_string(),
         });
-        if s.def.protocol == Protocol::Http {
+        if s.def.protocol.routed() {
             self.routes_dirty = true;
         }
         self.record(Record::Forget {
@@ -565,12 +621,13 @@ impl Planner {
                 });
             }
         }
-        if s.def.protocol == Protocol::Http && old.wake_timeout != policy.wake_timeout {
+        if s.def.protocol.routed() && old.wake_timeout != policy.wake_timeout {
             self.routes_dirty = true;
         }
         if old.envoy() != policy.envoy() {
             self.out.push(Effect::PublishCluster {
                 service: service.to_string(),
+                protocol: s.def.protocol,
                 limits: policy.envoy(),
             });
             if let (Some(listen), Warming::Done) = (s.def.listen, s.warming) {
@@ -702,7 +759,7 @@ impl Planner {
                 limits: s.def.policy.envoy(),
             });
         }
-        if s.def.protocol == Protocol::Http {
+        if s.def.protocol.routed() {
             self.routes_dirty = true;
         }
     }
@@ -804,18 +861,38 @@ impl Planner {
         let mut hosts: Vec<VirtualHost> = self
             .services
             .values()
-            .filter(|s| s.def.protocol == Protocol::Http && s.warming == Warming::Done)
+            .filter(|s| s.def.protocol.routed() && s.warming == Warming::Done)
             .map(|s| VirtualHost {
                 service: s.def.name.clone(),
                 domains: s.def.domains.clone(),
-                timeout: s
-                    .def
-                    .policy
-                    .wake_timeout
-                    .saturating_add(ROUTE_TIMEOUT_AFTER_WAKE),
+                // gRPC calls may stream for hours: no route timeout (a held one is still
+                // bounded by the holder's holdTimeout).
+                timeout: match s.def.protocol {
+                    Protocol::Http2 => Duration::ZERO,
+                    Protocol::Tcp | Protocol::Http => s
+                        .def
+                        .policy
+                        .wake_timeout
+                        .saturating_add(ROUTE_TIMEOUT_AFTER_WAKE),
+                },
             })
             .collect();
         hosts.sort_by(|a, b| a.service.cmp(&b.service));
+        // A domain on two virtual hosts makes Envoy reject the whole route configuration
+        // (and every later change to it). Config validation and Kubernetes discovery
+        // refuse such services already; this keeps it true whatever reaches here: the
+        // first service (by name) keeps the domain.
+        let mut seen = std::collections::HashSet::new();
+        for h in &mut hosts {
+            h.domains.retain(|d| {
+                let first = seen.insert(d.clone());
+                if !first {
+                    warn!(service = %h.service, domain = %d, "domain already routed to another service; left out");
+                }
+                first
+            });
+        }
+        hosts.retain(|h| !h.domains.is_empty());
         self.out.push(Effect::PublishRoutes(hosts));
     }
 
@@ -834,6 +911,7 @@ impl Planner {
         let (after, step) = activity::step(before, input, now, &s.timing);
         s.state = after;
         if before.phase() != after.phase() {
+            s.phase_since = Some(now);
             info!(service, from = ?before.phase(), to = ?after.phase(), ?input, "state");
             self.out.push(Effect::Record(Record::State {
                 service: service.to_string(),
@@ -841,6 +919,7 @@ impl Planner {
             }));
         }
         if let Some((outcome, took)) = step.wake {
+            s.last_wake = Some((outcome, took));
             info!(
                 service,
                 outcome = outcome.label(),

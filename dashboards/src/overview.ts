@@ -358,7 +358,9 @@ export function overview(): dashboard.DashboardBuilder {
         description:
           'Metric streams that failed (push) and scrapes that failed (scrape): the node behind a failure is forgotten until it answers again. ' +
           'Expired: nodes that sent nothing for the stats expiry (controller.peerTimeout) and were forgotten. ' +
-          'Refused values: stats that cannot be counts (negative, NaN, infinite).',
+          'Refused values: stats that cannot be counts (negative, NaN, infinite). ' +
+          'Refused streams: xDS or metrics streams the controller turned away, by reason (over controller.maxStreams, ' +
+          'or a client certificate that does not name the node it claims).',
         unit: PER_MIN,
         steps: [[1, 'red']],
         bars: true,
@@ -366,6 +368,7 @@ export function overview(): dashboard.DashboardBuilder {
           { expr: `sum by (source) (rate(zenvoy_ingest_errors_total[${RATE}])) * 60`, legend: '{{source}}' },
           { expr: `sum(rate(zenvoy_ingest_nodes_expired_total[${RATE}])) * 60`, legend: 'expired nodes' },
           { expr: `sum(rate(zenvoy_ingest_rejected_total[${RATE}])) * 60`, legend: 'refused values' },
+          { expr: `sum by (reason) (rate(zenvoy_streams_refused_total[${RATE}])) * 60`, legend: 'refused streams ({{reason}})' },
         ],
         w: 8,
         h: 8,

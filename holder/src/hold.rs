@@ -14,11 +14,23 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_pending_per_service: usize,
     pub max_pending_total: usize,
     pub max_services: usize,
+}
+
+/// The `zenvoy-holder` flags' defaults (`--max-pending`, `--max-pending-total`,
+/// `--max-services`).
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_pending_per_service: 1000,
+            max_pending_total: 10_000,
+            max_services: 10_000,
+        }
+    }
 }
 
 /// Why a connection was refused at once instead of held.

@@ -34,6 +34,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tracing::{info, warn};
 
 pub use hold::Limits;
 pub use ingress::Ingress;
@@ -44,6 +45,8 @@ pub struct Settings {
     /// Controller gRPC URLs, e.g. `http://127.0.0.1:18000`: several replicas are tried
     /// in turn on each reconnect (only the leader serves).
     pub controllers: Vec<String>,
+    /// mTLS towards the controllers (URLs then `https://`).
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
     pub node_id: String,
     pub limits: Limits,
     pub timeouts: Timeouts,
@@ -69,19 +72,14 @@ pub async fn run(
         cluster: "zenvoy-holder".to_string(),
         ..Default::default()
     };
-    let xds = tokio::spawn(xds::run(
-        settings.controllers.clone(),
-        node.clone(),
-        hold.clone(),
-    ));
-    let push = settings.push.then(|| {
-        tokio::spawn(push::run(
-            settings.controllers.clone(),
-            node,
-            hold.clone(),
-            metrics.clone(),
-        ))
+    let controllers = Arc::new(Controllers {
+        urls: settings.controllers.clone(),
+        tls: settings.tls.clone(),
     });
+    let xds = tokio::spawn(xds::run(controllers.clone(), node.clone(), hold.clone()));
+    let push = settings
+        .push
+        .then(|| tokio::spawn(push::run(controllers, node, hold.clone(), metrics.clone())));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -114,10 +112,35 @@ pub async fn run(
 pub const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 pub const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// A gRPC channel to a controller, with keepalives (see [`PING_EVERY`]).
-pub(crate) async fn connect(controller: &str) -> Result<tonic::transport::Channel, tonic::Status> {
-    tonic::transport::Endpoint::from_shared(controller.to_string())
-        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+/// The controller replicas the holder's streams connect to, and how.
+#[derive(Debug)]
+pub struct Controllers {
+    pub urls: Vec<String>,
+    /// Client certificate and the CA the controller's certificate must chain to.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
+}
+
+impl Controllers {
+    /// A gRPC channel to `url`, with keepalives (see [`PING_EVERY`]) and TLS when set.
+    pub(crate) async fn connect(
+        &self,
+        url: &str,
+    ) -> Result<tonic::transport::Channel, tonic::Status> {
+        let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+        }
+        connect(endpoint).await
+    }
+}
+
+async fn connect(
+    endpoint: tonic::transport::Endpoint,
+) -> Result<tonic::transport::Channel, tonic::Status> {
+    endpoint
         .connect_timeout(std::time::Duration::from_secs(2))
         .tcp_nodelay(true)
         .tcp_keepalive(Some(PING_EVERY))
@@ -159,4 +182,44 @@ pub fn bind(addr: SocketAddr, transparent: bool) -> std::io::Result<TcpListener>
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     TcpListener::from_std(socket.into())
+}
+
+/// Each held connection is one descriptor and each relay five more (the upstream socket
+/// and two pipes): raise the soft RLIMIT_NOFILE to the hard limit, as Go's runtime does
+/// for every program, so the holder is not stopped at the common soft default of 1024.
+pub fn raise_nofile(max_pending_total: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let limit = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => {
+                info!(from = soft, to = hard, "raised the open-file limit");
+                hard
+            }
+            Err(e) => {
+                warn!(soft, hard, error = %e, "cannot raise the open-file limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => {
+            info!(limit = soft, "open-file limit");
+            soft
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot read the open-file limit");
+            return;
+        }
+    };
+    // Held connections take one descriptor each; relays need five more each while
+    // they run. Below this the hold queue itself cannot fill (new clients wait in the
+    // kernel's accept queue); above it, relays of a full queue may wait their turn for
+    // descriptors, which loses nothing (README: file descriptors).
+    let want = (max_pending_total as u64).saturating_add(256);
+    if limit < want {
+        warn!(
+            limit,
+            max_pending_total,
+            wanted = want,
+            "open-file limit below --max-pending-total + 256: the hold queue cannot fill"
+        );
+    }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::info;
 use zenvoy_holder::ingress::{check_service_ports, DestinationMap, InvalidIngress, ServiceAddr};
 use zenvoy_holder::{Ingress, Limits, Settings, Timeouts};
 
@@ -71,6 +71,19 @@ struct Args {
     /// (slower detection: one scrape interval).
     #[arg(long)]
     no_push: bool,
+    /// mTLS to the controller: the CA its certificate must chain to (PEM). With it,
+    /// `--tls-cert` and `--tls-key` are required and the `--controller` URLs are https.
+    #[arg(long, value_name = "PEM", requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+    /// This holder's client certificate (PEM); it must name `--node-id`.
+    #[arg(long, value_name = "PEM", requires = "tls_ca")]
+    tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_ca")]
+    tls_key: Option<PathBuf>,
+    /// The name the controller's certificate must carry.
+    #[arg(long, default_value = "zenvoy-controller")]
+    tls_server_name: String,
     /// Write the bound addresses here as JSON: {"listen": ADDR, "admin": ADDR,
     /// "service_ports": {NAME: ADDR}, "transparent": ADDR or null}.
     #[arg(long)]
@@ -91,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         builder.init();
     }
-    raise_nofile(args.max_pending_total);
+    zenvoy_holder::raise_nofile(args.max_pending_total);
     let listeners = bind(&args)?;
     for (l, ingress) in &listeners {
         info!(address = ?l.local_addr().ok(), ingress = ingress.kind(), "listening");
@@ -102,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(path) = &args.address_file {
         write_addresses(path, &listeners, &admin)?;
     }
+    let tls = client_tls(&args)?;
     let settings = Settings {
         controllers: args.controller,
         node_id: args.node_id,
@@ -111,6 +125,7 @@ async fn main() -> anyhow::Result<()> {
             max_services: args.max_services,
         },
         push: !args.no_push,
+        tls,
         timeouts: Timeouts {
             header: args.header_timeout,
             hold: args.hold_timeout,
@@ -120,46 +135,6 @@ async fn main() -> anyhow::Result<()> {
     };
     zenvoy_holder::run(settings, listeners, admin, shutdown_signal()).await?;
     Ok(())
-}
-
-/// Each held connection is one descriptor and each relay five more (the upstream socket
-/// and two pipes): raise the soft RLIMIT_NOFILE to the hard limit, as Go's runtime does
-/// for every program, so the holder is not stopped at the common soft default of 1024.
-fn raise_nofile(max_pending_total: usize) {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let limit = match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => {
-                info!(from = soft, to = hard, "raised the open-file limit");
-                hard
-            }
-            Err(e) => {
-                warn!(soft, hard, error = %e, "cannot raise the open-file limit");
-                soft
-            }
-        },
-        Ok((soft, _)) => {
-            info!(limit = soft, "open-file limit");
-            soft
-        }
-        Err(e) => {
-            warn!(error = %e, "cannot read the open-file limit");
-            return;
-        }
-    };
-    // Held connections take one descriptor each; relays need five more each while
-    // they run. Below this the hold queue itself cannot fill (new clients wait in the
-    // kernel's accept queue); above it, relays of a full queue may wait their turn for
-    // descriptors, which loses nothing (README: file descriptors).
-    let want = (max_pending_total as u64).saturating_add(256);
-    if limit < want {
-        warn!(
-            limit,
-            max_pending_total,
-            wanted = want,
-            "open-file limit below --max-pending-total + 256: the hold queue cannot fill"
-        );
-    }
 }
 
 /// Check the ingress flags together, then bind every listener.
@@ -220,5 +195,50 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// The client side of mTLS from the `--tls-*` flags, every file read now (an unreadable
+/// one is an error naming its flag, not a failure at the first connection).
+fn client_tls(args: &Args) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+    let (Some(ca), Some(cert), Some(key)) = (&args.tls_ca, &args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let read = |flag: &str, p: &PathBuf| {
+        std::fs::read(p).with_context(|| format!("{flag} {}: cannot read it", p.display()))
+    };
+    Ok(Some(
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(
+                "--tls-ca", ca,
+            )?))
+            .identity(tonic::transport::Identity::from_pem(
+                read("--tls-cert", cert)?,
+                read("--tls-key", key)?,
+            ))
+            .domain_name(args.tls_server_name.clone()),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flags_defaults_are_the_librarys() {
+        let args = Args::parse_from(["zenvoy-holder"]);
+        let limits = Limits {
+            max_pending_per_service: args.max_pending,
+            max_pending_total: args.max_pending_total,
+            max_services: args.max_services,
+        };
+        let timeouts = Timeouts {
+            header: args.header_timeout,
+            hold: args.hold_timeout,
+            connect: args.connect_timeout,
+            drain: args.drain_timeout,
+        };
+        assert_eq!(limits, Limits::default());
+        assert_eq!(timeouts, Timeouts::default());
     }
 }

@@ -72,10 +72,15 @@ fn changes(now: Vec<(String, usize)>, sent: &HashMap<String, usize>) -> Vec<(Str
 
 /// Keep one metrics stream to a controller open, reconnecting with backoff to the next
 /// of `controllers` each time.
-pub async fn run(controllers: Vec<String>, node: Node, hold: Arc<Hold>, metrics: Arc<Metrics>) {
+pub async fn run(
+    controllers: Arc<crate::Controllers>,
+    node: Node,
+    hold: Arc<Hold>,
+    metrics: Arc<Metrics>,
+) {
     let mut backoff = RETRY_MIN;
-    for controller in controllers.iter().cycle() {
-        match stream_once(controller, &node, &hold, &metrics).await {
+    for controller in controllers.urls.iter().cycle() {
+        match stream_once(&controllers, controller, &node, &hold, &metrics).await {
             Ok(()) => backoff = RETRY_MIN,
             Err(e) => {
                 warn!(%controller, error = %e, retry_in = ?backoff, "metrics stream to controller failed")
@@ -87,12 +92,13 @@ pub async fn run(controllers: Vec<String>, node: Node, hold: Arc<Hold>, metrics:
 }
 
 async fn stream_once(
+    controllers: &crate::Controllers,
     controller: &str,
     node: &Node,
     hold: &Hold,
     metrics: &Metrics,
 ) -> Result<(), tonic::Status> {
-    let channel = crate::connect(controller).await?;
+    let channel = controllers.connect(controller).await?;
     let mut client = MetricsServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(16);
     let mut changed = hold.watch_pending();

@@ -35,7 +35,7 @@ const FD_BACKOFF_MAX: Duration = Duration::from_millis(200);
 const REDIAL_MIN: Duration = Duration::from_millis(50);
 const REDIAL_MAX: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     /// A PROXY header must arrive within this.
     pub header: Duration,
@@ -45,6 +45,19 @@ pub struct Timeouts {
     pub connect: Duration,
     /// After shutdown, relays in progress get this long to finish.
     pub drain: Duration,
+}
+
+/// The `zenvoy-holder` flags' defaults (`--header-timeout`, `--hold-timeout`,
+/// `--connect-timeout`, `--drain-timeout`).
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            header: Duration::from_secs(5),
+            hold: Duration::from_secs(75),
+            connect: Duration::from_secs(2),
+            drain: Duration::from_secs(90),
+        }
+    }
 }
 
 /// Why a connection was refused before it was held.

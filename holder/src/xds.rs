@@ -87,10 +87,10 @@ pub fn upstreams(cla: &ClusterLoadAssignment) -> Vec<SocketAddr> {
 /// Keep one ADS stream to a controller open for the life of the process, reconnecting
 /// with backoff, to the next of `controllers` each time. Endpoints already known are
 /// kept while disconnected.
-pub async fn run(controllers: Vec<String>, node: Node, hold: Arc<Hold>) {
+pub async fn run(controllers: Arc<crate::Controllers>, node: Node, hold: Arc<Hold>) {
     let mut backoff = RETRY_MIN;
-    for controller in controllers.iter().cycle() {
-        match stream_once(controller, &node, &hold).await {
+    for controller in controllers.urls.iter().cycle() {
+        match stream_once(&controllers, controller, &node, &hold).await {
             Ok(()) => backoff = RETRY_MIN,
             Err(e) => {
                 warn!(%controller, error = %e, retry_in = ?backoff, "ADS stream to controller failed")
@@ -112,8 +112,13 @@ fn request(node: &Node, names: Vec<String>, last: Option<&DiscoveryResponse>) ->
     }
 }
 
-async fn stream_once(controller: &str, node: &Node, hold: &Hold) -> Result<(), tonic::Status> {
-    let channel = crate::connect(controller).await?;
+async fn stream_once(
+    controllers: &crate::Controllers,
+    controller: &str,
+    node: &Node,
+    hold: &Hold,
+) -> Result<(), tonic::Status> {
+    let channel = controllers.connect(controller).await?;
     let mut client = AggregatedDiscoveryServiceClient::new(channel);
     let (tx, rx) = mpsc::channel(16);
     // Seen before the names are read: a change made after this read is not lost.

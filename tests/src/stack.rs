@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::certs::Pki;
 use crate::envoy::{self, Envoy};
 use crate::process::Proc;
 use crate::{bin, free_port, http_get, metric_value, wait};
@@ -132,6 +133,9 @@ pub struct Options {
     pub extra_config: Vec<String>,
     /// YAML lines under `controller:` (e.g. `peerTimeout: 6s`).
     pub controller: Vec<String>,
+    /// mTLS on every gRPC stream: a test CA signs the controller's, the holder's
+    /// (`holder-1`) and each Envoy's (its node id) certificates.
+    pub tls: bool,
 }
 
 impl Default for Options {
@@ -146,6 +150,7 @@ impl Default for Options {
             scrape: None,
             extra_config: Vec::new(),
             controller: Vec::new(),
+            tls: false,
         }
     }
 }
@@ -222,6 +227,8 @@ pub struct Stack {
     pub holder_addresses: Value,
     pub services: Vec<ServiceSpec>,
     pub flush: Duration,
+    /// The test CA, with mTLS.
+    pub pki: Option<Pki>,
     pub dir: tempfile::TempDir,
 }
 
@@ -294,6 +301,17 @@ impl Stack {
             }),
             None => None,
         };
+        let pki = opts.tls.then(|| Pki::new(&d, "zenvoy")).transpose()?;
+        let mut opts = opts;
+        if let Some(pki) = &pki {
+            let server = pki.issue("zenvoy-controller")?;
+            opts.controller.extend([
+                "tls:".to_string(),
+                format!("  cert: {}", server.cert.display()),
+                format!("  key: {}", server.key.display()),
+                format!("  clientCa: {}", pki.ca.display()),
+            ]);
+        }
         let config = d.join("zenvoy.yaml");
         std::fs::write(&config, config_yaml(&opts, holder_listen, scrape))?;
 
@@ -316,11 +334,23 @@ impl Stack {
             .arg(scrape.map_or("127.0.0.1:0".to_string(), |p| p.holder_admin.to_string()))
             .args(["--node-id", "holder-1"])
             .arg("--controller")
-            .arg(format!("http://{grpc}"))
+            .arg(match &pki {
+                Some(_) => format!("https://{grpc}"),
+                None => format!("http://{grpc}"),
+            })
             .arg("--address-file")
             .arg(d.join("holder.json"))
             .args(&opts.holder_args)
             .args(scrape.map(|_| "--no-push"));
+        if let Some(pki) = &pki {
+            let leaf = pki.issue("holder-1")?;
+            cmd.arg("--tls-ca")
+                .arg(&pki.ca)
+                .arg("--tls-cert")
+                .arg(&leaf.cert)
+                .arg("--tls-key")
+                .arg(&leaf.key);
+        }
         cmd.env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -334,6 +364,13 @@ impl Stack {
                 envoy::bootstrap_without_push("envoy-1", grpc, p.envoy_admin.port(), opts.flush)
             }
             None => envoy::bootstrap("envoy-1", grpc, 0, opts.flush),
+        };
+        let boot = match &pki {
+            Some(pki) => {
+                let leaf = pki.issue("envoy-1")?;
+                envoy::with_tls(boot, &pki.ca, &leaf.cert, &leaf.key)
+            }
+            None => boot,
         };
         let envoy = match Envoy::start(&d, "envoy", &boot, Some(&d.join("envoy.log"))).await {
             Ok(e) => e,
@@ -350,7 +387,19 @@ impl Stack {
             holder_addresses: h,
             services: opts.services,
             flush: opts.flush,
+            pki,
             dir,
+        })
+    }
+
+    /// `boot` with mTLS and a certificate for `node` when the stack has a CA.
+    fn tls(&self, boot: Value, node: &str) -> anyhow::Result<Value> {
+        Ok(match &self.pki {
+            Some(pki) => {
+                let leaf = pki.issue(node)?;
+                envoy::with_tls(boot, &pki.ca, &leaf.cert, &leaf.key)
+            }
+            None => boot,
         })
     }
 
@@ -373,7 +422,7 @@ impl Stack {
     /// Start another Envoy with node id `node` on the same controller; it is ready (has
     /// its listeners) when this returns. The caller owns it.
     pub async fn start_envoy(&self, node: &str) -> anyhow::Result<Envoy> {
-        let boot = envoy::bootstrap(node, self.grpc, 0, self.flush);
+        let boot = self.tls(envoy::bootstrap(node, self.grpc, 0, self.flush), node)?;
         let log = self.dir.path().join(format!("{node}.log"));
         Envoy::start(self.dir.path(), node, &boot, Some(&log)).await
     }
@@ -419,6 +468,18 @@ impl Stack {
     pub async fn controller_metric(&self, series: &str) -> anyhow::Result<f64> {
         let page = http_get(&format!("http://{}/metrics", self.controller_admin)).await?;
         Ok(metric_value(&page, series).unwrap_or(0.0))
+    }
+
+    /// Wait until service `name`'s process has exited and Envoy sends it to the holder
+    /// again.
+    pub async fn wait_parked(&self, name: &str, timeout: Duration) -> anyhow::Result<()> {
+        let spec = self.service(name);
+        wait::until(&format!("{name}'s process to exit"), timeout, || async {
+            Ok(spec.running_pid().is_none().then_some(()))
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", self.logs()))?;
+        self.wait_hosts(name, &[self.holder_listen], timeout).await
     }
 
     /// Wait until Envoy's cluster `name` has exactly `hosts`.

@@ -64,6 +64,7 @@ fn the_service_tlv_envoy_is_told_to_send_is_the_one_the_holder_reads() {
         "pg.db",
         Duration::from_secs(1),
         &zenvoy_core::model::Policy::default().envoy(),
+        zenvoy_core::model::Protocol::Tcp,
     );
     let Some(ConfigType::TypedConfig(any)) = c.transport_socket_matches[0]
         .transport_socket

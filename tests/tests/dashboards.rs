@@ -138,13 +138,7 @@ async fn wait_metric(st: &Stack, series: &str, at_least: f64) -> anyhow::Result<
 }
 
 async fn wait_parked(st: &Stack, name: &str) -> anyhow::Result<()> {
-    let spec = st.service(name);
-    wait::until(&format!("{name}'s process to exit"), BOUND, || async {
-        Ok(spec.running_pid().is_none().then_some(()))
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("{e}\n{}", st.logs()))?;
-    st.wait_hosts(name, &[st.holder_listen], BOUND).await
+    st.wait_parked(name, BOUND).await
 }
 
 /// A wake of the gated service whose held connection stays held (and `waking`) for a few

@@ -1,12 +1,11 @@
 //! The whole loop through a real Envoy: held, woken, relayed byte-exact, served direct,
 //! parked after idle, woken again. Each test starts its own stack on OS-chosen ports.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use zenvoy_tests::echo::{echo_roundtrip, payload};
+use zenvoy_tests::echo::{echo_roundtrip, http_get_host as http_get, payload};
 use zenvoy_tests::stack::{Options, ServiceSpec, Stack};
 use zenvoy_tests::wait;
 
@@ -29,17 +28,9 @@ async fn stack(
 }
 
 async fn wait_parked(st: &Stack, name: &str) {
-    let spec = st.service(name);
-    wait::until(
-        &format!("{name}'s upstream process to exit"),
-        BOUND,
-        || async { Ok(spec.running_pid().is_none().then_some(())) },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", st.logs()));
-    st.wait_hosts(name, &[st.holder_listen], BOUND)
+    st.wait_parked(name, BOUND)
         .await
-        .expect("EDS points at the holder again");
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,50 +170,6 @@ async fn an_open_connection_keeps_the_service_awake() {
     assert_eq!(&buf, b"still");
     drop(conn);
     wait_parked(&st, "echo").await;
-}
-
-/// A plain HTTP/1.1 GET with a chosen Host header over a fresh connection; returns
-/// (status line, body). Written by hand so the test controls keep-alive and Host exactly.
-async fn http_get(
-    addr: SocketAddr,
-    host: &str,
-    keep_alive: bool,
-) -> anyhow::Result<(String, String)> {
-    let mut s = TcpStream::connect(addr).await?;
-    let conn = if keep_alive { "keep-alive" } else { "close" };
-    s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: {conn}\r\n\r\n").as_bytes())
-        .await?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let (head, body) = tokio::time::timeout(BOUND, async {
-        loop {
-            let n = s.read(&mut chunk).await?;
-            anyhow::ensure!(
-                n > 0,
-                "connection closed before a full response: {:?}",
-                String::from_utf8_lossy(&buf)
-            );
-            buf.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&buf).to_string();
-            if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().to_string())
-                    })
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                if body.len() >= len {
-                    return Ok((head.to_string(), body.to_string()));
-                }
-            }
-        }
-    })
-    .await
-    .map_err(|_| anyhow::anyhow!("no HTTP response within {BOUND:?}"))??;
-    Ok((head.lines().next().unwrap_or_default().to_string(), body))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

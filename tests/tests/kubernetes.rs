@@ -449,6 +449,128 @@ async fn rbac_covers_exactly_what_the_controller_does() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// RBAC of the namespaced install (`deploy/namespaced/`, rendered as `kubectl apply -k`
+/// sends it): nothing is granted cluster-wide, the Roles sit exactly in the namespaces
+/// the controller is told to watch (`--namespace`) and its own, and a controller run
+/// with that list through a wake, a park, a refused annotation and a rejected ConfigMap
+/// makes only requests they allow, and uses every verb they grant (bar the Recorder's
+/// series-only `patch` on Events).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_of_the_namespaced_install_covers_exactly_what_the_controller_does(
+) -> anyhow::Result<()> {
+    // The install's own namespace; the fake API's is kube_stack::NAMESPACE.
+    const OWN: &str = "zenvoy-system";
+    let docs = kube_stack::kustomize(&zenvoy_tests::workspace_root().join("deploy/namespaced"))?;
+    let grants = kube_stack::rbac_grants(&docs, OWN, "zenvoy-controller")?;
+    assert!(
+        !grants.is_empty(),
+        "deploy/namespaced grants the controller nothing"
+    );
+    for g in &grants {
+        assert!(
+            g.namespace.is_some(),
+            "deploy/namespaced grants {} cluster-wide: {}",
+            g.role,
+            g.rule
+        );
+    }
+    let watched: Vec<String> = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "zenvoy-controller")
+        .ok_or_else(|| anyhow::anyhow!("deploy/namespaced has no zenvoy-controller Deployment"))?
+        ["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str()?.strip_prefix("--namespace="))
+        .map(str::to_string)
+        .collect();
+    let granted: std::collections::BTreeSet<&str> = grants
+        .iter()
+        .filter_map(|g| g.namespace.as_deref())
+        .collect();
+    let expected: std::collections::BTreeSet<&str> =
+        watched.iter().map(String::as_str).chain([OWN]).collect();
+    assert_eq!(
+        granted, expected,
+        "Roles in exactly the watched namespaces and the controller's own"
+    );
+    let ns = watched
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("deploy/namespaced watches no namespace"))?
+        .clone();
+
+    let opts = KubeOptions {
+        defaults: vec!["idleTimeout: 2s".into(), "holdTimeout: 30s".into()],
+        namespaces: watched.clone(),
+        ..KubeOptions::default()
+    };
+    let stack = KubeStack::start(opts, 1).await?;
+    let p = port()?;
+    stack
+        .api
+        .put(workload("Deployment", &ns, "web", 0, p, &[]))?;
+    stack.api.put(service(&ns, "web", p, &OPT_IN))?;
+    echo_through(&stack, &format!("web.{ns}"), 1).await?;
+    stack
+        .wait_replicas("Deployment", &ns, "web", 0, Duration::from_secs(30))
+        .await?;
+    let mut bad = OPT_IN.to_vec();
+    bad.push(("zenvoy.io/idleTimeout", "soon"));
+    stack.api.put(service(&ns, "web", p, &bad))?;
+    stack.wait_event(&ns, "InvalidAnnotation", None).await?;
+    // Its Event is written in the controller's own namespace, not a watched one.
+    stack
+        .api
+        .put(kube_stack::configmap("defaults:\n  idleTimeout: soon\n"))?;
+    stack
+        .wait_event(kube_stack::NAMESPACE, "ConfigRejected", None)
+        .await?;
+
+    let namespace_of = |n: &str| {
+        if n == OWN {
+            kube_stack::NAMESPACE.to_string()
+        } else {
+            n.to_string()
+        }
+    };
+    let mut used = std::collections::HashSet::new();
+    let identity = stack.controllers[0].identity.clone();
+    for r in stack.api.requests() {
+        if r.token.as_deref() != Some(identity.as_str()) {
+            continue;
+        }
+        let a = kube_stack::access(&r.method, &r.path, &r.query)
+            .ok_or_else(|| anyhow::anyhow!("unexpected request {} {}", r.method, r.path))?;
+        let mut allowed = false;
+        for (i, g) in grants.iter().enumerate() {
+            if kube_stack::grant_allows(g, &a, &namespace_of) {
+                allowed = true;
+                used.insert((i, a.verb.clone()));
+            }
+        }
+        assert!(
+            allowed,
+            "deploy/namespaced does not allow {a:?} ({} {}?{})",
+            r.method, r.path, r.query
+        );
+    }
+    for (i, g) in grants.iter().enumerate() {
+        for verb in g.rule["verbs"].as_array().into_iter().flatten() {
+            let verb = verb.as_str().unwrap_or_default();
+            let series_only =
+                g.rule["resources"] == serde_json::json!(["events"]) && verb == "patch";
+            assert!(
+                series_only || used.contains(&(i, verb.to_string())),
+                "verb {verb:?} of {}'s rule {} never used by the controller",
+                g.role,
+                g.rule
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A Service that opts in while the stack runs is served from its very first connection:
 /// its Envoy listener appears only once its cluster is warm (Envoy closes connections
 /// to a warming cluster). Watched closely, for several Services.

@@ -78,10 +78,11 @@ const LAYERS: &[&[&str]] = &[
     &["main"],
     &["kubernetes"],
     &["lib"],
+    &["admin"],
     &["runtime", "reload"],
     &["ingest", "xds"],
-    &["backend"],
-    &["directory", "gate", "telemetry", "admin"],
+    &["backend", "admission"],
+    &["directory", "gate", "telemetry", "identity"],
 ];
 
 fn layer(module: &str) -> usize {

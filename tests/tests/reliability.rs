@@ -257,6 +257,14 @@ async fn a_held_connection_is_dialed_again_until_the_upstream_accepts() {
     let mut echo = ServiceSpec::echo("flappy", dir.path()).expect("spec");
     echo.command
         .extend(["--pause-after-first".to_string(), "1s".to_string()]);
+    // Ready once the server says it stopped listening: the probe's connection can be
+    // completed by the kernel before the server accepts it, and a dial in that moment
+    // would land in the backlog of the listener about to close (reset, not refused).
+    let log = dir.path().join("flappy.log");
+    let echo = echo.with(&format!("log: {}", log.display())).with(&format!(
+        "ready: {{command: [sh, -c, \"grep -q 'not listening' '{}'\"], interval: 10ms}}",
+        log.display()
+    ));
     let st = start(
         dir,
         Options {

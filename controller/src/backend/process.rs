@@ -1,10 +1,14 @@
 //! The process backend: wake runs the service's command, park stops it, and the service
-//! is ready when its upstream port accepts a TCP connection.
+//! is ready when its upstream port accepts a TCP connection and then its `ready` check
+//! passes (an HTTP GET, or a command such as `pg_isready` exiting 0): many servers
+//! accept before they can answer (Postgres says "the database system is starting up",
+//! Redis "LOADING"), and a client relayed to them then would be refused.
 //!
 //! Each command runs in its own process group so that park stops the whole tree
-//! (`sh -c` wrappers included): SIGTERM, then SIGKILL after a grace period. A wake and a
-//! park of the same service serialize on one lock, so a new process never races the old
-//! one for the port.
+//! (`sh -c` wrappers included): the service's stop signal (SIGTERM unless it says
+//! otherwise), then SIGKILL after its grace period. Its stdout and stderr are appended
+//! to its log file. A wake and a park of the same service serialize on one lock, so a
+//! new process never races the old one for the port.
 //!
 //! What runs is written to a state file (service, pid, the process's start time). A
 //! controller that dies without stopping its services (SIGKILL, a crash) leaves them
@@ -24,6 +28,7 @@ use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
+use zenvoy_core::config::{ProcessOptions, ReadyCheck, ServiceConfig};
 
 use super::{Backend, BackendError, BoxFuture};
 
@@ -35,12 +40,19 @@ const PROBE_INTERVAL: Duration = Duration::from_micros(100);
 const PROBE_CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
 /// How often the probe looks at whether the process has exited.
 const EXIT_CHECK_EVERY: u32 = 100;
-const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long an adopted process (not our child: no exit status to wait for) is watched
+/// after SIGKILL.
+const KILL_WAIT: Duration = Duration::from_secs(2);
+/// The longest one `http` or `command` check may take before it counts as failed.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// A wake's checks end this much before its timeout (see `wake`).
+const DEADLINE_MARGIN: Duration = Duration::from_millis(300);
 
 #[derive(Debug)]
 struct Slot {
     upstream: SocketAddr,
     command: Vec<String>,
+    options: ProcessOptions,
     child: Mutex<Option<Running>>,
 }
 
@@ -98,29 +110,40 @@ impl Running {
 #[derive(Debug, Default, Clone)]
 pub struct ProcessBackend {
     services: Arc<HashMap<String, Arc<Slot>>>,
+    /// For `http` ready checks: no proxy (the upstream is local), bounded.
+    http: reqwest::Client,
     state: Option<Arc<StateFile>>,
     /// Services whose process was adopted at start (see [`Backend::running_at_start`]).
     adopted: Arc<Vec<String>>,
 }
 
 impl ProcessBackend {
-    /// `services`: name, upstream address, command.
-    pub fn new(services: impl IntoIterator<Item = (String, SocketAddr, Vec<String>)>) -> Self {
+    /// The services of a process-mode config.
+    pub fn new<'a>(services: impl IntoIterator<Item = &'a ServiceConfig>) -> Self {
         let services = services
             .into_iter()
-            .map(|(name, upstream, command)| {
+            .map(|s| {
                 (
-                    name,
+                    s.name.clone(),
                     Arc::new(Slot {
-                        upstream,
-                        command,
+                        upstream: s.upstream,
+                        command: s.command.clone(),
+                        options: s.process.clone(),
                         child: Mutex::new(None),
                     }),
                 )
             })
             .collect();
+        // A redirect is an answer, not readiness: it counts as the status it is.
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(CHECK_TIMEOUT)
+            .build()
+            .unwrap_or_default();
         ProcessBackend {
             services: Arc::new(services),
+            http,
             state: None,
             adopted: Arc::default(),
         }
@@ -130,6 +153,11 @@ impl ProcessBackend {
     /// running (see the module's doc). Processes it names for services that are no
     /// longer configured are stopped. An unreadable file is logged and starts empty.
     pub fn with_state_file(mut self, path: PathBuf) -> Self {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                warn!(dir = %dir.display(), error = %e, "cannot make the state file's directory");
+            }
+        }
         let state = StateFile { path };
         let mut adopted = Vec::new();
         for (service, id) in state.load() {
@@ -226,7 +254,7 @@ impl StateFile {
     }
 }
 
-fn spawn(service: &str, command: &[String]) -> Result<Child, BackendError> {
+fn spawn(service: &str, command: &[String], o: &ProcessOptions) -> Result<Child, BackendError> {
     let err = |source| BackendError::Spawn {
         service: service.to_string(),
         command: command.join(" "),
@@ -235,15 +263,57 @@ fn spawn(service: &str, command: &[String]) -> Result<Child, BackendError> {
     let (program, args) = command
         .split_first()
         .ok_or_else(|| err(std::io::Error::other("empty command")))?;
-    let child = Command::new(program)
-        .args(args)
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .envs(&o.env)
         .process_group(0)
         .kill_on_drop(true)
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .map_err(err)?;
-    info!(service, pid = child.id(), command = %command.join(" "), "started");
+        .stdin(std::process::Stdio::null());
+    // A log that cannot be written (a read-only directory, a full disk) must not cost
+    // the wake: the output then goes where the controller's own goes.
+    match open_log(&o.log).and_then(|f| Ok((f.try_clone()?, f))) {
+        Ok((out, errs)) => {
+            cmd.stdout(out).stderr(errs);
+        }
+        Err(e) => {
+            warn!(service, log = %o.log.display(), error = %e, "cannot open the service's log; its output goes to the controller's");
+        }
+    }
+    if let Some(cwd) = &o.cwd {
+        cmd.current_dir(cwd);
+    }
+    let child = cmd.spawn().map_err(|e| match &o.cwd {
+        // The OS says ENOENT for a missing cwd as for a missing program: say which.
+        Some(cwd) if !cwd.is_dir() => err(std::io::Error::new(
+            e.kind(),
+            format!("cwd {} is not a directory", cwd.display()),
+        )),
+        _ => err(e),
+    })?;
+    info!(service, pid = child.id(), command = %command.join(" "), log = %o.log.display(), "started");
     Ok(child)
+}
+
+/// The service's log, appended to (its directory made if missing), with a line saying
+/// that a wake starts here.
+fn open_log(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::io::Write;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    writeln!(
+        f,
+        "--- zenvoy: starting (unix time {}) ---",
+        since_epoch.as_secs()
+    )?;
+    Ok(f)
 }
 
 /// Try to connect to `upstream` every `PROBE_INTERVAL` until it accepts (true) or
@@ -260,21 +330,152 @@ fn probe_until(upstream: SocketAddr, until: std::time::Instant) -> bool {
     }
 }
 
-async fn stop(service: &str, running: Running) -> Result<(), BackendError> {
-    match running {
-        Running::Child(c) => stop_child(service, c).await,
-        Running::Adopted(id) => stop_adopted(service, id).await,
+/// One try of a service's `ready` check once its port accepts: Ok when it passes, else
+/// what it saw (for the wake's error when time runs out).
+async fn check_ready(
+    check: &ReadyCheck,
+    upstream: SocketAddr,
+    http: &reqwest::Client,
+    o: &ProcessOptions,
+    left: Duration,
+) -> Result<(), Failed> {
+    let bound = CHECK_TIMEOUT.min(left);
+    match tokio::time::timeout(bound, check_once(check, upstream, http, o)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(said)) => Err(Failed {
+            said,
+            cut_short: false,
+        }),
+        Err(_) => Err(Failed {
+            said: format!("the check did not finish within {bound:?}"),
+            cut_short: bound < CHECK_TIMEOUT,
+        }),
     }
 }
 
-/// Stop a process that is not our child: SIGTERM to its group, then SIGKILL after the
+/// A failed check: what it saw, and whether the wake's deadline cut it short.
+#[derive(Debug)]
+struct Failed {
+    said: String,
+    cut_short: bool,
+}
+
+/// What a wake's failing checks said, for its error: a check cut short by the wake's
+/// deadline says less than the answer before it, so it does not replace one.
+#[derive(Debug, Default)]
+struct Seen(Option<String>);
+
+impl Seen {
+    fn note(&mut self, failed: Failed) {
+        if !(failed.cut_short && self.0.is_some()) {
+            self.0 = Some(failed.said);
+        }
+    }
+
+    fn said(self) -> String {
+        self.0.unwrap_or_else(|| "no check finished".to_string())
+    }
+}
+
+async fn check_once(
+    check: &ReadyCheck,
+    upstream: SocketAddr,
+    http: &reqwest::Client,
+    o: &ProcessOptions,
+) -> Result<(), String> {
+    match check {
+        ReadyCheck::Tcp => Ok(()),
+        ReadyCheck::Http { path, status } => {
+            let url = format!("http://{upstream}{path}");
+            let got = http
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| format!("GET {url}: {e}"))?
+                .status()
+                .as_u16();
+            let ok = match status {
+                Some(want) => got == *want,
+                None => (200..300).contains(&got),
+            };
+            if ok {
+                Ok(())
+            } else {
+                let want = status.map_or("2xx".to_string(), |s| s.to_string());
+                Err(format!("GET {url} answered {got}, not {want}"))
+            }
+        }
+        ReadyCheck::Command(argv) => {
+            let shown = argv.join(" ");
+            let (program, args) = argv.split_first().ok_or("empty ready command")?;
+            let mut cmd = Command::new(program);
+            cmd.args(args)
+                .envs(&o.env)
+                .process_group(0)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            if let Some(cwd) = &o.cwd {
+                cmd.current_dir(cwd);
+            }
+            let mut child = cmd
+                .spawn()
+                .map_err(|e| format!("cannot run `{shown}`: {e}"))?;
+            // Whatever ends this (its exit, or the caller's timeout dropping it), the
+            // check's whole process group goes with it: a shell pipeline leaves nothing.
+            let group = child
+                .id()
+                .and_then(|p| i32::try_from(p).ok())
+                .map(Pid::from_raw);
+            let _reap = KillGroup(group);
+            let status = child
+                .wait()
+                .await
+                .map_err(|e| format!("waiting for `{shown}`: {e}"))?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(format!("`{shown}` {status}"))
+            }
+        }
+    }
+}
+
+/// SIGKILL to a process group when dropped (a ready check's; see `check_once`). Its
+/// processes are reaped by tokio (the leader) or by init (the rest).
+struct KillGroup(Option<Pid>);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+    }
+}
+
+async fn stop(service: &str, running: Running, o: &ProcessOptions) -> Result<(), BackendError> {
+    let signal = stop_signal(o);
+    match running {
+        Running::Child(c) => stop_child(service, c, signal, o.stop_grace).await,
+        Running::Adopted(id) => stop_adopted(service, id, signal, o.stop_grace).await,
+    }
+}
+
+fn stop_signal(o: &ProcessOptions) -> Signal {
+    // The config's names are the ones nix knows; SIGTERM if that ever differs.
+    o.stop_signal.name().parse().unwrap_or(Signal::SIGTERM)
+}
+
+/// Stop a process that is not our child: `signal` to its group, then SIGKILL after the
 /// grace period; it is gone when /proc no longer shows it (its new parent reaps it).
-async fn stop_adopted(service: &str, id: Identity) -> Result<(), BackendError> {
+async fn stop_adopted(
+    service: &str,
+    id: Identity,
+    signal: Signal,
+    grace: Duration,
+) -> Result<(), BackendError> {
     let pgid = Pid::from_raw(id.pid);
-    for (signal, wait) in [
-        (Signal::SIGTERM, STOP_GRACE),
-        (Signal::SIGKILL, Duration::from_secs(2)),
-    ] {
+    for (signal, wait) in [(signal, grace), (Signal::SIGKILL, KILL_WAIT)] {
         match killpg(pgid, signal) {
             Ok(()) => {}
             Err(nix::Error::ESRCH) => return Ok(()),
@@ -300,7 +501,12 @@ async fn stop_adopted(service: &str, id: Identity) -> Result<(), BackendError> {
     })
 }
 
-async fn stop_child(service: &str, mut child: Child) -> Result<(), BackendError> {
+async fn stop_child(
+    service: &str,
+    mut child: Child,
+    signal: Signal,
+    grace: Duration,
+) -> Result<(), BackendError> {
     let Some(pid) = child.id() else {
         return Ok(()); // already reaped
     };
@@ -309,14 +515,19 @@ async fn stop_child(service: &str, mut child: Child) -> Result<(), BackendError>
         service: service.to_string(),
         source: std::io::Error::from(e),
     };
-    match killpg(pgid, Signal::SIGTERM) {
+    match killpg(pgid, signal) {
         Ok(()) | Err(nix::Error::ESRCH) => {}
         Err(e) => return Err(err(e)),
     }
-    let status = match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+    let status = match tokio::time::timeout(grace, child.wait()).await {
         Ok(status) => status,
         Err(_) => {
-            warn!(service, pid, "did not stop within grace period; killing");
+            warn!(
+                service,
+                pid,
+                ?grace,
+                "did not stop within its stopGrace; killing"
+            );
             match killpg(pgid, Signal::SIGKILL) {
                 Ok(()) | Err(nix::Error::ESRCH) => {}
                 Err(e) => return Err(err(e)),
@@ -324,8 +535,26 @@ async fn stop_child(service: &str, mut child: Child) -> Result<(), BackendError>
             child.wait().await
         }
     };
-    info!(service, pid, status = ?status.ok(), "stopped");
+    info!(service, pid, %signal, status = ?status.ok(), "stopped");
     Ok(())
+}
+
+/// An error if the service's process has exited (it will not become ready).
+async fn exited(service: &str, slot: &Slot) -> Result<(), BackendError> {
+    match slot.child.lock().await.as_mut() {
+        Some(Running::Child(c)) => match c.try_wait() {
+            Ok(Some(status)) => Err(BackendError::Exited {
+                service: service.to_string(),
+                status: status.to_string(),
+            }),
+            _ => Ok(()),
+        },
+        Some(Running::Adopted(id)) if !id.alive() => Err(BackendError::Exited {
+            service: service.to_string(),
+            status: format!("adopted pid {} is gone", id.pid),
+        }),
+        _ => Ok(()),
+    }
 }
 
 impl Backend for ProcessBackend {
@@ -345,14 +574,22 @@ impl Backend for ProcessBackend {
                 let mut child = slot.child.lock().await;
                 let running = child.as_mut().is_some_and(Running::alive);
                 if !running {
-                    *child = Some(Running::Child(spawn(&service, &slot.command)?));
+                    *child = Some(Running::Child(spawn(
+                        &service,
+                        &slot.command,
+                        &slot.options,
+                    )?));
                 }
                 !running
             };
             if started {
                 backend.save().await;
             }
-            let deadline = std::time::Instant::now() + timeout;
+            // The planner gives up on the wake after the same timeout, on its next tick:
+            // ending a little earlier makes this error, which says what the check saw,
+            // the one that is recorded.
+            let deadline = std::time::Instant::now()
+                + timeout.saturating_sub(DEADLINE_MARGIN).max(timeout / 2);
             loop {
                 let upstream = slot.upstream;
                 let probe = tokio::task::spawn_blocking(move || {
@@ -362,32 +599,52 @@ impl Backend for ProcessBackend {
                     )
                 });
                 if let Ok(true) = probe.await {
-                    debug!(service, upstream = %slot.upstream, "ready");
-                    return Ok(vec![slot.upstream]);
+                    debug!(service, upstream = %slot.upstream, "port accepts");
+                    break;
                 }
-                match slot.child.lock().await.as_mut() {
-                    Some(Running::Child(c)) => {
-                        if let Ok(Some(status)) = c.try_wait() {
-                            return Err(BackendError::Exited {
-                                service,
-                                status: status.to_string(),
-                            });
-                        }
-                    }
-                    Some(Running::Adopted(id)) if !id.alive() => {
-                        return Err(BackendError::Exited {
-                            service,
-                            status: format!("adopted pid {} is gone", id.pid),
-                        });
-                    }
-                    _ => {}
-                }
+                exited(&service, &slot).await?;
                 if std::time::Instant::now() >= deadline {
                     return Err(BackendError::NotReady {
                         service,
                         upstream: slot.upstream,
                         waited: timeout,
                     });
+                }
+            }
+            let ready = &slot.options.ready;
+            let mut seen = Seen::default();
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match check_ready(
+                    &ready.check,
+                    slot.upstream,
+                    &backend.http,
+                    &slot.options,
+                    left,
+                )
+                .await
+                {
+                    Ok(()) => {
+                        debug!(service, upstream = %slot.upstream, "ready");
+                        return Ok(vec![slot.upstream]);
+                    }
+                    Err(failed) => {
+                        debug!(service, said = %failed.said, "not ready yet");
+                        seen.note(failed);
+                        exited(&service, &slot).await?;
+                        let now = std::time::Instant::now();
+                        if now >= deadline {
+                            return Err(BackendError::NotReadyInTime {
+                                service,
+                                waited: timeout,
+                                detail: format!(
+                                    "its port accepts but its ready check fails: {}",
+                                    seen.said()
+                                ),
+                            });
+                        }
+                        tokio::time::sleep(ready.interval.min(deadline - now)).await;
+                    }
                 }
             }
         })
@@ -403,7 +660,7 @@ impl Backend for ProcessBackend {
                 // Holding the lock while stopping makes a racing wake wait for the port.
                 let mut child = slot.child.lock().await;
                 match child.take() {
-                    Some(c) => stop(&service, c).await,
+                    Some(c) => stop(&service, c, &slot.options).await,
                     None => return Ok(()),
                 }
             };
@@ -431,7 +688,7 @@ impl Backend for ProcessBackend {
         Box::pin(async move {
             for (name, slot) in backend.services.iter() {
                 if let Some(c) = slot.child.lock().await.take() {
-                    if let Err(e) = stop(name, c).await {
+                    if let Err(e) = stop(name, c, &slot.options).await {
                         warn!(error = %e, "stopping at shutdown");
                     }
                 }
@@ -471,5 +728,34 @@ mod tests {
         std::fs::write(&state.path, "{not json").expect("write");
         assert!(state.load().is_empty());
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_check_cut_short_by_the_deadline_keeps_the_answer_before_it() {
+        let failed = |said: &str, cut_short| Failed {
+            said: said.to_string(),
+            cut_short,
+        };
+        let mut seen = Seen::default();
+        seen.note(failed("GET / answered 503, not 2xx", false));
+        seen.note(failed("the check did not finish within 3ms", true));
+        assert_eq!(seen.said(), "GET / answered 503, not 2xx");
+
+        let mut seen = Seen::default();
+        seen.note(failed("the check did not finish within 3ms", true));
+        assert_eq!(
+            seen.said(),
+            "the check did not finish within 3ms",
+            "all there is"
+        );
+        let mut seen = Seen::default();
+        seen.note(failed("answered 503", false));
+        seen.note(failed("answered 500", false));
+        assert_eq!(
+            seen.said(),
+            "answered 500",
+            "a newer answer replaces an older one"
+        );
+        assert_eq!(Seen::default().said(), "no check finished");
     }
 }

@@ -33,6 +33,10 @@ enum ScrapeError {
     },
     #[error("GET {url}: status {status}")]
     Status { url: String, status: u16 },
+    #[error("GET {url}: the page is larger than {max} bytes")]
+    TooBig { url: String, max: usize },
+    #[error("GET {url}: the page is not UTF-8")]
+    NotUtf8 { url: String },
     #[error("{url}: {source}")]
     Text {
         url: String,
@@ -46,7 +50,7 @@ async fn fetch(client: &reqwest::Client, url: &str) -> Result<String, ScrapeErro
         url: url.to_string(),
         source,
     };
-    let resp = client.get(url).send().await.map_err(http)?;
+    let mut resp = client.get(url).send().await.map_err(http)?;
     let status = resp.status();
     if !status.is_success() {
         return Err(ScrapeError::Status {
@@ -54,8 +58,32 @@ async fn fetch(client: &reqwest::Client, url: &str) -> Result<String, ScrapeErro
             status: status.as_u16(),
         });
     }
-    resp.text().await.map_err(http)
+    // Read at most MAX_PAGE_BYTES, whatever the page says its length is.
+    let too_big = || ScrapeError::TooBig {
+        url: url.to_string(),
+        max: MAX_PAGE_BYTES,
+    };
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_PAGE_BYTES as u64)
+    {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(http)? {
+        if body.len() + chunk.len() > MAX_PAGE_BYTES {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    String::from_utf8(body).map_err(|_| ScrapeError::NotUtf8 {
+        url: url.to_string(),
+    })
 }
+
+/// The largest stats page read: a 10,000-cluster Envoy page (with zenvoy's stats
+/// matcher) is 3.9 MiB.
+pub const MAX_PAGE_BYTES: usize = 64 << 20;
 
 /// Scrape every target until `shutdown`.
 pub async fn run(

@@ -28,9 +28,10 @@ use zenvoy_core::planner::Notice;
 use super::api::{bounded, ApiError};
 use super::endpoints::{self, Endpoints, Targets};
 use super::events::{reference, Events};
-use super::service::{Kind, Target, PARKED_REPLICAS};
+use super::service::{self, Kind, Target, PARKED_REPLICAS};
 use crate::backend::{Backend, BackendError, BoxFuture};
 use crate::telemetry::{Metrics, OpLabel};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -126,28 +127,53 @@ impl KubeBackend {
     }
 
     /// Scale `t` up to its remembered count if it is at 0. `Some((0, n))` when it did.
-    async fn scale_up(&self, t: &Target) -> Result<Option<(i32, i32)>, kube::Error> {
+    async fn scale_up(&self, t: &Target) -> Result<Scaled, kube::Error> {
         let current = replicas(&self.client, t).await?;
         if current > 0 {
-            return Ok(None);
+            return Ok(Scaled::Already);
         }
-        let remembered = parked_replicas(&self.client, t).await?.unwrap_or(1).max(1);
+        let meta = workload_api(&self.client, t)
+            .get(&t.workload)
+            .await?
+            .metadata;
+        if !workload_opted_in(&meta) {
+            return Ok(Scaled::NotOptedIn);
+        }
+        let remembered = parked_replicas(&meta).unwrap_or(1).max(1);
         scale(&self.client, t, remembered).await?;
-        Ok(Some((current, remembered)))
+        Ok(Scaled::From(current, remembered))
     }
 
-    /// Remember the count and scale `t` to 0. `Some(n)` when it scaled from n.
-    async fn scale_down(&self, t: &Target) -> Result<Option<i32>, kube::Error> {
+    /// Remember the count and scale `t` to 0.
+    async fn scale_down(&self, t: &Target) -> Result<Scaled, kube::Error> {
         let current = replicas(&self.client, t).await?;
         if current == 0 {
-            return Ok(None);
+            return Ok(Scaled::Already);
+        }
+        let meta = workload_api(&self.client, t)
+            .get(&t.workload)
+            .await?
+            .metadata;
+        if !workload_opted_in(&meta) {
+            return Ok(Scaled::NotOptedIn);
         }
         let patch = serde_json::json!({"metadata": {"annotations": {PARKED_REPLICAS: current.to_string()}}});
         workload_api(&self.client, t)
             .patch(&t.workload, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
         scale(&self.client, t, 0).await?;
-        Ok(Some(current))
+        Ok(Scaled::From(current, 0))
+    }
+
+    fn not_opted_in(&self, t: &Target) {
+        self.events.warning(
+            Self::workload_ref(t),
+            "WorkloadNotOptedIn",
+            format!(
+                "zenvoy does not scale {t}: the workload itself lacks {}: \"true\" (the Service's opt-in alone is not enough)",
+                service::ENABLED
+            ),
+        );
     }
 
     /// The service's slot, made on first use.
@@ -174,6 +200,7 @@ impl KubeBackend {
         let mut leader = self.leader.clone();
         let mut backoff = BACKOFF_FIRST;
         let mut last_error: Option<ApiError> = None;
+        let mut not_opted_in = false;
         // Leader: the workload was seen with replicas (this wake scaled it, or it ran).
         let mut running = false;
         // Read the scale on this pass (first, when `next_check` comes, or after a
@@ -201,7 +228,7 @@ impl KubeBackend {
                     });
                 }
                 match bounded(self.scale_up(&t)).await {
-                    Ok(Some((from, to))) => {
+                    Ok(Scaled::From(from, to)) => {
                         running = true;
                         stale = Some(Stale {
                             addrs: self.endpoints.ready(&t),
@@ -214,7 +241,15 @@ impl KubeBackend {
                             format!("zenvoy scaled {t} from {from} to {to} replicas for a waiting connection"),
                         );
                     }
-                    Ok(None) => running = true,
+                    Ok(Scaled::Already) => running = true,
+                    Ok(Scaled::NotOptedIn) => {
+                        running = false;
+                        if !not_opted_in {
+                            not_opted_in = true;
+                            warn!(%service, workload = %t, "workload not opted in; not scaling it");
+                            self.not_opted_in(&t);
+                        }
+                    }
                     Err(e) => {
                         running = false;
                         self.count_error("scale_up");
@@ -267,6 +302,7 @@ impl KubeBackend {
                 () = tokio::time::sleep_until(wake_at) => check = Instant::now() >= next_check,
                 () = tokio::time::sleep_until(deadline) => {
                     let detail = match last_error {
+                        None if not_opted_in => format!("the workload lacks {}: \"true\"", service::ENABLED),
                         Some(e) => format!("scale up: {e}"),
                         None if may_scale => "no ready endpoint in its EndpointSlices".into(),
                         None => "not scaling (not the leader), and no ready endpoint appeared".into(),
@@ -304,7 +340,7 @@ impl KubeBackend {
                 bounded(self.scale_down(&t)).await
             };
             match scaled {
-                Ok(Some(from)) => {
+                Ok(Scaled::From(from, _)) => {
                     info!(%service, workload = %t, from, "scaled to zero");
                     self.events.normal(
                         Self::workload_ref(&t),
@@ -313,7 +349,12 @@ impl KubeBackend {
                     );
                     return Ok(());
                 }
-                Ok(None) => return Ok(()),
+                Ok(Scaled::Already) => return Ok(()),
+                Ok(Scaled::NotOptedIn) => {
+                    warn!(%service, workload = %t, "workload not opted in; not scaling it to zero");
+                    self.not_opted_in(&t);
+                    return Ok(());
+                }
                 Err(e) => {
                     self.count_error("scale_down");
                     if Instant::now() + backoff > deadline {
@@ -424,13 +465,104 @@ async fn scale(client: &Client, t: &Target, replicas: i32) -> Result<(), kube::E
     Ok(())
 }
 
-/// The count recorded at the last park; an unreadable value counts as none.
-async fn parked_replicas(client: &Client, t: &Target) -> Result<Option<i32>, kube::Error> {
-    let meta = workload_api(client, t).get(&t.workload).await?.metadata;
-    Ok(meta
-        .annotations
+/// What a scale step found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scaled {
+    /// From this many replicas to that many.
+    From(i32, i32),
+    /// Already where it was asked to be.
+    Already,
+    /// The workload lacks its own opt-in: not touched.
+    NotOptedIn,
+}
+
+/// The most replicas a wake restores from the annotation: whoever can edit a workload's
+/// annotations must not make a wake start thousands of pods.
+pub const MAX_PARKED_REPLICAS: i32 = 1000;
+
+/// The workload opted in itself (`zenvoy.io/enabled: "true"` on its own metadata): a
+/// user who may edit a Service but not the workload cannot have zenvoy scale it.
+pub fn workload_opted_in(meta: &ObjectMeta) -> bool {
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(service::ENABLED))
+        .is_some_and(|v| v.trim() == "true")
+}
+
+/// The count recorded at the last park, capped at [`MAX_PARKED_REPLICAS`]; an unreadable
+/// value counts as none.
+pub fn parked_replicas(meta: &ObjectMeta) -> Option<i32> {
+    meta.annotations
         .as_ref()
         .and_then(|a| a.get(PARKED_REPLICAS))
         .and_then(|v| v.trim().parse::<i32>().ok())
-        .filter(|n| *n > 0))
+        .filter(|n| *n > 0)
+        .map(|n| n.min(MAX_PARKED_REPLICAS))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn meta(annotations: &[(&str, &str)]) -> ObjectMeta {
+        ObjectMeta {
+            annotations: Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_workload_must_opt_in_itself() {
+        assert!(workload_opted_in(&meta(&[(service::ENABLED, "true")])));
+        assert!(!workload_opted_in(&meta(&[(service::ENABLED, "false")])));
+        assert!(!workload_opted_in(&meta(&[])));
+        assert!(!workload_opted_in(&ObjectMeta::default()));
+    }
+
+    #[test]
+    fn the_parked_replica_count_is_capped_and_garbage_is_none() {
+        assert_eq!(parked_replicas(&meta(&[(PARKED_REPLICAS, "3")])), Some(3));
+        assert_eq!(
+            parked_replicas(&meta(&[(PARKED_REPLICAS, "2147483647")])),
+            Some(MAX_PARKED_REPLICAS)
+        );
+        for bad in ["0", "-2", "many", ""] {
+            assert_eq!(
+                parked_replicas(&meta(&[(PARKED_REPLICAS, bad)])),
+                None,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn stale_addresses_are_ignored_until_they_leave_or_their_time_is_up() {
+        let a: SocketAddr = "10.0.0.1:80".parse().expect("addr");
+        let b: SocketAddr = "10.0.0.2:80".parse().expect("addr");
+        let now = std::time::Instant::now();
+        let later = now + std::time::Duration::from_secs(5);
+        let mut stale = Some(Stale {
+            addrs: vec![a],
+            until: later,
+        });
+        // The terminating pod is still listed: ignored; a new one counts.
+        assert_eq!(Stale::filter(&mut stale, vec![a, b], now), vec![b]);
+        // It left the slices: a pod that later comes with its address is new.
+        assert_eq!(Stale::filter(&mut stale, vec![b], now), vec![b]);
+        assert_eq!(Stale::filter(&mut stale, vec![a, b], now), vec![a, b]);
+        // Past the bound nothing is stale any more.
+        let mut stale = Some(Stale {
+            addrs: vec![a],
+            until: later,
+        });
+        assert_eq!(Stale::filter(&mut stale, vec![a], later), vec![a]);
+        assert!(stale.is_none());
+    }
 }

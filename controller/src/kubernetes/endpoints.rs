@@ -19,6 +19,11 @@ use zenvoy_core::model::Event;
 
 /// The label EndpointSlice controllers put on a Service's slices.
 pub const SERVICE_LABEL: &str = "kubernetes.io/service-name";
+/// The label naming who manages a slice, and the value of Kubernetes' own EndpointSlice
+/// controller: only its slices are trusted for readiness (anyone who may create a slice
+/// in a namespace could otherwise point a woken Service's traffic anywhere).
+pub const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
+pub const ENDPOINTSLICE_CONTROLLER: &str = "endpointslice-controller.k8s.io";
 
 /// Ready `ip:port`s of `target` in `slices`: endpoints whose `ready` condition is not
 /// false (the API says an unset `ready` means ready), on the slice port named like the
@@ -31,6 +36,7 @@ pub fn ready<'a>(
     for s in slices {
         if s.metadata.namespace.as_deref() != Some(target.namespace.as_str())
             || s.labels().get(SERVICE_LABEL) != Some(&target.service)
+            || s.labels().get(MANAGED_BY).map(String::as_str) != Some(ENDPOINTSLICE_CONTROLLER)
             || !matches!(s.address_type.as_str(), "IPv4" | "IPv6")
         {
             continue;
@@ -256,7 +262,7 @@ mod tests {
         eps: &[(&str, Option<bool>)],
     ) -> EndpointSlice {
         serde_json::from_value(serde_json::json!({
-            "metadata": {"name": format!("{svc}-x"), "namespace": ns, "labels": {SERVICE_LABEL: svc}},
+            "metadata": {"name": format!("{svc}-x"), "namespace": ns, "labels": {SERVICE_LABEL: svc, MANAGED_BY: ENDPOINTSLICE_CONTROLLER}},
             "addressType": "IPv4",
             "ports": [{"name": port.0, "port": port.1}],
             "endpoints": eps.iter().map(|(a, r)| serde_json::json!({"addresses": [a], "conditions": {"ready": r}})).collect::<Vec<_>>(),
@@ -326,5 +332,32 @@ mod tests {
             "10.0.0.2:5432".parse().expect("a"),
         ];
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn only_the_endpointslice_controllers_slices_are_trusted() {
+        let target = Target {
+            namespace: "db".into(),
+            service: "pg".into(),
+            kind: Kind::StatefulSet,
+            workload: "pg".into(),
+            port_name: "sql".into(),
+        };
+        let good = slice("db", "pg", ("sql", 5432), &[("10.0.0.1", Some(true))]);
+        let mut forged = slice("db", "pg", ("sql", 5432), &[("10.9.9.9", Some(true))]);
+        forged
+            .metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(MANAGED_BY.into(), "someone-else".into());
+        let mut unlabelled = slice("db", "pg", ("sql", 5432), &[("10.8.8.8", Some(true))]);
+        if let Some(l) = unlabelled.metadata.labels.as_mut() {
+            l.remove(MANAGED_BY);
+        }
+        let got = ready([&good, &forged, &unlabelled].into_iter(), &target);
+        assert_eq!(
+            got,
+            vec!["10.0.0.1:5432".parse::<SocketAddr>().expect("addr")]
+        );
     }
 }

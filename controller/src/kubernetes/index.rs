@@ -147,6 +147,23 @@ impl Index {
                 );
             }
         }
+        // Envoy rejects a route configuration whose virtual hosts share a domain, and
+        // then takes no route change at all: a later Service may not claim an earlier
+        // one's Host names (two `web` Services in two namespaces both answer to `web`).
+        if let Some((other, host)) = self.known.iter().find_map(|(k, v)| {
+            (*k != key)
+                .then(|| v.def.domains.iter().find(|h| d.def.domains.contains(h)))
+                .flatten()
+                .map(|h| (k.clone(), h.clone()))
+        }) {
+            warn!(service = %key, %host, %other, "Host name already taken");
+            return warn(
+                "HostConflict",
+                format!(
+                    "zenvoy cannot front this Service: Host {host:?} is already routed to {other}"
+                ),
+            );
+        }
         if let Some(other) = self.fronting(&d.target, &key) {
             warn!(service = %key, workload = %d.target, %other, "workload already fronted by another Service");
             return warn(

@@ -9,7 +9,10 @@
 //!     zenvoy.io/workload: statefulset/pg     # default: deployment/<service name>
 //!     zenvoy.io/port: postgres               # which Service port (name or number; default the first)
 //!     zenvoy.io/listen: "5432"               # Envoy's listener: port or ip:port (default 0.0.0.0:<port>)
-//!     zenvoy.io/protocol: tcp                # or http (a virtual host on http.listen)
+//!     zenvoy.io/protocol: tcp                # or http, grpc, http2 (a virtual host on
+//!                                            # http.listen; without the annotation a port
+//!                                            # with appProtocol grpc or kubernetes.io/h2c
+//!                                            # is grpc when http.listen is set)
 //!     zenvoy.io/idleTimeout: 10m             # any policy field of the config
 //! ```
 
@@ -149,15 +152,20 @@ pub fn read(svc: &Service, config: &Config) -> Result<Discovered, ConfigError> {
         .map_err(|_| bad("spec.ports.port", &port.port.to_string(), "not a port"))?;
 
     let protocol = match get(PROTOCOL) {
-        None | Some("tcp") => Protocol::Tcp,
-        Some("http") => Protocol::Http,
-        Some(v) => return Err(bad(PROTOCOL, v, "must be \"tcp\" or \"http\"")),
+        Some(v) => Protocol::parse(v).ok_or_else(|| bad(PROTOCOL, v, Protocol::EXPECTED))?,
+        // Without the annotation, a port that says it speaks HTTP/2 (`appProtocol`) is
+        // routed on the shared listener with an HTTP/2 upstream, when there is one;
+        // everything else is TCP, as before `appProtocol` was read.
+        None => match port.app_protocol.as_deref() {
+            Some("grpc" | "kubernetes.io/h2c") if config.http.is_some() => Protocol::Http2,
+            _ => Protocol::Tcp,
+        },
     };
-    if protocol == Protocol::Http && config.http.is_none() {
+    if protocol.routed() && config.http.is_none() {
         return Err(bad(
             PROTOCOL,
-            "http",
-            "HTTP services need `http.listen` in the zenvoy config",
+            protocol.name(),
+            "HTTP and gRPC services need `http.listen` in the zenvoy config",
         ));
     }
     let listen = match get(LISTEN) {
@@ -168,7 +176,7 @@ pub fn read(svc: &Service, config: &Config) -> Result<Discovered, ConfigError> {
         )),
         None => None,
     };
-    let domains = if protocol == Protocol::Http {
+    let domains = if protocol.routed() {
         vec![
             name.to_string(),
             format!("{name}.{namespace}"),

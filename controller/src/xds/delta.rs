@@ -35,6 +35,11 @@ impl DeltaStream {
         &self.node
     }
 
+    /// Resource names subscribed to, all types together.
+    pub fn subscribed(&self) -> usize {
+        self.subs.values().map(|s| s.names.len()).sum()
+    }
+
     pub fn dropped_inflight(&self) -> u64 {
         self.subs.values().map(Sub::dropped_inflight).sum()
     }

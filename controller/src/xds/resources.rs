@@ -33,6 +33,9 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
 use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::ProxyProtocolUpstreamTransport;
 use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    http_protocol_options, HttpProtocolOptions,
+};
 use envoy_types::pb::google::protobuf::{value, Any, Duration, Struct, UInt32Value, Value};
 use envoy_types::util::pack_any;
 
@@ -45,7 +48,7 @@ pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteCon
 pub const HTTP_LISTENER: &str = "zenvoy_http";
 
 pub use zenvoy_contract::{HOLDER_MARK, HOLD_POLICY, TRANSPORT_SOCKET_MATCH};
-use zenvoy_core::model;
+use zenvoy_core::model::{self, Protocol};
 pub use zenvoy_core::model::{Endpoints, EnvoyLimits, HoldPolicy};
 
 fn socket_address(addr: SocketAddr) -> Address {
@@ -185,7 +188,14 @@ pub fn route_configuration(hosts: &[model::VirtualHost]) -> RouteConfiguration {
 /// circuit breakers allow `limits.max_connections` connections, pending requests and
 /// requests at once: Envoy's default of 1,024 applies to the connections to the holder
 /// too, and cut a burst of clients at a parked service.
-pub fn cluster(name: &str, connect_timeout: std::time::Duration, limits: &EnvoyLimits) -> Cluster {
+/// `protocol` `Http2`: the cluster speaks HTTP/2 (h2c) upstream, gRPC's transport; the
+/// holder relays those bytes as any others.
+pub fn cluster(
+    name: &str,
+    connect_timeout: std::time::Duration,
+    limits: &EnvoyLimits,
+    protocol: Protocol,
+) -> Cluster {
     let max = Some(UInt32Value {
         value: limits.max_connections,
     });
@@ -234,6 +244,29 @@ pub fn cluster(name: &str, connect_timeout: std::time::Duration, limits: &EnvoyL
                 ),
             }),
         }],
+        typed_extension_protocol_options: match protocol {
+            Protocol::Http2 => [(HTTP_PROTOCOL_OPTIONS.to_string(), pack_any(http2_upstream()))]
+                .into_iter()
+                .collect(),
+            Protocol::Tcp | Protocol::Http => Default::default(),
+        },
+        ..Default::default()
+    }
+}
+
+/// The key Envoy reads a cluster's upstream HTTP options under.
+const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+fn http2_upstream() -> HttpProtocolOptions {
+    use http_protocol_options::{explicit_http_config::ProtocolConfig, ExplicitHttpConfig};
+    HttpProtocolOptions {
+        upstream_protocol_options: Some(
+            http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                ExplicitHttpConfig {
+                    protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(Default::default())),
+                },
+            ),
+        ),
         ..Default::default()
     }
 }
@@ -365,7 +398,27 @@ mod tests {
             tcp_idle_timeout: std::time::Duration::ZERO,
             max_connections: 50_000,
         };
-        let c = cluster("pg.db", std::time::Duration::from_millis(1500), &limits);
+        let c = cluster(
+            "pg.db",
+            std::time::Duration::from_millis(1500),
+            &limits,
+            Protocol::Tcp,
+        );
+        assert!(
+            c.typed_extension_protocol_options.is_empty(),
+            "HTTP/1.1 or TCP"
+        );
+        let h2 = cluster(
+            "grpc.db",
+            std::time::Duration::from_millis(1500),
+            &limits,
+            Protocol::Http2,
+        );
+        let opts = &h2.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS];
+        assert_eq!(
+            opts.type_url,
+            "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+        );
         let t = &c
             .circuit_breakers
             .as_ref()

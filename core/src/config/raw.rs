@@ -10,6 +10,8 @@ use serde::Deserialize;
 pub struct Config {
     pub controller: Option<Controller>,
     pub holder: Option<Holder>,
+    pub envoy: Option<Envoy>,
+    pub run_dir: Option<String>,
     pub http: Option<Http>,
     pub scrape: Option<Scrape>,
     pub defaults: Option<Policy>,
@@ -23,6 +25,18 @@ pub struct Controller {
     pub listen: Option<String>,
     pub admin: Option<String>,
     pub peer_timeout: Option<String>,
+    pub tls: Option<Tls>,
+    pub max_message_bytes: Option<u64>,
+    pub max_streams: Option<u64>,
+    pub max_names_per_stream: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Tls {
+    pub cert: String,
+    pub key: String,
+    pub client_ca: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -50,6 +64,35 @@ pub struct Http {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Holder {
     pub address: Option<String>,
+    pub admin: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Envoy {
+    pub admin: Option<String>,
+}
+
+/// `ready`: one of `tcp`, `http`, `command`, and how often it is tried.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Ready {
+    pub tcp: Option<Empty>,
+    pub http: Option<ReadyHttp>,
+    pub command: Option<Vec<String>>,
+    pub interval: Option<String>,
+}
+
+/// `{}`: a check with nothing to set.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReadyHttp {
+    pub path: Option<String>,
+    pub status: Option<u16>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -78,6 +121,12 @@ pub struct Service {
     pub domains: Vec<String>,
     pub upstream: Option<String>,
     pub command: Option<Vec<String>>,
+    pub ready: Option<Ready>,
+    pub log: Option<String>,
+    pub env: Option<std::collections::BTreeMap<String, String>>,
+    pub cwd: Option<String>,
+    pub stop_signal: Option<String>,
+    pub stop_grace: Option<String>,
     pub idle_timeout: Option<String>,
     pub hold_timeout: Option<String>,
     pub min_warm: Option<String>,

@@ -21,6 +21,10 @@ pub fn same_top_sections(old: &Config, new: &Config) -> Result<(), NeedsRestart>
         "controller"
     } else if old.holder != new.holder {
         "holder"
+    } else if old.envoy != new.envoy {
+        "envoy"
+    } else if old.run_dir != new.run_dir {
+        "runDir"
     } else if old.http != new.http {
         "http"
     } else if old.scrape != new.scrape {
@@ -67,6 +71,18 @@ pub fn policy_changes(old: &Config, new: &Config) -> Result<Vec<(String, Policy)
         }
         if o.command != n.command {
             return Err(at("command"));
+        }
+        let (op, np) = (&o.process, &n.process);
+        let process = [
+            ("ready", op.ready != np.ready),
+            ("log", op.log != np.log),
+            ("env", op.env != np.env),
+            ("cwd", op.cwd != np.cwd),
+            ("stopSignal", op.stop_signal != np.stop_signal),
+            ("stopGrace", op.stop_grace != np.stop_grace),
+        ];
+        if let Some((key, _)) = process.iter().find(|(_, changed)| *changed) {
+            return Err(at(key));
         }
         if o.policy != n.policy {
             changes.push((n.name.clone(), n.policy));

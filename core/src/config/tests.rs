@@ -506,7 +506,9 @@ fn load_reads_a_file_and_names_a_missing_one() {
     assert!(std::fs::write(&path, EXAMPLE).is_ok());
     let loaded = Config::load(&path);
     let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(loaded.ok(), Some(ok(EXAMPLE)));
+    let mut want = ok(EXAMPLE);
+    want.resolve_paths(&dir);
+    assert_eq!(loaded.ok(), Some(want));
 
     let missing = dir.join("missing.yaml");
     match Config::load(&missing) {
@@ -579,7 +581,7 @@ fn protocol_listen_and_domains_rules() {
         (field.as_str(), value.as_str()),
         ("services[0].protocol", "udp")
     );
-    assert!(msg.contains("\"tcp\" or \"http\""), "{msg}");
+    assert!(msg.contains("\"grpc\" or \"http2\""), "{msg}");
 
     let (field, _, _) = invalid(&service_with("domains: [a.example]"));
     assert_eq!(field, "services[0].domains", "a TCP service has no domains");
@@ -680,4 +682,158 @@ fn a_reload_changes_policies_and_nothing_else() {
             .field,
         "services"
     );
+}
+
+#[test]
+fn ready_checks_and_their_errors() {
+    let c = ok(SERVICE);
+    let p = &c.services[0].process;
+    assert_eq!(p.ready.check, ReadyCheck::Tcp, "tcp by default");
+    assert_eq!(p.ready.interval, DEFAULT_READY_INTERVAL);
+    assert_eq!(p.stop_signal, StopSignal::Term);
+    assert_eq!(p.stop_grace, DEFAULT_STOP_GRACE);
+    assert_eq!(p.log, PathBuf::from("zenvoy-run/logs/echo.log"));
+
+    let c = ok(&service_with(
+        "ready: {http: {path: /healthz, status: 204}, interval: 50ms}",
+    ));
+    assert_eq!(
+        c.services[0].process.ready,
+        Ready {
+            check: ReadyCheck::Http {
+                path: "/healthz".into(),
+                status: Some(204)
+            },
+            interval: Duration::from_millis(50),
+        }
+    );
+    let c = ok(&service_with(
+        "ready: {command: [pg_isready, -h, 127.0.0.1]}",
+    ));
+    assert_eq!(
+        c.services[0].process.ready.check,
+        ReadyCheck::Command(vec!["pg_isready".into(), "-h".into(), "127.0.0.1".into()])
+    );
+    assert_eq!(
+        ok(&service_with("ready: {http: {}}")).services[0]
+            .process
+            .ready
+            .check,
+        ReadyCheck::Http {
+            path: "/".into(),
+            status: None
+        }
+    );
+
+    for (extra, want_field) in [
+        ("ready: {tcp: {}, http: {}}", "services[0].ready"),
+        (
+            "ready: {http: {path: healthz}}",
+            "services[0].ready.http.path",
+        ),
+        (
+            "ready: {http: {status: 700}}",
+            "services[0].ready.http.status",
+        ),
+        ("ready: {command: []}", "services[0].ready.command"),
+        ("ready: {command: ['']}", "services[0].ready.command[0]"),
+        ("ready: {interval: 0s}", "services[0].ready.interval"),
+        ("stopSignal: SIGSTOP", "services[0].stopSignal"),
+        ("stopGrace: soon", "services[0].stopGrace"),
+        ("env: {'1X': a}", "services[0].env.1X"),
+        ("env: {'A=B': a}", "services[0].env.A=B"),
+        ("log: ''", "services[0].log"),
+        ("cwd: ' '", "services[0].cwd"),
+    ] {
+        let (field, _, msg) = invalid(&service_with(extra));
+        assert_eq!(field, want_field, "{extra}: {msg}");
+    }
+    // A typo in a check's name is the schema's error, with its line.
+    let typo = Config::from_yaml(&service_with("ready: {htpp: {}}")).map_err(|e| e.to_string());
+    assert!(typo.is_err_and(|e| e.contains("htpp") && e.contains("line")));
+}
+
+#[test]
+fn process_options_env_cwd_stop_and_paths_relative_to_the_file() {
+    let c = ok(&format!(
+        "runDir: /var/lib/zenvoy\n{}",
+        service_with(
+            "env: {PGDATA: /data, LANG: C}\n    cwd: srv\n    stopSignal: INT\n    stopGrace: 30s"
+        )
+    ));
+    let p = &c.services[0].process;
+    assert_eq!(c.run_dir, PathBuf::from("/var/lib/zenvoy"));
+    assert_eq!(p.log, PathBuf::from("/var/lib/zenvoy/logs/echo.log"));
+    assert_eq!(p.env.get("PGDATA").map(String::as_str), Some("/data"));
+    assert_eq!(p.stop_signal, StopSignal::Int);
+    assert_eq!(p.stop_signal.name(), "SIGINT");
+    assert_eq!(p.stop_grace, Duration::from_secs(30));
+    assert_eq!(c.state_file(), PathBuf::from("/var/lib/zenvoy/state.json"));
+
+    let mut c = ok(&service_with("cwd: srv\n    log: logs/echo.out"));
+    c.resolve_paths(Path::new("/etc/zenvoy"));
+    assert_eq!(c.run_dir, PathBuf::from("/etc/zenvoy/zenvoy-run"));
+    let p = &c.services[0].process;
+    assert_eq!(p.cwd, Some(PathBuf::from("/etc/zenvoy/srv")));
+    assert_eq!(p.log, PathBuf::from("/etc/zenvoy/logs/echo.out"));
+
+    // The admin addresses of the holder and Envoy `zenvoy run` starts are bound too.
+    let (field, value, _) = invalid(&format!("holder: {{admin: 127.0.0.1:10000}}\n{SERVICE}"));
+    assert_eq!(
+        (field.as_str(), value.as_str()),
+        ("services[0].listen", "127.0.0.1:10000")
+    );
+    let (field, _, _) = invalid(&format!("envoy: {{admin: nowhere}}\n{SERVICE}"));
+    assert_eq!(field, "envoy.admin");
+    // Unwritten, their defaults bind nothing a controller run on its own would clash with.
+    ok(&SERVICE.replace("127.0.0.1:10000", "127.0.0.1:9901"));
+
+    // Kubernetes mode: how a process runs is not a services entry's business.
+    let k = Config::from_yaml_for(
+        "services:\n  - name: pg.db\n    ready: {tcp: {}}\n",
+        Mode::Kubernetes,
+    );
+    assert!(
+        matches!(&k, Err(ConfigError::Invalid { field, .. }) if field == "services[0].ready"),
+        "{k:?}"
+    );
+}
+
+#[test]
+fn a_flow_style_document_is_its_block_style_twin() {
+    let block = "
+controller:
+  listen: 127.0.0.1:28000
+  admin: 127.0.0.1:28001
+holder:
+  address: 127.0.0.1:25001
+  admin: 127.0.0.1:25002
+envoy:
+  admin: 127.0.0.1:29901
+http:
+  listen: 127.0.0.1:28080
+services:
+  - name: web
+    protocol: grpc
+    upstream: 127.0.0.1:28081
+    command: [server, --port, '28081']
+    ready:
+      command: [probe, web]
+      interval: 20ms
+    env:
+      MODE: test
+    idleTimeout: 2s
+";
+    let flow = "{controller: {listen: 127.0.0.1:28000, admin: 127.0.0.1:28001}, \
+        holder: {address: 127.0.0.1:25001, admin: 127.0.0.1:25002}, \
+        envoy: {admin: 127.0.0.1:29901}, http: {listen: 127.0.0.1:28080}, \
+        services: [{name: web, protocol: grpc, upstream: 127.0.0.1:28081, \
+        command: [server, --port, '28081'], ready: {command: [probe, web], interval: 20ms}, \
+        env: {MODE: test}, idleTimeout: 2s}]}";
+    let (b, f) = (ok(block), ok(flow));
+    assert_eq!(b, f);
+    assert_eq!(b.controller.listen.port(), 28000);
+    assert_eq!(b.holder.admin.port(), 25002);
+    assert_eq!(b.envoy.admin.port(), 29901);
+    assert_eq!(b.services[0].protocol, Protocol::Http2);
 }

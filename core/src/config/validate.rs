@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::raw;
@@ -12,9 +13,16 @@ use super::*;
 impl raw::Config {
     pub(super) fn validate(mut self) -> Result<Config, ConfigError> {
         let raw_services = std::mem::take(&mut self.services);
+        // The admin addresses of the holder and Envoy that `zenvoy run` starts count as
+        // bound only when written: a controller run on its own binds neither, and a
+        // service on Envoy's usual 9901 must not clash with a default nobody uses.
+        let holder_admin_set = self.holder.as_ref().is_some_and(|h| h.admin.is_some());
+        let envoy_admin_set = self.envoy.as_ref().is_some_and(|e| e.admin.is_some());
         let Config {
             controller,
             holder,
+            envoy,
+            run_dir,
             http,
             scrape,
             defaults,
@@ -31,7 +39,7 @@ impl raw::Config {
         let services = raw_services
             .into_iter()
             .enumerate()
-            .map(|(i, s)| s.validate(&format!("services[{i}]"), defaults))
+            .map(|(i, s)| s.validate(&format!("services[{i}]"), defaults, &run_dir))
             .collect::<Result<Vec<_>, _>>()?;
 
         let mut names: HashMap<&str, usize> = HashMap::new();
@@ -48,11 +56,11 @@ impl raw::Config {
         // Envoy rejects a route configuration whose virtual hosts share a domain.
         let mut domains: HashMap<&str, usize> = HashMap::new();
         for (i, s) in services.iter().enumerate() {
-            if s.protocol == Protocol::Http && http.is_none() {
+            if s.protocol.routed() && http.is_none() {
                 return Err(invalid(
                     format!("services[{i}].protocol"),
-                    "http",
-                    "HTTP services need the top-level `http.listen`",
+                    s.protocol.name(),
+                    "HTTP and gRPC services need the top-level `http.listen`",
                 ));
             }
             for d in &s.domains {
@@ -80,6 +88,8 @@ impl raw::Config {
             ("holder.address".to_owned(), holder.address),
         ]
         .into_iter()
+        .chain(holder_admin_set.then(|| ("holder.admin".to_owned(), holder.admin)))
+        .chain(envoy_admin_set.then(|| ("envoy.admin".to_owned(), envoy.admin)))
         .chain(http.as_ref().map(|h| ("http.listen".to_owned(), h.listen)));
         let listens = services
             .iter()
@@ -102,6 +112,8 @@ impl raw::Config {
         Ok(Config {
             controller,
             holder,
+            envoy,
+            run_dir,
             http,
             scrape,
             services,
@@ -127,6 +139,12 @@ impl raw::Config {
                 ("domains", !s.domains.is_empty()),
                 ("upstream", s.upstream.is_some()),
                 ("command", s.command.is_some()),
+                ("ready", s.ready.is_some()),
+                ("log", s.log.is_some()),
+                ("env", s.env.is_some()),
+                ("cwd", s.cwd.is_some()),
+                ("stopSignal", s.stop_signal.is_some()),
+                ("stopGrace", s.stop_grace.is_some()),
             ];
             if let Some((key, _)) = only_policy.iter().find(|(_, set)| *set) {
                 return Err(invalid(
@@ -173,6 +191,28 @@ impl raw::Config {
                 DEFAULT_PEER_TIMEOUT,
                 Zero::Rejected,
             )?,
+            tls: c.tls.map(validate_tls).transpose()?,
+            max_message_bytes: bounded_count(
+                "controller.maxMessageBytes",
+                c.max_message_bytes,
+                DEFAULT_MAX_MESSAGE_BYTES,
+                64 << 10,
+                256 << 20,
+            )?,
+            max_streams: bounded_count(
+                "controller.maxStreams",
+                c.max_streams,
+                DEFAULT_MAX_STREAMS,
+                2,
+                1_000_000,
+            )?,
+            max_names_per_stream: bounded_count(
+                "controller.maxNamesPerStream",
+                c.max_names_per_stream,
+                DEFAULT_MAX_NAMES_PER_STREAM,
+                1,
+                10_000_000,
+            )?,
         };
         if controller.peer_timeout < MIN_PEER_TIMEOUT {
             return Err(invalid(
@@ -184,6 +224,21 @@ impl raw::Config {
         let h = self.holder.unwrap_or_default();
         let holder = HolderConfig {
             address: addr_or("holder.address", h.address, DEFAULT_HOLDER_ADDRESS)?,
+            admin: addr_or("holder.admin", h.admin, DEFAULT_HOLDER_ADMIN)?,
+        };
+        let envoy = EnvoyConfig {
+            admin: addr_or(
+                "envoy.admin",
+                self.envoy.unwrap_or_default().admin,
+                DEFAULT_ENVOY_ADMIN,
+            )?,
+        };
+        let run_dir = match self.run_dir {
+            None => PathBuf::from(DEFAULT_RUN_DIR),
+            Some(d) if d.trim().is_empty() => {
+                return Err(invalid("runDir", d, "must be a directory path"))
+            }
+            Some(d) => PathBuf::from(d),
         };
         let http = self
             .http
@@ -194,6 +249,8 @@ impl raw::Config {
         Ok(Config {
             controller,
             holder,
+            envoy,
+            run_dir,
             http,
             scrape,
             services: Vec::new(),
@@ -253,7 +310,12 @@ impl raw::Scrape {
 }
 
 impl raw::Service {
-    fn validate(self, at: &str, defaults: Policy) -> Result<ServiceConfig, ConfigError> {
+    fn validate(
+        self,
+        at: &str,
+        defaults: Policy,
+        run_dir: &Path,
+    ) -> Result<ServiceConfig, ConfigError> {
         let raw::Service {
             name,
             protocol,
@@ -262,6 +324,12 @@ impl raw::Service {
             domains: extra_domains,
             upstream,
             command,
+            ready,
+            log,
+            env,
+            cwd,
+            stop_signal,
+            stop_grace,
             idle_timeout,
             hold_timeout,
             min_warm,
@@ -273,15 +341,9 @@ impl raw::Service {
         } = self;
         check_name(&format!("{at}.name"), &name)?;
         let protocol = match protocol.as_deref() {
-            None | Some("tcp") => Protocol::Tcp,
-            Some("http") => Protocol::Http,
-            Some(other) => {
-                return Err(invalid(
-                    format!("{at}.protocol"),
-                    other,
-                    "must be \"tcp\" or \"http\"",
-                ))
-            }
+            None => Protocol::Tcp,
+            Some(p) => Protocol::parse(p)
+                .ok_or_else(|| invalid(format!("{at}.protocol"), p, Protocol::EXPECTED))?,
         };
         let listen = listen
             .map(|l| parse_addr(&format!("{at}.listen"), &l))
@@ -296,7 +358,7 @@ impl raw::Service {
         let namespace = namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
         check_name(&format!("{at}.namespace"), &namespace)?;
         let mut domains = Vec::new();
-        if protocol == Protocol::Http {
+        if protocol.routed() {
             domains = vec![
                 name.clone(),
                 format!("{name}.{namespace}"),
@@ -319,7 +381,7 @@ impl raw::Service {
             return Err(invalid(
                 format!("{at}.domains"),
                 extra_domains.join(","),
-                "only HTTP services have domains (set protocol: http)",
+                "only HTTP and gRPC services have domains (set protocol: http or grpc)",
             ));
         }
         let upstream_field = format!("{at}.upstream");
@@ -345,6 +407,40 @@ impl raw::Service {
             Some("") => return Err(invalid(command_field + "[0]", "", "must not be empty")),
             Some(_) => {}
         }
+        let process = ProcessOptions {
+            ready: validate_ready(&format!("{at}.ready"), ready.unwrap_or_default())?,
+            log: match log {
+                None => run_dir.join("logs").join(format!("{name}.log")),
+                Some(l) if l.trim().is_empty() => {
+                    return Err(invalid(format!("{at}.log"), l, "must be a file path"))
+                }
+                Some(l) => PathBuf::from(l),
+            },
+            env: validate_env(&format!("{at}.env"), env.unwrap_or_default())?,
+            cwd: match cwd {
+                None => None,
+                Some(c) if c.trim().is_empty() => {
+                    return Err(invalid(format!("{at}.cwd"), c, "must be a directory path"))
+                }
+                Some(c) => Some(PathBuf::from(c)),
+            },
+            stop_signal: match stop_signal {
+                None => StopSignal::Term,
+                Some(s) => StopSignal::parse(&s).ok_or_else(|| {
+                    invalid(
+                        format!("{at}.stopSignal"),
+                        s,
+                        "must be one of SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2",
+                    )
+                })?,
+            },
+            stop_grace: duration_or(
+                &format!("{at}.stopGrace"),
+                stop_grace,
+                DEFAULT_STOP_GRACE,
+                Zero::Allowed,
+            )?,
+        };
         let overrides = raw::Policy {
             idle_timeout,
             hold_timeout,
@@ -363,9 +459,103 @@ impl raw::Service {
             domains,
             upstream,
             command,
+            process,
             policy: defaults.apply(at, overrides)?,
         })
     }
+}
+
+/// `ready`: exactly one check (none: `tcp`), its fields, its interval.
+fn validate_ready(at: &str, r: raw::Ready) -> Result<Ready, ConfigError> {
+    let raw::Ready {
+        tcp,
+        http,
+        command,
+        interval,
+    } = r;
+    let set = [
+        ("tcp", tcp.is_some()),
+        ("http", http.is_some()),
+        ("command", command.is_some()),
+    ];
+    let named: Vec<&str> = set.iter().filter(|(_, s)| *s).map(|(k, _)| *k).collect();
+    if named.len() > 1 {
+        return Err(invalid(
+            at,
+            named.join(", "),
+            "name one check: tcp, http or command",
+        ));
+    }
+    let check = if let Some(h) = http {
+        let path = h.path.unwrap_or_else(|| "/".to_string());
+        if !path.starts_with('/') || path.contains(|c: char| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(
+                format!("{at}.http.path"),
+                path,
+                "must start with '/' and hold no spaces",
+            ));
+        }
+        if let Some(s) = h.status {
+            if !(100..=599).contains(&s) {
+                return Err(invalid(
+                    format!("{at}.http.status"),
+                    s.to_string(),
+                    "must be an HTTP status (100 to 599)",
+                ));
+            }
+        }
+        ReadyCheck::Http {
+            path,
+            status: h.status,
+        }
+    } else if let Some(c) = command {
+        match c.first().map(String::as_str) {
+            None => {
+                return Err(invalid(
+                    format!("{at}.command"),
+                    "[]",
+                    "must name a program",
+                ))
+            }
+            Some("") => return Err(invalid(format!("{at}.command[0]"), "", "must not be empty")),
+            Some(_) => ReadyCheck::Command(c),
+        }
+    } else {
+        ReadyCheck::Tcp
+    };
+    let interval = duration_or(
+        &format!("{at}.interval"),
+        interval,
+        DEFAULT_READY_INTERVAL,
+        Zero::Rejected,
+    )?;
+    Ok(Ready { check, interval })
+}
+
+/// `env`: names a shell would accept in `NAME=value`, values without NUL.
+fn validate_env(
+    at: &str,
+    env: std::collections::BTreeMap<String, String>,
+) -> Result<std::collections::BTreeMap<String, String>, ConfigError> {
+    for (k, v) in &env {
+        let name_ok = k.chars().next().is_some_and(|c| !c.is_ascii_digit())
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !name_ok {
+            return Err(invalid(
+                format!("{at}.{k}"),
+                k.clone(),
+                "must be a variable name: letters, digits and '_', not starting with a digit",
+            ));
+        }
+        if v.contains('\0') {
+            return Err(invalid(
+                format!("{at}.{k}"),
+                v.clone(),
+                "must not contain NUL",
+            ));
+        }
+    }
+    Ok(env)
 }
 
 /// `policy` with each field present in `overrides` replaced, every value checked as the
@@ -435,6 +625,41 @@ impl Policy {
             max_connections,
         })
     }
+}
+
+/// `raw`, or `default`, checked to lie in `min..=max`.
+fn bounded_count(
+    field: &str,
+    raw: Option<u64>,
+    default: usize,
+    min: usize,
+    max: usize,
+) -> Result<usize, ConfigError> {
+    let Some(n) = raw else { return Ok(default) };
+    match usize::try_from(n) {
+        Ok(v) if (min..=max).contains(&v) => Ok(v),
+        _ => Err(invalid(
+            field,
+            n.to_string(),
+            format!("must be from {min} to {max}"),
+        )),
+    }
+}
+
+/// The three TLS files, each a non-empty path.
+fn validate_tls(t: raw::Tls) -> Result<TlsConfig, ConfigError> {
+    let path = |field: &str, p: String| {
+        if p.trim().is_empty() {
+            Err(invalid(field, p, "must name a PEM file"))
+        } else {
+            Ok(PathBuf::from(p))
+        }
+    };
+    Ok(TlsConfig {
+        cert: path("controller.tls.cert", t.cert)?,
+        key: path("controller.tls.key", t.key)?,
+        client_ca: path("controller.tls.clientCa", t.client_ca)?,
+    })
 }
 
 /// The shortest `controller.peerTimeout`.

@@ -289,6 +289,7 @@ fn a_new_services_listener_waits_for_every_connected_envoys_ack_of_its_cluster()
     let e = w.event(0.0, Event::Upsert(tcp("pg", 5432)));
     assert!(e.contains(&Effect::PublishCluster {
         service: "pg".into(),
+        protocol: Protocol::Tcp,
         limits: policy().envoy(),
     }));
     assert_eq!(assignments(&e, "pg"), [&holder(policy())]);
@@ -1047,7 +1048,88 @@ fn new_envoy_limits_republish_the_cluster_and_the_listener() {
     );
     assert!(e.contains(&Effect::PublishCluster {
         service: "pg".into(),
+        protocol: Protocol::Tcp,
         limits: roomy.envoy()
     }));
     assert_eq!(listeners(&e), ["pg"]);
+}
+
+#[test]
+fn a_domain_on_two_services_goes_to_the_first_only() {
+    let mut a = http("a");
+    a.domains.push("shared".into());
+    let mut b = http("b");
+    b.domains = vec!["shared".into()];
+    let w = World::new(true, true, vec![b, a]);
+    let hosts = routes(&w.effects).expect("routes");
+    let names: Vec<&str> = hosts.iter().map(|h| h.service.as_str()).collect();
+    assert_eq!(names, ["a"], "b has no domain left");
+    assert!(hosts[0].domains.contains(&"shared".to_string()));
+}
+
+#[test]
+fn a_grpc_service_is_routed_like_http_with_an_http2_cluster() {
+    let grpc = ServiceDef {
+        protocol: Protocol::Http2,
+        ..http("greeter")
+    };
+    let mut w = World::new(true, true, vec![grpc.clone()]);
+    assert!(w.effects.contains(&Effect::PublishCluster {
+        service: "greeter".into(),
+        protocol: Protocol::Http2,
+        limits: policy().envoy(),
+    }));
+    assert!(w.effects.contains(&Effect::Track {
+        service: "greeter".into(),
+        protocol: Protocol::Http2
+    }));
+    let hosts = routes(&w.effects).expect("route configuration");
+    assert_eq!(hosts.len(), 1);
+    assert_eq!(hosts[0].service, "greeter");
+    assert_eq!(hosts[0].timeout, Duration::ZERO, "a gRPC stream is not cut");
+    // Kubernetes: the port's appProtocol changes; the cluster follows.
+    let e = w.event(1.0, Event::Upsert(http("greeter")));
+    assert!(e.contains(&Effect::PublishCluster {
+        service: "greeter".into(),
+        protocol: Protocol::Http,
+        limits: policy().envoy(),
+    }));
+    assert_eq!(Protocol::parse("grpc"), Some(Protocol::Http2));
+    assert_eq!(Protocol::parse("http2"), Some(Protocol::Http2));
+    assert_eq!(Protocol::Http2.activity(), Protocol::Http);
+    assert_eq!(Protocol::parse("h2"), None);
+}
+
+#[test]
+fn status_tells_phase_since_pending_last_wake_and_idle() {
+    let mut w = World::new(true, false, vec![tcp("pg", 5432)]);
+    let s = &w.planner.status(w.at(0.0))[0];
+    assert_eq!(
+        (s.phase, s.since, s.pending, s.last_wake, s.idle),
+        (Phase::Parked, None, 0, None, None)
+    );
+    w.pending(1.0, "pg", 3.0);
+    let s = &w.planner.status(w.at(1.25))[0];
+    assert_eq!(s.phase, Phase::Waking);
+    assert_eq!(s.since, Some(Duration::from_millis(250)));
+    assert_eq!(s.pending, 3);
+    let wake = wake_number(&w.effects).expect("a wake");
+    w.event(
+        1.5,
+        Event::WakeDone {
+            service: "pg".into(),
+            wake,
+            result: Ok(vec![addr("10.0.0.1:5432")]),
+        },
+    );
+    w.pending(1.6, "pg", 0.0);
+    let s = &w.planner.status(w.at(4.5))[0];
+    assert_eq!(s.phase, Phase::Awake);
+    assert_eq!(s.since, Some(Duration::from_secs(3)));
+    assert_eq!(
+        s.last_wake,
+        Some((WakeOutcome::Ready, Duration::from_millis(500)))
+    );
+    assert_eq!(s.idle, Some(Duration::from_secs(3)), "idle since it woke");
+    assert_eq!(s.idle_timeout, policy().idle_timeout);
 }

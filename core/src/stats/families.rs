@@ -14,6 +14,10 @@ use zenvoy_contract::PENDING_LABEL;
 use super::text;
 use crate::model::{Observation, Protocol, Stats};
 
+/// The most samples one push or page may carry: 10,000 clusters take 60,000. Past it the
+/// input is refused whole (a sender cannot make the controller walk without end).
+pub const MAX_SAMPLES: usize = 1_000_000;
+
 /// Envoy cluster stats read, where each lands in `Stats`, and for which protocol. An HTTP
 /// service counts requests only: Envoy keeps idle keep-alive connections to it open, so
 /// open connections would keep it awake forever.
@@ -70,6 +74,8 @@ fn prometheus_stat(name: &str) -> Option<(Slot, Protocol)> {
 /// nothing is allocated per sample, only once per service in [`Collector::finish`].
 pub struct Collector<'a, P> {
     protocol: P,
+    /// Samples added so far (see [`MAX_SAMPLES`]).
+    samples: usize,
     /// Every cluster name seen in this input -> its slot in `envoy` and its protocol, or
     /// None for a cluster that is not a service. FxHash: the keys that can land here are
     /// this input's cluster names, each looked up once per sample; SipHash's protection
@@ -87,6 +93,7 @@ impl<'a, P: Fn(&str) -> Option<Protocol>> Collector<'a, P> {
     pub fn new(protocol: P) -> Self {
         Collector {
             protocol,
+            samples: 0,
             index: FxHashMap::default(),
             envoy: Vec::new(),
             last: None,
@@ -98,6 +105,7 @@ impl<'a, P: Fn(&str) -> Option<Protocol>> Collector<'a, P> {
     /// (`envoy_cluster_upstream_cx_active{envoy_cluster_name="x"}`) and its push forms
     /// (`cluster.x.upstream_cx_active`, or tagged) are all understood.
     pub fn add(&mut self, name: &'a str, label: impl Fn(&str) -> Option<&'a str>, value: f64) {
+        self.samples += 1;
         if name == HOLDER_PENDING {
             if let Some(svc) = label(PENDING_LABEL).filter(|s| (self.protocol)(s).is_some()) {
                 self.out
@@ -118,7 +126,7 @@ impl<'a, P: Fn(&str) -> Option<Protocol>> Collector<'a, P> {
         let Some((i, protocol)) = self.slot(svc) else {
             return;
         };
-        if protocol != for_protocol {
+        if protocol.activity() != for_protocol {
             return;
         }
         let s = &mut self.envoy[i].1;
@@ -126,6 +134,11 @@ impl<'a, P: Fn(&str) -> Option<Protocol>> Collector<'a, P> {
             Slot::Open => s.open += value,
             Slot::Counter(i) => s.counters[i] += value,
         }
+    }
+
+    /// More samples than one input may carry were added: the input is refused whole.
+    pub fn overflowed(&self) -> bool {
+        self.samples > MAX_SAMPLES
     }
 
     /// The slot of a known service, with its protocol; None for other clusters.

@@ -33,6 +33,8 @@ pub enum PushError {
     Group { tag: u32 },
     #[error("{field} is not UTF-8")]
     Utf8 { field: &'static str },
+    #[error("more than {} samples in one push", super::families::MAX_SAMPLES)]
+    TooManySamples,
 }
 
 /// What one push says: the sender's node id (when this message names it) and the samples,
@@ -46,7 +48,12 @@ pub fn read<'a, P: Fn(&str) -> Option<Protocol>>(
     while let Some((tag, wire)) = r.key()? {
         match (tag, wire) {
             (1, WireType::LengthDelimited) => node = node_id(r.bytes(tag)?, node.take())?,
-            (2, WireType::LengthDelimited) => family(r.bytes(tag)?, collector)?,
+            (2, WireType::LengthDelimited) => {
+                family(r.bytes(tag)?, collector)?;
+                if collector.overflowed() {
+                    return Err(PushError::TooManySamples);
+                }
+            }
             _ => r.skip(tag, wire)?,
         }
     }

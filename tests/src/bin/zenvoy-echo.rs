@@ -1,6 +1,12 @@
 //! A small upstream for tests and benchmarks. TCP echo by default (every byte back, in
 //! order; the client's EOF becomes ours); with `--http`, a minimal HTTP/1.1 responder.
 //! Writes its pid to `--pid-file` so tests can see it start and stop.
+//!
+//! `--starting-for D` makes it a server that accepts before it serves, as Postgres and
+//! Redis do: for D after it listens, each connection is refused in the protocol (a
+//! `FATAL: the database system is starting up` line, or `503` with `--http`) and closed.
+//! `--check ADDR` is its readiness probe (as `pg_isready` is Postgres's): exit 0 when
+//! the echo at ADDR echoes a line back within a second, 1 otherwise.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,8 +17,14 @@ use tokio::net::{TcpListener, TcpStream};
 
 #[derive(Debug, Parser)]
 struct Args {
-    #[arg(long)]
-    listen: SocketAddr,
+    #[arg(long, required_unless_present = "check")]
+    listen: Option<SocketAddr>,
+    /// Probe the echo at this address and exit: 0 if it echoes, 1 if not.
+    #[arg(long, value_name = "ADDR")]
+    check: Option<SocketAddr>,
+    /// Accept but refuse to serve for this long after listening.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    starting_for: Option<std::time::Duration>,
     #[arg(long)]
     pid_file: Option<PathBuf>,
     /// Append CLOCK_MONOTONIC nanoseconds, taken right after listen(2), to this file (the
@@ -34,7 +46,19 @@ struct Args {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let listener = TcpListener::bind(args.listen).await?;
+    if let Some(addr) = args.check {
+        let ok = check(addr).await;
+        eprintln!(
+            "zenvoy-echo --check {addr}: {}",
+            if ok { "serving" } else { "not serving" }
+        );
+        std::process::exit(if ok { 0 } else { 1 });
+    }
+    let Some(listen) = args.listen else {
+        anyhow::bail!("--listen is required");
+    };
+    let listener = TcpListener::bind(listen).await?;
+    let serving_at = args.starting_for.map(|d| tokio::time::Instant::now() + d);
     if let Some(p) = &args.ready_file {
         use std::io::Write;
         let now = zenvoy_tests::monotonic_ns();
@@ -48,8 +72,7 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(p, std::process::id().to_string())?;
     }
     eprintln!(
-        "zenvoy-echo listening on {} (pid {})",
-        args.listen,
+        "zenvoy-echo listening on {listen} (pid {})",
         std::process::id()
     );
     let body: &'static str = Box::leak(args.body.into_boxed_str());
@@ -61,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
         drop(listener);
         eprintln!("zenvoy-echo: not listening for {pause:?}");
         tokio::time::sleep(pause).await;
-        listener = TcpListener::bind(args.listen).await?;
+        listener = TcpListener::bind(listen).await?;
         eprintln!("zenvoy-echo: listening again");
     }
     loop {
@@ -79,12 +102,42 @@ async fn main() -> anyhow::Result<()> {
                 .open(p)?;
             writeln!(f, "accept {now}")?;
         }
-        if args.http {
+        if serving_at.is_some_and(|t| tokio::time::Instant::now() < t) {
+            tokio::spawn(refuse(s, args.http));
+        } else if args.http {
             tokio::spawn(http(s, body));
         } else {
             tokio::spawn(echo(s));
         }
     }
+}
+
+/// Refuse a connection in the protocol, as a server that is still starting does.
+async fn refuse(mut s: TcpStream, http: bool) -> std::io::Result<()> {
+    let msg: &[u8] = if http {
+        let mut chunk = [0u8; 4096];
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), s.read(&mut chunk)).await;
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 12\r\nconnection: close\r\n\r\nstarting up\n"
+    } else {
+        b"FATAL: the database system is starting up\n"
+    };
+    s.write_all(msg).await?;
+    s.shutdown().await
+}
+
+/// Whether the echo at `addr` echoes a line within a second.
+async fn check(addr: SocketAddr) -> bool {
+    let probe = async {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(b"ping\n").await?;
+        let mut got = [0u8; 5];
+        s.read_exact(&mut got).await?;
+        Ok::<bool, std::io::Error>(&got == b"ping\n")
+    };
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(1), probe).await,
+        Ok(Ok(true))
+    )
 }
 
 async fn echo(mut s: TcpStream) -> std::io::Result<()> {

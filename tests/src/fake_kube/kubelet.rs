@@ -18,7 +18,9 @@ use super::selector::map_selects;
 use super::store::meta_str;
 use super::{FakeApi, Inner};
 
-const MANAGED_BY: &str = "fake-kubelet.zenvoy.io";
+/// What Kubernetes' EndpointSlice controller puts on its slices: the kubelet here plays
+/// that controller too, and the controller trusts only its slices.
+const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
 /// Pods one fake can run at once: one per address in its /24.
 const MAX_PODS: usize = 254;
 

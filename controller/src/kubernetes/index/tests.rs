@@ -210,3 +210,27 @@ fn a_hold_shorter_than_the_wake_is_warned_about_and_still_applied() {
         "{note}"
     );
 }
+
+#[test]
+fn a_second_http_service_with_an_earlier_ones_host_is_refused() {
+    let mut ix = index();
+    let c = config();
+    let http = |ns: &str| {
+        svc(
+            "web",
+            ns,
+            &[(service::ENABLED, "true"), (service::PROTOCOL, "http")],
+            80,
+        )
+    };
+    assert_eq!(added(&ix.apply(http("one"), 0, &c)), ["web.one"]);
+    let ch = ix.apply(http("two"), 0, &c);
+    let (reason, note) = warning(&ch).expect("a warning");
+    assert_eq!(reason, "HostConflict");
+    assert!(
+        note.contains("\"web\"") && note.contains("web.one"),
+        "{note}"
+    );
+    assert_eq!(added(&ch), Vec::<&str>::new());
+    assert_eq!(ix.len(), 1);
+}

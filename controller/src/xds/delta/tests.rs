@@ -1,6 +1,7 @@
 use super::*;
 use crate::xds::resources::{self, Endpoints, CLUSTER_TYPE, ENDPOINT_TYPE, ROUTE_TYPE};
 use prometheus_client::registry::Registry;
+use zenvoy_core::model::Protocol;
 
 fn cache() -> Cache {
     let cache = Cache::default();
@@ -12,6 +13,7 @@ fn cache() -> Cache {
                 s,
                 std::time::Duration::from_secs(1),
                 &limits(),
+                Protocol::Tcp,
             )),
         );
         let up = Endpoints::Upstream(vec!["127.0.0.1:1".parse().expect("addr")]);

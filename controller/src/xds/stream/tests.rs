@@ -3,6 +3,7 @@ use crate::xds::resources::{self, Endpoints};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use prometheus_client::registry::Registry;
+use zenvoy_core::model::Protocol;
 
 fn metrics() -> Metrics {
     Metrics::register(&mut Registry::default())
@@ -24,6 +25,7 @@ fn cache_with(services: &[&str]) -> Cache {
                 s,
                 std::time::Duration::from_secs(1),
                 &limits(),
+                Protocol::Tcp,
             )),
         );
         cache.set(
@@ -78,6 +80,7 @@ fn wildcard_types_get_everything_once_until_a_change() {
             "a",
             std::time::Duration::from_secs(5),
             &limits(),
+            Protocol::Tcp,
         )),
     );
     let r2 = s.on_change(&cache);
