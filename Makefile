@@ -37,7 +37,7 @@ unit:
 
 e2e: setup build
 	$(CARGO) test --workspace --test e2e --test holder --test transparent --test kubernetes --test fake_kube --test deploy --test images \
-	  --test cli --test readiness --test grpc --test real_servers
+	  --test cli --test readiness --test grpc --test real_servers --test in_cluster
 
 # Dashboards and alerts without a build: the committed dashboard JSON, queries.json and
 # deploy/monitoring/ are exactly what dashboards/ generates; deploy/monitoring/ is valid

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
+use zenvoy_core::model::Route;
 use zenvoy_core::planner::Notice;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -90,4 +91,8 @@ pub trait Backend: Send + Sync + 'static {
     /// Tell the operator (Kubernetes: an Event on the Service). The log already has it;
     /// by default nothing more.
     fn notify(&self, _notice: &Notice) {}
+    /// `inCluster`: make the Service's own name lead where `route` says (Kubernetes: the
+    /// controller's EndpointSlice for it), and report [`zenvoy_core::model::Event::Routed`] once it does.
+    /// Only backends that front Services by name have it; by default nothing.
+    fn route(&self, _service: &str, _route: Route) {}
 }

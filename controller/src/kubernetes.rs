@@ -30,7 +30,9 @@ pub mod endpoints;
 pub mod events;
 pub mod index;
 pub mod leader;
+pub mod ports;
 pub mod service;
+pub mod slices;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -97,6 +99,32 @@ pub async fn run(
         core.metrics.clone(),
         core.stopped(),
     )));
+    // inCluster: every Service keeps the proxy port it had (read back from the slices
+    // zenvoy wrote) before any is allocated; the slices are written by the leader.
+    let in_cluster = match &config.in_cluster {
+        Some(ic) => {
+            let mut ports = ports::Ports::new(ic.ports);
+            let dropped = ports.load(slices::load(&client, &options.namespaces).await);
+            for service in dropped {
+                tracing::warn!(%service, "inCluster: its slice's port is outside inCluster.ports or taken; it gets a new one");
+            }
+            let (slices, slice_tasks) = slices::Slices::start(
+                client.clone(),
+                (ic.proxy_namespace.clone(), ic.proxy_service.clone()),
+                targets.clone(),
+                core.events.clone(),
+                serving_rx.clone(),
+                || core.stopped(),
+            );
+            tasks.extend(slice_tasks);
+            Some((ports, slices))
+        }
+        None => None,
+    };
+    let (ports, slices) = match in_cluster {
+        Some((p, s)) => (Some(p), Some(s)),
+        None => (None, None),
+    };
     let discovery = discovery::Discovery {
         client: client.clone(),
         namespaces: options.namespaces.clone(),
@@ -106,19 +134,24 @@ pub async fn run(
         config: config_rx,
         leader: leader_rx.clone(),
         serving: serving_tx,
+        ports,
     };
     tasks.push(tokio::spawn(discovery.run(core.stopped())));
     tasks.push(events_task);
     // The backend scales only while serving, not merely leading: a replica just promoted
     // must first learn what runs (a park its follower runtime decided must not go out).
-    let backend = Arc::new(backend::KubeBackend::new(
+    let mut backend = backend::KubeBackend::new(
         client,
         targets,
         endpoints,
         serving_rx,
         events,
         core.metrics.clone(),
-    ));
+    );
+    if let Some(slices) = slices {
+        backend = backend.with_slices(slices);
+    }
+    let backend = Arc::new(backend);
     core.serve(config, backend, grpc, admin, shutdown, tasks)
         .await
 }

@@ -32,7 +32,6 @@ pub mod xds;
 use std::future::Future;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -276,12 +275,12 @@ impl Core {
             limits.max_names_per_stream,
             metrics.clone(),
         );
-        let ads = AggregatedDiscoveryServiceServer::new(
+        let ads = xds::AdsService::new(
             xds::AdsServer::new(cache, metrics.clone())
                 .with_shutdown(streams_end.clone())
                 .with_admission(admission.clone()),
-        )
-        .max_decoding_message_size(limits.max_message_bytes);
+            limits.max_message_bytes,
+        );
         let sink = ingest::MetricsServer::new(
             ingest::MetricsSink::new(services, events_tx, metrics)
                 .with_shutdown(streams_end)

@@ -79,6 +79,10 @@ impl<B: Backend> Runtime<B> {
             leading,
             stats_expiry: config.stats_expiry(),
             warm_timeout: zenvoy_core::planner::DEFAULT_WARM_TIMEOUT,
+            in_cluster_settle: config
+                .in_cluster
+                .as_ref()
+                .map_or(Duration::ZERO, |c| c.settle),
         };
         let (status_tx, status_rx) = mpsc::channel(STATUS_QUEUE);
         let mut runtime = Runtime {
@@ -179,10 +183,35 @@ impl<B: Backend> Runtime<B> {
                         .set(LISTENER_TYPE, &service, resources::any(listener));
                 }
                 Effect::RemoveListener { service } => self.cache.remove(LISTENER_TYPE, &service),
+                Effect::PublishInClusterListener {
+                    service,
+                    listen,
+                    protocol,
+                    limits,
+                    route_timeout,
+                } => {
+                    let listener = resources::in_cluster_listener(
+                        &service,
+                        listen,
+                        protocol,
+                        &limits,
+                        route_timeout,
+                    );
+                    let name = resources::in_cluster_listener_name(&service);
+                    self.cache
+                        .set(LISTENER_TYPE, &name, resources::any(listener));
+                }
+                Effect::RemoveInClusterListener { service } => {
+                    let name = resources::in_cluster_listener_name(&service);
+                    self.cache.remove(LISTENER_TYPE, &name);
+                }
+                Effect::Route { service, route } => self.backend.route(&service, route),
                 Effect::RemoveService { service } => {
                     for type_url in [LISTENER_TYPE, CLUSTER_TYPE, ENDPOINT_TYPE] {
                         self.cache.remove(type_url, &service);
                     }
+                    let name = resources::in_cluster_listener_name(&service);
+                    self.cache.remove(LISTENER_TYPE, &name);
                 }
                 Effect::PublishRoutes(hosts) => {
                     let routes = resources::route_configuration(&hosts);

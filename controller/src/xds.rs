@@ -15,20 +15,18 @@
 mod delta;
 pub mod resources;
 mod stream;
+pub mod wire;
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
+use bytes::Bytes;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use envoy_types::pb::google::protobuf::Any;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{Stream, StreamExt};
-use tonic::{Request, Response, Status, Streaming};
+use tokio_stream::StreamExt;
+use tonic::{Request, Status, Streaming};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::admission::Admission;
@@ -36,19 +34,66 @@ use crate::telemetry::Metrics;
 pub use delta::DeltaStream;
 pub use stream::AdsStream;
 use tokio::sync::OwnedSemaphorePermit;
+use wire::{Encoded, Run};
 
-/// One resource at the version it last changed.
+/// One resource at the version it last changed: its `Any`, encoded once and shared by
+/// every response that carries it.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub version: u64,
-    pub any: Any,
+    pub any: Bytes,
 }
 
 #[derive(Debug, Default)]
 struct TypeState {
     /// Generation of the last change of any resource of this type.
     version: u64,
-    resources: BTreeMap<String, Entry>,
+    resources: BTreeMap<Name, Entry>,
+    /// Every resource at `version`, encoded as a response's `resources` (SotW) and as
+    /// delta `Resource`s: built by the first stream that sends the whole type at this
+    /// version, shared by the rest, dropped at the next change.
+    whole: Option<Wholes>,
+    /// The name of the resource set at each version (every set has a version of its own):
+    /// what changed since a stream last looked is a range, not a walk of every resource.
+    by_version: BTreeMap<u64, Name>,
+    /// Names removed, by the version of the removal; the oldest go beyond
+    /// [`MAX_TOMBSTONES`], and a stream that last looked before `forgotten_before` walks
+    /// everything instead.
+    removed: BTreeMap<u64, Name>,
+    forgotten_before: u64,
+}
+
+/// Removals remembered per type for [`Cache::since`].
+const MAX_TOMBSTONES: usize = 10_000;
+
+/// What changed in a type since a version a stream has seen.
+#[derive(Debug)]
+pub(crate) enum Since {
+    /// Nothing: the type is still at that version.
+    Current,
+    Changes {
+        /// The type's version now.
+        version: u64,
+        /// Resources set since, at their current version.
+        set: Vec<(Name, Entry)>,
+        /// Names removed since (and not set again).
+        removed: Vec<Name>,
+    },
+    /// Too long ago (removals forgotten): read everything.
+    TooOld,
+}
+
+#[derive(Debug, Default)]
+struct Wholes {
+    sotw: Option<Run>,
+    delta: Option<Run>,
+}
+
+/// Which encoding of a whole type (see [`Cache::whole`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flavor {
+    Sotw,
+    Delta,
 }
 
 #[derive(Debug, Default)]
@@ -61,7 +106,12 @@ struct Inner {
 /// ClusterLoadAssignments only: a stream's requests of other types (routes above all,
 /// which Envoy asks for on the same stream) must not replace its endpoint subscription,
 /// or a park would stop waiting for that stream's ACK.
-type AckRegistry = HashMap<u64, HashMap<String, u64>>;
+type AckRegistry = HashMap<u64, HashMap<Name, u64>>;
+
+/// A resource name, shared: the cache, and every stream's subscription, sent and ACK
+/// records hold the same allocation (at 10,000 names and hundreds of streams, a copy
+/// of each name per stream per record was most of a stream's memory).
+pub type Name = Arc<str>;
 
 /// The resources zenvoy serves, shared by the runtime (writer) and every ADS stream.
 #[derive(Debug)]
@@ -104,6 +154,7 @@ impl Cache {
     /// Set a resource. Returns its version; an identical resource keeps its version and
     /// wakes no stream.
     pub fn set(&self, type_url: &'static str, name: &str, any: Any) -> u64 {
+        let any = Bytes::from(prost::Message::encode_to_vec(&any));
         let mut inner = lock(&self.inner);
         let generation = inner.generation + 1;
         let ty = inner.types.entry(type_url).or_default();
@@ -113,13 +164,21 @@ impl Cache {
             }
         }
         ty.version = generation;
-        ty.resources.insert(
-            name.to_string(),
-            Entry {
-                version: generation,
-                any,
-            },
-        );
+        ty.whole = None;
+        let entry = Entry {
+            version: generation,
+            any,
+        };
+        let key: Name = match ty.resources.get_key_value(name) {
+            Some((key, old)) => {
+                let key = key.clone();
+                ty.by_version.remove(&old.version);
+                key
+            }
+            None => Name::from(name),
+        };
+        ty.resources.insert(key.clone(), entry);
+        ty.by_version.insert(generation, key);
         inner.generation = generation;
         drop(inner);
         self.changed.send_replace(generation);
@@ -134,29 +193,38 @@ impl Cache {
         let Some(ty) = inner.types.get_mut(type_url) else {
             return;
         };
-        if ty.resources.remove(name).is_none() {
+        let Some((key, old)) = ty.resources.remove_entry(name) else {
             return;
+        };
+        ty.by_version.remove(&old.version);
+        ty.removed.insert(generation, key);
+        while ty.removed.len() > MAX_TOMBSTONES {
+            if let Some((v, _)) = ty.removed.pop_first() {
+                ty.forgotten_before = v + 1;
+            }
         }
         ty.version = generation;
+        ty.whole = None;
         inner.generation = generation;
         drop(inner);
         self.changed.send_replace(generation);
     }
 
-    /// The version of a type and, for each requested name (all when `names` is None),
-    /// its entry, when `wanted(name, version)`. Only wanted entries are cloned: a wake
-    /// changes one resource, and a stream subscribed to 10,000 must not copy them all
-    /// to find it.
+    /// The version of a type, for each requested name (all when `names` is None) its
+    /// entry when `wanted(name, version)`, and how many resources the type has. Only
+    /// wanted entries are cloned (a name and a reference to shared bytes): a wake changes
+    /// one resource, and a stream subscribed to 10,000 must not copy them all to find it.
     fn read(
         &self,
         type_url: &str,
-        names: Option<&[String]>,
+        names: Option<&[Name]>,
         wanted: impl Fn(&str, u64) -> bool,
-    ) -> (u64, Vec<(String, Entry)>) {
+    ) -> (u64, Vec<(Name, Entry)>, usize) {
         let inner = lock(&self.inner);
         let Some(ty) = inner.types.get(type_url) else {
-            return (0, Vec::new());
+            return (0, Vec::new(), 0);
         };
+        let total = ty.resources.len();
         let entries = match names {
             None => ty
                 .resources
@@ -166,20 +234,109 @@ impl Cache {
                 .collect(),
             Some(names) => names
                 .iter()
-                .filter_map(|n| ty.resources.get(n).map(|e| (n, e)))
+                .filter_map(|n| ty.resources.get(&**n).map(|e| (n, e)))
                 .filter(|(n, e)| wanted(n, e.version))
                 .map(|(n, e)| (n.clone(), e.clone()))
                 .collect(),
         };
-        (ty.version, entries)
+        (ty.version, entries, total)
     }
 
-    /// Of `names`, those the cache has no resource of this type for.
-    fn missing<'n>(&self, type_url: &str, names: impl Iterator<Item = &'n String>) -> Vec<String> {
+    /// `names` as the cache's own [`Name`]s where it has them (new ones otherwise).
+    fn intern<'n>(&self, type_url: &str, names: impl IntoIterator<Item = &'n String>) -> Vec<Name> {
         let inner = lock(&self.inner);
         let ty = inner.types.get(type_url);
         names
-            .filter(|n| !ty.is_some_and(|t| t.resources.contains_key(n.as_str())))
+            .into_iter()
+            .map(|n| {
+                ty.and_then(|t| t.resources.get_key_value(n.as_str()))
+                    .map_or_else(|| Name::from(n.as_str()), |(k, _)| k.clone())
+            })
+            .collect()
+    }
+
+    /// The version of a type (0: none yet).
+    fn version(&self, type_url: &str) -> u64 {
+        lock(&self.inner)
+            .types
+            .get(type_url)
+            .map_or(0, |t| t.version)
+    }
+
+    /// What changed in `type_url` after version `seen`: a range of the version index, so
+    /// a wake (one resource) costs every stream one lookup, not a walk of 10,000.
+    fn since(&self, type_url: &str, seen: u64) -> Since {
+        let inner = lock(&self.inner);
+        let Some(ty) = inner.types.get(type_url) else {
+            return if seen == 0 {
+                Since::Current
+            } else {
+                Since::TooOld
+            };
+        };
+        if ty.version == seen {
+            return Since::Current;
+        }
+        if seen < ty.forgotten_before || seen > ty.version {
+            return Since::TooOld;
+        }
+        let after = seen.saturating_add(1);
+        let set = ty
+            .by_version
+            .range(after..)
+            .filter_map(|(_, n)| ty.resources.get(n).map(|e| (n.clone(), e.clone())))
+            .collect();
+        let removed = ty
+            .removed
+            .range(after..)
+            .map(|(_, n)| n)
+            .filter(|n| !ty.resources.contains_key(&***n))
+            .cloned()
+            .collect();
+        Since::Changes {
+            version: ty.version,
+            set,
+            removed,
+        }
+    }
+
+    /// Every resource of `type_url` encoded as `flavor`'s repeated `resources`, when the
+    /// type is still at `version`: built once per version, shared by every stream.
+    pub(crate) fn whole(&self, type_url: &str, version: u64, flavor: Flavor) -> Option<Run> {
+        let mut inner = lock(&self.inner);
+        let ty = inner.types.get_mut(type_url)?;
+        if ty.version != version {
+            return None;
+        }
+        let wholes = ty.whole.get_or_insert_with(Wholes::default);
+        let slot = match flavor {
+            Flavor::Sotw => &mut wholes.sotw,
+            Flavor::Delta => &mut wholes.delta,
+        };
+        if let Some(run) = slot {
+            return Some(run.clone());
+        }
+        let run = match flavor {
+            Flavor::Sotw => Run::new(2, ty.resources.values().map(|e| &e.any)),
+            Flavor::Delta => {
+                let each: Vec<Bytes> = ty
+                    .resources
+                    .iter()
+                    .map(|(n, e)| wire::delta_resource(n, &e.version.to_string(), &e.any))
+                    .collect();
+                Run::new(2, each.iter())
+            }
+        };
+        *slot = Some(run.clone());
+        Some(run)
+    }
+
+    /// Of `names`, those the cache has no resource of this type for.
+    fn missing<'n>(&self, type_url: &str, names: impl Iterator<Item = &'n Name>) -> Vec<Name> {
+        let inner = lock(&self.inner);
+        let ty = inner.types.get(type_url);
+        names
+            .filter(|n| !ty.is_some_and(|t| t.resources.contains_key(&***n)))
             .cloned()
             .collect()
     }
@@ -233,24 +390,49 @@ impl Cache {
         lock(&self.acks).len()
     }
 
-    /// Record what `stream` subscribes to of `type_url` and the version of each it ACKed.
-    /// Only ClusterLoadAssignments are kept (see [`AckRegistry`]); other types are
-    /// ignored, so a route request leaves the stream's endpoint view as it was.
+    /// Record what `stream` subscribes to of `type_url`, keeping the versions it ACKed of
+    /// the names it still subscribes to (0 for new ones). Only ClusterLoadAssignments are
+    /// kept (see [`AckRegistry`]); other types are ignored, so a route request leaves the
+    /// stream's endpoint view as it was. This view is the stream's only record of its
+    /// ACKs: at 10,000 names a second copy per stream would cost megabytes per Envoy.
     fn record_acks<'a>(
         &self,
         stream: u64,
         type_url: &str,
-        subscribed: impl IntoIterator<Item = &'a String>,
-        acked: &HashMap<String, u64>,
+        subscribed: impl IntoIterator<Item = &'a Name>,
     ) {
         if type_url != resources::ENDPOINT_TYPE {
             return;
         }
+        let mut acks = lock(&self.acks);
+        let old = acks.remove(&stream).unwrap_or_default();
         let view = subscribed
             .into_iter()
-            .map(|n| (n.clone(), acked.get(n).copied().unwrap_or(0)))
+            .map(|n| (n.clone(), old.get(n).copied().unwrap_or(0)))
             .collect();
-        lock(&self.acks).insert(stream, view);
+        acks.insert(stream, view);
+    }
+
+    /// Whether `stream` has an ACK view of `type_url` (only endpoints have one).
+    fn has_ack_view(&self, stream: u64, type_url: &str) -> bool {
+        type_url != resources::ENDPOINT_TYPE || lock(&self.acks).contains_key(&stream)
+    }
+
+    /// `stream` ACKed these versions of resources it subscribes to (names it does not
+    /// subscribe to are left out: an ACK cannot subscribe).
+    fn ack(&self, stream: u64, type_url: &str, acked: &[(Name, u64)]) {
+        if type_url != resources::ENDPOINT_TYPE {
+            return;
+        }
+        let mut acks = lock(&self.acks);
+        let Some(view) = acks.get_mut(&stream) else {
+            return;
+        };
+        for (name, version) in acked {
+            if let Some(v) = view.get_mut(name) {
+                *v = (*v).max(*version);
+            }
+        }
     }
 
     fn forget(&self, stream: u64) {
@@ -311,30 +493,72 @@ impl AdsServer {
     }
 }
 
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
 /// Responses queued per stream before the stream task waits for Envoy to read.
 const STREAM_QUEUE: usize = 16;
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+/// The gRPC service name ADS is served under.
+const ADS_SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+const SOTW_METHOD: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+const DELTA_METHOD: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        self.open()?;
-        self.spawn_stream("ads", AdsStream::new, request)
+/// The ADS gRPC service. Served by hand rather than through envoy-types' generated
+/// server: requests are decoded by tonic as usual, responses are written from shared
+/// bytes (see [`wire`]).
+#[derive(Debug, Clone)]
+pub struct AdsService {
+    server: AdsServer,
+    max_message_bytes: usize,
+}
+
+impl AdsService {
+    /// `max_message_bytes`: the largest request accepted.
+    pub fn new(server: AdsServer, max_message_bytes: usize) -> Self {
+        AdsService {
+            server,
+            max_message_bytes,
+        }
+    }
+}
+
+impl tonic::server::NamedService for AdsService {
+    const NAME: &'static str = ADS_SERVICE;
+}
+
+type Call = Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<http::Response<tonic::body::Body>, std::convert::Infallible>,
+            > + Send,
+    >,
+>;
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for AdsService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = Call;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
     }
 
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        self.open()?;
-        self.spawn_stream("delta_ads", DeltaStream::new, request)
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let server = self.server.clone();
+        let max = self.max_message_bytes;
+        Box::pin(async move {
+            let response = match req.uri().path() {
+                SOTW_METHOD => server.serve::<AdsStream>("ads", AdsStream::new, req, max),
+                DELTA_METHOD => {
+                    server.serve::<DeltaStream>("delta_ads", DeltaStream::new, req, max)
+                }
+                other => Err(Status::unimplemented(format!("no method {other}"))),
+            };
+            Ok(response.unwrap_or_else(|status| status.into_http()))
+        })
     }
 }
 
@@ -347,21 +571,32 @@ impl AdsServer {
         }
     }
 
-    /// Serve one ADS stream of either protocol on its own task; the response stream
-    /// is what tonic sends back.
-    fn spawn_stream<P: Protocol>(
+    /// Serve one ADS stream of either protocol on its own task; the response body is fed
+    /// by it.
+    fn serve<P: Protocol>(
         &self,
         span_name: &'static str,
         state: fn(u64) -> P,
-        request: Request<Streaming<P::Req>>,
-    ) -> Result<Response<ResponseStream<P::Resp>>, Status> {
+        req: http::Request<tonic::body::Body>,
+        max_message_bytes: usize,
+    ) -> Result<http::Response<tonic::body::Body>, Status> {
+        self.open()?;
         let permit = self.admission.stream()?;
+        let (parts, body) = req.into_parts();
+        // The request's metadata and connection info (peer address, certificates), for
+        // admission and logs.
+        let meta = Request::from_http(http::Request::from_parts(parts, ()));
+        let identity = self.admission.peer(&meta);
+        let peer = meta.remote_addr();
+        let inbound = Streaming::new_request(
+            tonic::codec::Codec::decoder(&mut tonic_prost::ProstCodec::<(), P::Req>::default()),
+            body,
+            None,
+            Some(max_message_bytes),
+        );
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let identity = self.admission.peer(&request);
-        let peer = request.remote_addr();
-        let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let span = tracing::info_span!("ads", kind = span_name, stream = id, peer = ?peer);
         tokio::spawn(
@@ -380,16 +615,20 @@ impl AdsServer {
             )
             .instrument(span),
         );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let mut response = http::Response::new(tonic::body::Body::new(wire::GrpcBody::new(rx)));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        Ok(response)
     }
 }
 
 /// What the serve loop needs of a stream's protocol state (SotW or delta).
 trait Protocol: Send + 'static {
-    type Req: Send + 'static;
-    type Resp: Send + 'static;
-    fn on_request(&mut self, req: Self::Req, cache: &Cache, metrics: &Metrics) -> Vec<Self::Resp>;
-    fn on_change(&mut self, cache: &Cache) -> Vec<Self::Resp>;
+    type Req: prost::Message + Default + Send + 'static;
+    fn on_request(&mut self, req: Self::Req, cache: &Cache, metrics: &Metrics) -> Vec<Encoded>;
+    fn on_change(&mut self, cache: &Cache) -> Vec<Encoded>;
     fn node(&self) -> &str;
     fn dropped_inflight(&self) -> u64;
     fn subscribed(&self) -> usize;
@@ -397,11 +636,10 @@ trait Protocol: Send + 'static {
 
 impl Protocol for AdsStream {
     type Req = DiscoveryRequest;
-    type Resp = DiscoveryResponse;
-    fn on_request(&mut self, req: Self::Req, cache: &Cache, metrics: &Metrics) -> Vec<Self::Resp> {
+    fn on_request(&mut self, req: Self::Req, cache: &Cache, metrics: &Metrics) -> Vec<Encoded> {
         AdsStream::on_request(self, req, cache, metrics)
     }
-    fn on_change(&mut self, cache: &Cache) -> Vec<Self::Resp> {
+    fn on_change(&mut self, cache: &Cache) -> Vec<Encoded> {
         AdsStream::on_change(self, cache)
     }
     fn node(&self) -> &str {
@@ -417,11 +655,10 @@ impl Protocol for AdsStream {
 
 impl Protocol for DeltaStream {
     type Req = DeltaDiscoveryRequest;
-    type Resp = DeltaDiscoveryResponse;
-    fn on_request(&mut self, req: Self::Req, cache: &Cache, metrics: &Metrics) -> Vec<Self::Resp> {
+    fn on_request(&mut self, req: Self::Req, cache: &Cache, metrics: &Metrics) -> Vec<Encoded> {
         DeltaStream::on_request(self, req, cache, metrics)
     }
-    fn on_change(&mut self, cache: &Cache) -> Vec<Self::Resp> {
+    fn on_change(&mut self, cache: &Cache) -> Vec<Encoded> {
         DeltaStream::on_change(self, cache)
     }
     fn node(&self) -> &str {
@@ -435,8 +672,8 @@ impl Protocol for DeltaStream {
     }
 }
 
-/// Where a stream's responses go (tonic sends them on).
-type Responses<T> = mpsc::Sender<Result<T, Status>>;
+/// Where a stream's responses go (its response body sends them on).
+type Responses = mpsc::Sender<wire::Outgoing>;
 
 /// What every stream of the server shares.
 struct Shared {
@@ -456,7 +693,7 @@ async fn serve_stream<P: Protocol>(
         admission,
     }: Shared,
     mut inbound: Streaming<P::Req>,
-    tx: Responses<P::Resp>,
+    tx: Responses,
     // The stream's place among controller.maxStreams is held until it ends.
     (peer, _permit): (crate::identity::Peer, OwnedSemaphorePermit),
 ) {
@@ -541,23 +778,92 @@ mod tests {
         let cache = Cache::default();
         assert!(!cache.subscribed("a"), "no stream yet");
         let eds = resources::ENDPOINT_TYPE;
-        cache.record_acks(1, eds, &["a".to_string()], &HashMap::new());
+        cache.record_acks(1, eds, &[Name::from("a")]);
         assert!(cache.subscribed("a"), "subscribed, nothing ACKed yet");
         assert!(!cache.subscribed("b"));
-        cache.record_acks(
-            2,
-            eds,
-            &["b".to_string()],
-            &HashMap::from([("b".to_string(), 3)]),
-        );
+        cache.record_acks(2, eds, &[Name::from("b")]);
+        cache.ack(2, eds, &[(Name::from("b"), 3)]);
         assert!(cache.subscribed("b"));
+        assert!(cache.all_acked("b", 3));
+        // A new subscription keeps what was ACKed of the names that stay.
+        cache.record_acks(2, eds, &[Name::from("b"), Name::from("c")]);
+        assert!(cache.all_acked("b", 3));
+        assert!(!cache.all_acked("c", 1));
         // Another type's names leave the endpoint view alone.
-        cache.record_acks(1, resources::ROUTE_TYPE, &[], &HashMap::new());
+        cache.record_acks(1, resources::ROUTE_TYPE, &[]);
         assert!(cache.subscribed("a"));
         // Stream 1 narrows its subscription, then stream 2 disconnects.
-        cache.record_acks(1, eds, &[], &HashMap::new());
+        cache.record_acks(1, eds, &[]);
         assert!(!cache.subscribed("a"));
         cache.forget(2);
         assert!(!cache.subscribed("b"));
+    }
+
+    fn any(v: u8) -> Any {
+        Any {
+            type_url: "t".into(),
+            value: vec![v],
+        }
+    }
+
+    #[test]
+    fn since_gives_what_changed_after_a_version_and_what_was_removed() {
+        let cache = Cache::default();
+        let eds = resources::ENDPOINT_TYPE;
+        let va = cache.set(eds, "a", any(1));
+        let vb = cache.set(eds, "b", any(1));
+        let names = |s: Since| match s {
+            Since::Changes { set, removed, .. } => (
+                set.into_iter()
+                    .map(|(n, _)| n.to_string())
+                    .collect::<Vec<_>>(),
+                removed.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            ),
+            other => panic!("expected changes, got {other:?}"),
+        };
+        assert_eq!(
+            names(cache.since(eds, va)),
+            (vec!["b".to_string()], Vec::<String>::new())
+        );
+        assert!(matches!(cache.since(eds, vb), Since::Current));
+        // Set again: one entry, at its new version; an identical set changes nothing.
+        let va2 = cache.set(eds, "a", any(2));
+        assert_eq!(cache.set(eds, "a", any(2)), va2);
+        assert_eq!(
+            names(cache.since(eds, vb)),
+            (vec!["a".to_string()], Vec::<String>::new())
+        );
+        cache.remove(eds, "b");
+        assert_eq!(
+            names(cache.since(eds, va2)),
+            (Vec::<String>::new(), vec!["b".to_string()])
+        );
+        // Removed and set again: a change, not a removal.
+        let before = cache.version(eds);
+        cache.remove(eds, "a");
+        cache.set(eds, "a", any(3));
+        assert_eq!(
+            names(cache.since(eds, before)),
+            (vec!["a".to_string()], Vec::<String>::new())
+        );
+        assert!(matches!(
+            cache.since(resources::ROUTE_TYPE, 0),
+            Since::Current
+        ));
+    }
+
+    #[test]
+    fn since_before_the_oldest_remembered_removal_reads_everything() {
+        let cache = Cache::default();
+        let eds = resources::ENDPOINT_TYPE;
+        let start = cache.set(eds, "keep", any(0));
+        for i in 0..=MAX_TOMBSTONES {
+            let name = format!("n{i}");
+            cache.set(eds, &name, any(1));
+            cache.remove(eds, &name);
+        }
+        assert!(matches!(cache.since(eds, start), Since::TooOld));
+        let now = cache.version(eds);
+        assert!(matches!(cache.since(eds, now), Since::Current));
     }
 }

@@ -159,6 +159,20 @@ impl Step {
     }
 }
 
+/// When time alone next moves `state` (a [`Input::Tick`] at or after this changes it;
+/// one before it does not). None: nothing happens to it with time (parked).
+pub fn due(state: State, t: &Timing) -> Option<Instant> {
+    match state {
+        State::Parked => None,
+        State::Waking { since } => since.checked_add(t.wake_timeout),
+        State::Awake { since, last_active } => last_active
+            .checked_add(t.idle_timeout)?
+            .max(since.checked_add(t.min_warm)?)
+            .into(),
+        State::Parking { since, .. } => since.checked_add(t.park_ack_timeout),
+    }
+}
+
 /// One transition. Inputs that mean nothing in a state leave it unchanged with no action.
 pub fn step(state: State, input: Input, now: Instant, t: &Timing) -> (State, Step) {
     use Action::*;

@@ -65,6 +65,10 @@ pub struct Config {
     pub controller: ControllerConfig,
     pub holder: HolderConfig,
     pub envoy: EnvoyConfig,
+    /// Kubernetes mode: while parked, a Service's own name (its virtual IP) leads to the
+    /// proxies, through an EndpointSlice the controller writes; absent, only the front
+    /// door (Envoy's listeners) holds connections.
+    pub in_cluster: Option<InClusterConfig>,
     /// Where `zenvoy run` and the process backend keep their files: the state file,
     /// service logs (`logs/<name>.log`), Envoy's and the holder's logs. Relative paths
     /// in a file read with [`Config::load`] are relative to the file's directory.
@@ -156,6 +160,30 @@ pub struct HolderConfig {
     /// The holder's `/metrics` (used by `zenvoy run`, which starts the holder).
     pub admin: SocketAddr,
 }
+
+/// `inCluster`: how a parked Service keeps its name. While it is not awake, the controller
+/// keeps an EndpointSlice of its own for the Service whose endpoints are the proxy pods,
+/// on a port allocated to the Service; kube-proxy (or any EndpointSlice consumer) then
+/// sends the Service's traffic to the proxies, which hold it and wake the workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InClusterConfig {
+    /// The proxies' Service (`namespace/name`): its ready endpoints are the addresses
+    /// written into every parked Service's slice.
+    pub proxy_namespace: String,
+    pub proxy_service: String,
+    /// The address the proxies' per-Service listeners bind (`0.0.0.0`: every address).
+    pub listen: std::net::IpAddr,
+    /// The proxy ports allocated to Services, first and last.
+    pub ports: (u16, u16),
+    /// How long after its slice is written a parking Service's workload may go to zero:
+    /// time for kube-proxy on every node to follow (it cannot be asked whether it has).
+    pub settle: Duration,
+}
+
+/// `inCluster.ports` when it is left out.
+pub const DEFAULT_IN_CLUSTER_PORTS: (u16, u16) = (20000, 29999);
+/// `inCluster.settle` when it is left out.
+pub const DEFAULT_IN_CLUSTER_SETTLE: Duration = Duration::from_secs(2);
 
 /// The Envoy `zenvoy run` starts.
 #[derive(Debug, Clone, PartialEq)]
@@ -297,6 +325,7 @@ impl ServiceConfig {
             listen: self.listen,
             domains: self.domains.clone(),
             policy: self.policy,
+            in_cluster: None,
         }
     }
 }

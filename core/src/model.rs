@@ -147,6 +147,21 @@ pub struct ServiceDef {
     /// HTTP virtual host domains (HTTP services).
     pub domains: Vec<String>,
     pub policy: Policy,
+    /// Kubernetes `inCluster`: the proxies' listener for the Service's own name (the
+    /// address its EndpointSlice points kube-proxy at while it is not awake).
+    pub in_cluster: Option<SocketAddr>,
+}
+
+/// Where a Service's own name (its virtual IP) leads, for `inCluster`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// To the proxies (the controller's EndpointSlice lists them): parked, waking,
+    /// parking. A connection is held and wakes it.
+    Proxy,
+    /// To the pods alone (the controller's slice lists no endpoint): awake.
+    Direct,
+    /// The Service is no longer fronted: the controller's slice goes.
+    Gone,
 }
 
 /// What a service's ClusterLoadAssignment points at.
@@ -232,4 +247,6 @@ pub enum Event {
         wake: u64,
         running: bool,
     },
+    /// The backend has written `route` for the service (its EndpointSlice is in the API).
+    Routed { service: String, route: Route },
 }

@@ -35,7 +35,7 @@
 //! - **Endpoint changes.** The latest ready endpoints are kept in every state and
 //!   republished while awake.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -43,9 +43,29 @@ use tracing::{debug, info, warn};
 
 use crate::activity::{self, Action, Input, Phase, State, Timing, WakeOutcome};
 use crate::model::{
-    Endpoints, EnvoyLimits, Event, HoldPolicy, Policy, Protocol, ServiceDef, VirtualHost,
+    Endpoints, EnvoyLimits, Event, HoldPolicy, Policy, Protocol, Route, ServiceDef, VirtualHost,
 };
 use crate::stats::window::Windows;
+
+/// `inCluster`: where a Service's own name leads in each phase: to the pods once it is
+/// awake, to the proxies otherwise (a connection is then held, and wakes it).
+pub fn route_for(phase: Phase) -> Route {
+    match phase {
+        Phase::Awake => Route::Direct,
+        Phase::Parked | Phase::Waking | Phase::Parking => Route::Proxy,
+    }
+}
+
+/// An HTTP route's timeout: the service's wake timeout plus [`ROUTE_TIMEOUT_AFTER_WAKE`],
+/// so a request that arrives at zero is not cut off by the wake; none (zero) for gRPC,
+/// whose calls may stream for hours (a held one is still bounded by the holder's
+/// holdTimeout).
+pub fn route_timeout(protocol: Protocol, wake_timeout: Duration) -> Duration {
+    match protocol {
+        Protocol::Http2 => Duration::ZERO,
+        Protocol::Tcp | Protocol::Http => wake_timeout.saturating_add(ROUTE_TIMEOUT_AFTER_WAKE),
+    }
+}
 
 /// An HTTP route's timeout is the service's wakeTimeout plus this (Envoy's default
 /// route timeout), so a request that arrives at zero is not cut off by the wake.
@@ -91,6 +111,26 @@ pub enum Effect {
     },
     RemoveListener {
         service: String,
+    },
+    /// `inCluster`: the proxies' listener for the Service's own name, routed to the
+    /// service's cluster like its front door.
+    PublishInClusterListener {
+        service: String,
+        listen: SocketAddr,
+        protocol: Protocol,
+        limits: EnvoyLimits,
+        /// HTTP and gRPC: the route's timeout (as the shared listener's, see
+        /// [`route_timeout`]).
+        route_timeout: Duration,
+    },
+    RemoveInClusterListener {
+        service: String,
+    },
+    /// `inCluster`: where the Service's own name is to lead. The backend writes it (the
+    /// controller's EndpointSlice) and reports [`Event::Routed`] once it is in the API.
+    Route {
+        service: String,
+        route: Route,
     },
     /// The service's listener, cluster and assignment.
     RemoveService {
@@ -209,6 +249,10 @@ pub struct Settings {
     /// A new service's front door waits at most this long for every Envoy to warm its
     /// cluster (an Envoy that never ACKs must not keep it closed).
     pub warm_timeout: Duration,
+    /// `inCluster`: how long after the backend wrote a parking Service's route to the
+    /// proxies its workload may go to zero (kube-proxy on every node follows in that
+    /// time; it cannot be asked).
+    pub in_cluster_settle: Duration,
 }
 
 /// [`Settings::stats_expiry`] when nothing else is said: three of the holder's
@@ -252,6 +296,10 @@ struct Service {
     phase_since: Option<Instant>,
     /// How the last wake ended, and how long it took.
     last_wake: Option<(WakeOutcome, Duration)>,
+    /// `inCluster`: where the Service's own name is to lead, and since when the backend
+    /// has written that (None: not yet).
+    route: Option<Route>,
+    routed_at: Option<Instant>,
 }
 
 /// One service at a glance (the admin API's `/status`, `zenvoy status`).
@@ -279,8 +327,62 @@ fn timing(p: &Policy) -> Timing {
     }
 }
 
+/// Which services a tick looks at: those whose deadline has come (a wake's timeout, an
+/// idle timeout, a park's ACK bound) and those that need a look at every tick
+/// (connections held, a front door warming, a park waiting for ACKs and samples). The
+/// rest cost the tick nothing: at 10,000 mostly idle services, a tick that walked them
+/// all was 5 % of a core.
+#[derive(Debug, Default)]
+struct Schedule {
+    deadlines: BTreeSet<(Instant, String)>,
+    due: HashMap<String, Instant>,
+    watched: BTreeSet<String>,
+}
+
+impl Schedule {
+    fn set(&mut self, name: &str, due: Option<Instant>, watched: bool) {
+        let old = self.due.get(name).copied();
+        if old != due {
+            if let Some(old) = old {
+                self.deadlines.remove(&(old, name.to_string()));
+                self.due.remove(name);
+            }
+            if let Some(due) = due {
+                self.deadlines.insert((due, name.to_string()));
+                self.due.insert(name.to_string(), due);
+            }
+        }
+        if watched {
+            if !self.watched.contains(name) {
+                self.watched.insert(name.to_string());
+            }
+        } else {
+            self.watched.remove(name);
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.set(name, None, false);
+    }
+
+    /// The services to look at `now`, each once, by name.
+    fn visit(&self, now: Instant) -> Vec<String> {
+        let mut out: Vec<String> = self.watched.iter().cloned().collect();
+        out.extend(
+            self.deadlines
+                .iter()
+                .take_while(|(due, _)| *due <= now)
+                .map(|(_, name)| name.clone()),
+        );
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
 pub struct Planner {
     services: HashMap<String, Service>,
+    schedule: Schedule,
     /// Service names in the order they came: the tick walks them without collecting.
     names: Vec<String>,
     settings: Settings,
@@ -299,6 +401,7 @@ impl Planner {
     pub fn new(settings: Settings, capacity: usize) -> Self {
         Planner {
             services: HashMap::with_capacity(capacity),
+            schedule: Schedule::default(),
             names: Vec::with_capacity(capacity),
             settings,
             wakes: 0,
@@ -382,6 +485,14 @@ impl Planner {
                 wake,
                 running,
             } => self.checked(&service, wake, running, now),
+            Event::Routed { service, route } => {
+                // Only the route still wanted counts, from the first report of it.
+                if let Some(s) = self.services.get_mut(&service) {
+                    if s.route == Some(route) && s.routed_at.is_none() {
+                        s.routed_at = Some(now);
+                    }
+                }
+            }
         }
         self.flush_routes();
         self.take()
@@ -397,9 +508,7 @@ impl Planner {
         for (service, pending) in pending {
             self.set_pending(&service, pending, now);
         }
-        // Taken out for the walk (apply needs &mut self) and put back: no allocation.
-        let names = std::mem::take(&mut self.names);
-        for name in &names {
+        for name in &self.schedule.visit(now) {
             let Some(s) = self.services.get(name) else {
                 continue;
             };
@@ -417,9 +526,17 @@ impl Planner {
             }
             // A node forgotten since the last sample can settle a park too.
             self.settle(name, now);
-            self.apply(name, Input::Tick, now);
+            // A park's time bound ends it only once the Service's own name leads to the
+            // proxies (`inCluster`): going to zero earlier would refuse its clients.
+            let parking = self
+                .services
+                .get(name)
+                .is_some_and(|s| matches!(s.state, State::Parking { .. }));
+            if !parking || self.may_scale_down(name, now) {
+                self.apply(name, Input::Tick, now);
+            }
+            self.refresh(name);
         }
-        self.names = names;
         self.flush_routes();
         self.take()
     }
@@ -444,6 +561,33 @@ impl Planner {
             let s = self.services.get(n)?;
             Some((n.as_str(), s.state.phase()))
         })
+    }
+
+    /// Whether `service`'s workload may go to zero now: always, unless it keeps its name
+    /// (`inCluster`), in which case its route to the proxies must have been written for
+    /// the settle time.
+    fn may_scale_down(&self, service: &str, now: Instant) -> bool {
+        self.services.get(service).is_none_or(|s| {
+            s.def.in_cluster.is_none()
+                || s.routed_at.is_some_and(|t| {
+                    now.saturating_duration_since(t) >= self.settings.in_cluster_settle
+                })
+        })
+    }
+
+    /// Put `name` where the tick will look for it (see [`Schedule`]), from what it is now.
+    /// Called wherever its state, pending count, warming or timing changes.
+    fn refresh(&mut self, name: &str) {
+        match self.services.get(name) {
+            Some(s) => {
+                let watched = s.pending > 0.0
+                    || s.warming != Warming::Done
+                    || matches!(s.state, State::Parking { .. });
+                self.schedule
+                    .set(name, activity::due(s.state, &s.timing), watched);
+            }
+            None => self.schedule.remove(name),
+        }
     }
 
     /// Every service at `now`, in the order they came.
@@ -516,6 +660,35 @@ impl Planner {
             if old.protocol != def.protocol || old.domains != def.domains {
                 self.routes_dirty = true;
             }
+            if (old.in_cluster != def.in_cluster || old.protocol != def.protocol)
+                && s.warming == Warming::Done
+            {
+                self.out.push(match def.in_cluster {
+                    Some(listen) => Effect::PublishInClusterListener {
+                        service: name.clone(),
+                        listen,
+                        protocol: def.protocol,
+                        limits: def.policy.envoy(),
+                        route_timeout: route_timeout(def.protocol, def.policy.wake_timeout),
+                    },
+                    None => Effect::RemoveInClusterListener {
+                        service: name.clone(),
+                    },
+                });
+            }
+            if old.in_cluster.is_some() != def.in_cluster.is_some() {
+                // Turned on: the route its phase calls for; off: the slice goes.
+                let route = match def.in_cluster {
+                    Some(_) => route_for(s.state.phase()),
+                    None => Route::Gone,
+                };
+                s.route = def.in_cluster.map(|_| route);
+                s.routed_at = None;
+                self.out.push(Effect::Route {
+                    service: name.clone(),
+                    route,
+                });
+            }
             if old.policy != def.policy {
                 self.set_policy(&name, def.policy);
             }
@@ -540,6 +713,22 @@ impl Planner {
                 service: name.clone(),
                 listen,
                 limits: def.policy.envoy(),
+            });
+        }
+        if let (Some(listen), Warming::Done) = (def.in_cluster, warming) {
+            self.out.push(Effect::PublishInClusterListener {
+                service: name.clone(),
+                listen,
+                protocol: def.protocol,
+                limits: def.policy.envoy(),
+                route_timeout: route_timeout(def.protocol, def.policy.wake_timeout),
+            });
+        }
+        let route = def.in_cluster.map(|_| Route::Proxy);
+        if let Some(route) = route {
+            self.out.push(Effect::Route {
+                service: name.clone(),
+                route,
             });
         }
         self.record(Record::State {
@@ -572,8 +761,11 @@ impl Planner {
                 warming,
                 phase_since: None,
                 last_wake: None,
+                route,
+                routed_at: None,
             },
         );
+        self.refresh(&name);
         self.names.push(name);
     }
 
@@ -583,7 +775,14 @@ impl Planner {
         let Some(s) = self.services.remove(name) else {
             return;
         };
+        self.schedule.remove(name);
         self.names.retain(|n| n != name);
+        if s.def.in_cluster.is_some() {
+            self.out.push(Effect::Route {
+                service: name.to_string(),
+                route: Route::Gone,
+            });
+        }
         self.out.push(Effect::Untrack {
             service: name.to_string(),
         });
@@ -608,6 +807,10 @@ impl Planner {
         };
         let old = std::mem::replace(&mut s.def.policy, policy);
         s.timing = timing(&policy);
+        self.refresh(service);
+        let Some(s) = self.services.get_mut(service) else {
+            return;
+        };
         let hold = policy.hold();
         if hold != s.hold {
             s.hold = hold;
@@ -624,6 +827,18 @@ impl Planner {
         if s.def.protocol.routed() && old.wake_timeout != policy.wake_timeout {
             self.routes_dirty = true;
         }
+        let route_moved = s.def.protocol.routed() && old.wake_timeout != policy.wake_timeout;
+        if route_moved && old.envoy() == policy.envoy() {
+            if let (Some(listen), Warming::Done) = (s.def.in_cluster, s.warming) {
+                self.out.push(Effect::PublishInClusterListener {
+                    service: service.to_string(),
+                    listen,
+                    protocol: s.def.protocol,
+                    limits: policy.envoy(),
+                    route_timeout: route_timeout(s.def.protocol, policy.wake_timeout),
+                });
+            }
+        }
         if old.envoy() != policy.envoy() {
             self.out.push(Effect::PublishCluster {
                 service: service.to_string(),
@@ -635,6 +850,15 @@ impl Planner {
                     service: service.to_string(),
                     listen,
                     limits: policy.envoy(),
+                });
+            }
+            if let (Some(listen), Warming::Done) = (s.def.in_cluster, s.warming) {
+                self.out.push(Effect::PublishInClusterListener {
+                    service: service.to_string(),
+                    listen,
+                    protocol: s.def.protocol,
+                    limits: policy.envoy(),
+                    route_timeout: route_timeout(s.def.protocol, policy.wake_timeout),
                 });
             }
         }
@@ -740,6 +964,10 @@ impl Planner {
             return;
         }
         s.warming = Warming::Done;
+        self.refresh(name);
+        let Some(s) = self.services.get_mut(name) else {
+            return;
+        };
         if late && !warm {
             warn!(service = name, bound = ?self.settings.warm_timeout, "not every Envoy ACKed the new service's cluster in time; opening its front door anyway");
             self.out.push(Effect::Notify(Notice {
@@ -759,6 +987,15 @@ impl Planner {
                 limits: s.def.policy.envoy(),
             });
         }
+        if let Some(listen) = s.def.in_cluster {
+            self.out.push(Effect::PublishInClusterListener {
+                service: name.to_string(),
+                listen,
+                protocol: s.def.protocol,
+                limits: s.def.policy.envoy(),
+                route_timeout: route_timeout(s.def.protocol, s.def.policy.wake_timeout),
+            });
+        }
         if s.def.protocol.routed() {
             self.routes_dirty = true;
         }
@@ -775,7 +1012,7 @@ impl Planner {
             ..
         } = s.state
         {
-            if self.windows.settled(service, acked) {
+            if self.windows.settled(service, acked) && self.may_scale_down(service, now) {
                 self.apply(service, Input::Settled, now);
             }
         }
@@ -849,6 +1086,7 @@ impl Planner {
         };
         s.pending = pending;
         debug!(service, pending, "pending");
+        self.refresh(service);
         if pending > 0.0 {
             self.apply(service, Input::Demand, now);
         }
@@ -865,16 +1103,7 @@ impl Planner {
             .map(|s| VirtualHost {
                 service: s.def.name.clone(),
                 domains: s.def.domains.clone(),
-                // gRPC calls may stream for hours: no route timeout (a held one is still
-                // bounded by the holder's holdTimeout).
-                timeout: match s.def.protocol {
-                    Protocol::Http2 => Duration::ZERO,
-                    Protocol::Tcp | Protocol::Http => s
-                        .def
-                        .policy
-                        .wake_timeout
-                        .saturating_add(ROUTE_TIMEOUT_AFTER_WAKE),
-                },
+                timeout: route_timeout(s.def.protocol, s.def.policy.wake_timeout),
             })
             .collect();
         hosts.sort_by(|a, b| a.service.cmp(&b.service));
@@ -910,8 +1139,25 @@ impl Planner {
         let before = s.state;
         let (after, step) = activity::step(before, input, now, &s.timing);
         s.state = after;
+        if after != before {
+            self.refresh(service);
+        }
+        let Some(s) = self.services.get_mut(service) else {
+            return;
+        };
         if before.phase() != after.phase() {
             s.phase_since = Some(now);
+            if s.def.in_cluster.is_some() {
+                let route = route_for(after.phase());
+                if s.route != Some(route) {
+                    s.route = Some(route);
+                    s.routed_at = None;
+                    self.out.push(Effect::Route {
+                        service: service.to_string(),
+                        route,
+                    });
+                }
+            }
             info!(service, from = ?before.phase(), to = ?after.phase(), ?input, "state");
             self.out.push(Effect::Record(Record::State {
                 service: service.to_string(),

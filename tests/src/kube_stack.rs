@@ -39,6 +39,8 @@ pub struct KubeOptions {
     pub http: bool,
     /// `--namespace` for the controllers (all namespaces when empty).
     pub namespaces: Vec<String>,
+    /// Top-level YAML appended to the ConfigMap's document (e.g. an `inCluster:` section).
+    pub extra_config: Vec<String>,
 }
 
 impl Default for KubeOptions {
@@ -51,6 +53,7 @@ impl Default for KubeOptions {
             scrape: None,
             http: false,
             namespaces: Vec::new(),
+            extra_config: Vec::new(),
         }
     }
 }
@@ -125,7 +128,30 @@ pub fn config_document(
     for d in &opts.defaults {
         y.push_str(&format!("  {d}\n"));
     }
+    for line in &opts.extra_config {
+        y.push_str(line);
+        y.push('\n');
+    }
     y
+}
+
+/// The proxies' own Service `zenvoy-proxy` in `namespace` and its EndpointSlice: one
+/// ready proxy at `address`. Without a selector, as the simulated kubelet runs no proxy
+/// pods; its slice is then the mirroring controller's (in a cluster the EndpointSlice
+/// controller writes the same from the proxy pods). What `inCluster.proxy` points at.
+pub fn proxy_objects(namespace: &str, address: &str) -> [Value; 2] {
+    [
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "zenvoy-proxy", "namespace": namespace},
+               "spec": {"ports": [{"name": "holder", "port": 15001}]}}),
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"name": "zenvoy-proxy-abcde", "namespace": namespace,
+                            "labels": {"kubernetes.io/service-name": "zenvoy-proxy",
+                                       "endpointslice.kubernetes.io/managed-by": "endpointslice-mirroring-controller.k8s.io"}},
+               "addressType": "IPv4",
+               "endpoints": [{"addresses": [address], "conditions": {"ready": true}}],
+               "ports": [{"name": "holder", "port": 15001, "protocol": "TCP"}]}),
+    ]
 }
 
 pub fn configmap(document: &str) -> Value {
@@ -469,6 +495,16 @@ pub struct Access {
 }
 
 /// What RBAC would check for a request the fake API served.
+/// The EndpointSlice verbs `deploy/base/rbac.yaml` grants for `inCluster` alone (the
+/// controller's own slices); a front-door run never uses them, the in-cluster test does.
+pub const IN_CLUSTER_SLICE_VERBS: &[&str] = &["create", "patch", "delete"];
+
+/// Whether `verb` of `rule` is one granted for `inCluster` alone.
+pub fn in_cluster_only(rule: &Value, verb: &str) -> bool {
+    rule["resources"] == serde_json::json!(["endpointslices"])
+        && IN_CLUSTER_SLICE_VERBS.contains(&verb)
+}
+
 pub fn access(method: &str, path: &str, query: &str) -> Option<Access> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, rest) = match parts.as_slice() {

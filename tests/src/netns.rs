@@ -12,17 +12,26 @@
 //! [`Netns::run`] makes sockets on a fresh thread that has entered the namespace and hands
 //! them back ([`Netns::connect`] returns a tokio `TcpStream` usable anywhere).
 //!
+//! A test that plays a whole Kubernetes node instead runs its body with
+//! [`Netns::block_on`]: the calling thread and every thread of a tokio runtime are inside,
+//! so every socket the harness makes (the fake API server's, the kubelet's probes, the
+//! test's own connections) and every process it starts (the controller, the holder, Envoy,
+//! the pods) is in the namespace, with no `ip netns exec` and no change to the harness.
+//!
 //! Needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN), iproute2's `ip` and `nft`. A test calls
 //! [`available`] first: it skips, saying why, where they are missing, and fails instead
 //! under `ZENVOY_REQUIRE_PRIVILEGED=1`.
 
 use std::ffi::OsStr;
 use std::fs::File;
+use std::future::Future;
 use std::io::{Read, Write};
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sched::{setns, CloneFlags};
@@ -43,7 +52,7 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// Run a tool to completion, `stdin` fed to it; the error names the command and carries
 /// its stderr.
-fn run_tool(cmd: &mut Command, stdin: Option<&str>) -> anyhow::Result<()> {
+pub(crate) fn run_tool(cmd: &mut Command, stdin: Option<&str>) -> anyhow::Result<()> {
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
     } else {
@@ -144,6 +153,51 @@ impl Netns {
             .map_err(|_| anyhow::anyhow!("the thread in netns {} panicked", self.name))?
     }
 
+    /// Move the calling thread into this namespace until the guard is dropped, when it
+    /// goes back to the namespace it was in. Threads it spawns meanwhile, and processes
+    /// it starts, are inside too (they inherit the calling thread's namespace).
+    pub fn enter_thread(&self) -> anyhow::Result<InNetns> {
+        let home = File::open("/proc/thread-self/ns/net")
+            .map_err(|e| anyhow::anyhow!("opening /proc/thread-self/ns/net: {e}"))?;
+        enter(&self.path())?;
+        Ok(InNetns {
+            home,
+            netns: self.name.clone(),
+            _this_thread: PhantomData,
+        })
+    }
+
+    /// Run `future` to completion on a multi-thread tokio runtime (`workers` worker
+    /// threads) whose every thread, blocking pool included, is inside this namespace, as
+    /// is the calling thread (which polls `future`) until it returns. The runtime is shut
+    /// down before this returns: tasks still running are dropped, blocking ones are given
+    /// 10 s. For a test that plays a node: `#[test]`, not `#[tokio::test]`.
+    pub fn block_on<F: Future>(&self, workers: usize, future: F) -> anyhow::Result<F::Output> {
+        let path = self.path();
+        let ns = Arc::new(
+            File::open(&path).map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?,
+        );
+        let name = self.name.clone();
+        let _inside = self.enter_thread()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers.max(1))
+            .enable_all()
+            .on_thread_start(move || {
+                // Threads spawned from an entered thread inherit its namespace already;
+                // this also covers any the runtime starts from elsewhere. setns(2) with an
+                // open namespace file fails only without CAP_SYS_ADMIN, which `available`
+                // has checked.
+                if let Err(e) = setns(&*ns, CloneFlags::CLONE_NEWNET) {
+                    panic!("a runtime thread cannot enter network namespace {name}: {e}");
+                }
+            })
+            .build()
+            .map_err(|e| anyhow::anyhow!("building a tokio runtime in netns {}: {e}", self.name))?;
+        let out = runtime.block_on(future);
+        runtime.shutdown_timeout(Duration::from_secs(10));
+        Ok(out)
+    }
+
     /// Open a TCP connection to `addr` from inside this namespace, within `timeout`.
     pub async fn connect(&self, addr: SocketAddr, timeout: Duration) -> anyhow::Result<TcpStream> {
         let std = self
@@ -202,6 +256,26 @@ impl Drop for Netns {
     fn drop(&mut self) {
         if let Err(e) = run_tool(Command::new("ip").args(["netns", "del", &self.name]), None) {
             eprintln!("leaving network namespace {} behind: {e:#}", self.name);
+        }
+    }
+}
+
+/// The calling thread's stay in a [`Netns`], from [`Netns::enter_thread`]: dropping it
+/// moves the thread back. Not `Send`: it must be dropped on the thread that entered.
+#[derive(Debug)]
+pub struct InNetns {
+    home: File,
+    netns: String,
+    _this_thread: PhantomData<*const ()>,
+}
+
+impl Drop for InNetns {
+    fn drop(&mut self) {
+        if let Err(e) = setns(&self.home, CloneFlags::CLONE_NEWNET) {
+            eprintln!(
+                "a thread is left in network namespace {}: going back failed: {e}",
+                self.netns
+            );
         }
     }
 }

@@ -1,4 +1,6 @@
 //! Child processes that are stopped when dropped: SIGTERM, a grace period, then SIGKILL.
+//! And what the harness reads of other processes: CPU, RSS, a program's output, whether a
+//! process group is gone, a log's tail.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -134,4 +136,70 @@ pub fn rss_mib(pid: u32) -> anyhow::Result<f64> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/{pid}/status"))?;
     Ok(kb / 1024.0)
+}
+
+/// Run a program that answers at once (`--version`, `chown`); its stdout, or why not.
+pub fn output_of(argv: &[String]) -> Result<String, String> {
+    let (program, args) = argv.split_first().ok_or("an empty command")?;
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("`{}`: {e}", argv.join(" ")))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`{}`: {}: {}",
+            argv.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A command line for `sh -c`, each word single-quoted (no word here holds a quote).
+pub fn sh_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The last `n` lines of a file, for failure messages.
+pub fn file_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    format!(
+        "--- {} (last {n} lines) ---\n{}\n",
+        path.display(),
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    )
+}
+
+/// Whether a process of group `pgid` is still alive (a zombie has exited).
+pub fn group_alive(pgid: i32) -> anyhow::Result<bool> {
+    for entry in std::fs::read_dir("/proc").map_err(|e| anyhow::anyhow!("reading /proc: {e}"))? {
+        let entry = entry.map_err(|e| anyhow::anyhow!("reading /proc: {e}"))?;
+        let is_pid = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+        if !is_pid {
+            continue;
+        }
+        // `pid (comm) state ppid pgrp ...`; gone already if it exited since read_dir.
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let mut fields = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or_default()
+            .split_whitespace();
+        let (state, pgrp) = (fields.next(), fields.nth(1));
+        if state != Some("Z") && pgrp.and_then(|p| p.parse::<i32>().ok()) == Some(pgid) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }

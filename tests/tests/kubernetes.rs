@@ -440,8 +440,10 @@ async fn rbac_covers_exactly_what_the_controller_does() -> anyhow::Result<()> {
             let verb = verb.as_str().unwrap_or_default();
             // kube's Recorder patches an Event only when it repeats (a series).
             let series_only = rule["resources"] == serde_json::json!(["events"]) && verb == "patch";
+            // Slice writes are inCluster's, checked by tests/in_cluster.rs.
+            let in_cluster = kube_stack::in_cluster_only(rule, verb);
             assert!(
-                series_only || used.contains(&(i, verb.to_string())),
+                series_only || in_cluster || used.contains(&(i, verb.to_string())),
                 "verb {verb:?} of rule {rule} never used by the controller"
             );
         }
@@ -500,12 +502,25 @@ async fn rbac_of_the_namespaced_install_covers_exactly_what_the_controller_does(
         .ok_or_else(|| anyhow::anyhow!("deploy/namespaced watches no namespace"))?
         .clone();
 
+    // With inCluster on, as deploy/ ships it: the proxies are in the controller's own
+    // namespace, and their slices are watched there. One port to allocate, one free.
+    let in_cluster = port()?;
     let opts = KubeOptions {
         defaults: vec!["idleTimeout: 2s".into(), "holdTimeout: 30s".into()],
         namespaces: watched.clone(),
+        extra_config: vec![
+            "inCluster:".into(),
+            format!("  proxy: {}/zenvoy-proxy", kube_stack::NAMESPACE),
+            "  listen: 127.0.0.1".into(),
+            format!("  ports: {in_cluster}-{in_cluster}"),
+            "  settle: 1s".into(),
+        ],
         ..KubeOptions::default()
     };
     let stack = KubeStack::start(opts, 1).await?;
+    for o in kube_stack::proxy_objects(kube_stack::NAMESPACE, "127.0.0.1") {
+        stack.api.put(o)?;
+    }
     let p = port()?;
     stack
         .api
@@ -560,8 +575,10 @@ async fn rbac_of_the_namespaced_install_covers_exactly_what_the_controller_does(
             let verb = verb.as_str().unwrap_or_default();
             let series_only =
                 g.rule["resources"] == serde_json::json!(["events"]) && verb == "patch";
+            // A slice is deleted only on an opt-out (tests/in_cluster.rs covers it).
+            let in_cluster = kube_stack::in_cluster_only(&g.rule, verb) && verb == "delete";
             assert!(
-                series_only || used.contains(&(i, verb.to_string())),
+                series_only || in_cluster || used.contains(&(i, verb.to_string())),
                 "verb {verb:?} of {}'s rule {} never used by the controller",
                 g.role,
                 g.rule
@@ -699,5 +716,62 @@ async fn only_the_listed_namespaces_are_watched() -> anyhow::Result<()> {
             r.path
         );
     }
+    Ok(())
+}
+
+/// Next to an autoscaler that writes `/scale` too (an HPA's stand-in): it scales the woken
+/// workload to 3, then back to 2; the park records 2 and the next wake restores 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_park_next_to_an_autoscaler_remembers_its_last_count() -> anyhow::Result<()> {
+    use zenvoy_tests::hpa::{Hpa, Step};
+    let stack = KubeStack::start(KubeOptions::default(), 1).await?;
+    let api = &stack.api;
+    let p = port()?;
+    api.put(workload("Deployment", "default", "api", 0, p, &[]))?;
+    let mut ann = OPT_IN.to_vec();
+    ann.push(("zenvoy.io/idleTimeout", "2s"));
+    api.put(service("default", "api", p, &ann))?;
+    let hpa = Hpa::new(api, "Deployment", "default", "api").await?;
+    assert_eq!(
+        hpa.scale_to(3).await?,
+        Step::Disabled,
+        "an HPA leaves a parked workload alone"
+    );
+
+    // A session keeps it awake while the autoscaler moves it.
+    let l = stack.listener("api.default").await?;
+    let mut session = TcpStream::connect(l).await?;
+    session.write_all(b"x").await?;
+    let mut one = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(40), session.read_exact(&mut one))
+        .await
+        .map_err(|_| anyhow::anyhow!("no echo through the parked api\n{}", stack.logs()))??;
+    assert_eq!(stack.replicas("Deployment", "default", "api"), Some(1));
+    assert_eq!(hpa.scale_to(3).await?, Step::Scaled { from: 1, to: 3 });
+    stack
+        .wait_replicas("Deployment", "default", "api", 3, Duration::from_secs(10))
+        .await?;
+    assert_eq!(hpa.scale_to(2).await?, Step::Scaled { from: 3, to: 2 });
+    drop(session);
+
+    // Idle: parked, remembering the autoscaler's last word.
+    stack
+        .wait_replicas("Deployment", "default", "api", 0, Duration::from_secs(30))
+        .await?;
+    let parked = api
+        .get("apps/v1", "Deployment", "default", "api")
+        .and_then(|d| {
+            d["metadata"]["annotations"]["zenvoy.io/parked-replicas"]
+                .as_str()
+                .map(str::to_string)
+        });
+    assert_eq!(parked.as_deref(), Some("2"), "the park recorded 2");
+    echo_through(&stack, "api.default", 7).await?;
+    assert_eq!(
+        stack.replicas("Deployment", "default", "api"),
+        Some(2),
+        "the wake restored 2"
+    );
+    assert_eq!(stack.kubelet.running("default", "api"), 2);
     Ok(())
 }

@@ -28,7 +28,6 @@
 
 use std::fs::File;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -38,6 +37,8 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::process::Command;
 use zenvoy_tests::netns::REQUIRE_ENV;
+use zenvoy_tests::postgres::Postgres;
+use zenvoy_tests::process::{file_tail as tail, group_alive, output_of, sh_words};
 use zenvoy_tests::stack::{Options, ServiceSpec, Stack};
 use zenvoy_tests::{free_port, wait};
 
@@ -46,7 +47,8 @@ const BOUND: Duration = Duration::from_secs(30);
 const CLIENTS: usize = 20;
 /// One client process from start to exit: held through the wake, then served or refused.
 const CLIENT_BOUND: Duration = Duration::from_secs(25);
-/// One try of a probe the test itself runs (`pg_isready`, `redis-cli ping`).
+/// One try of a probe the test itself runs (`redis-cli ping`; `pg_isready`'s is
+/// `zenvoy_tests::postgres`'s).
 const PROBE_BOUND: Duration = Duration::from_secs(5);
 
 /// What a test needs, or `None` when it cannot run here: then it prints why (the test
@@ -64,258 +66,22 @@ fn available<T>(test: &str, found: Result<T, String>) -> Option<T> {
     }
 }
 
-/// The effective uid, from /proc/self/status (`Uid: real effective saved fs`).
-fn effective_uid() -> Option<u32> {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-/// Run a program that answers at once (`--version`, `chown`); its stdout, or why not.
-fn output_of(argv: &[String]) -> Result<String, String> {
-    let (program, args) = argv.split_first().ok_or("an empty command")?;
-    let out = std::process::Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("`{}`: {e}", argv.join(" ")))?;
-    if !out.status.success() {
-        return Err(format!(
-            "`{}`: {}: {}",
-            argv.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Run `cmd` to completion within `BOUND`; an error names `what` and carries its output.
-async fn run(what: &str, mut cmd: Command) -> anyhow::Result<()> {
-    cmd.stdin(Stdio::null()).kill_on_drop(true);
-    let out = tokio::time::timeout(BOUND, cmd.output())
-        .await
-        .map_err(|_| anyhow::anyhow!("{what} did not finish within {BOUND:?}"))?
-        .with_context(|| format!("cannot run {what}"))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{what}: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
-/// A command line for `sh -c`, each word single-quoted (no word here holds a quote).
-fn sh_words(argv: &[String]) -> String {
-    argv.iter()
-        .map(|a| format!("'{a}'"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// The last `n` lines of a file, for failure messages.
-fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    format!(
-        "--- {} (last {n} lines) ---\n{}\n",
-        path.display(),
-        lines[lines.len().saturating_sub(n)..].join("\n")
-    )
-}
-
-/// Whether a process of group `pgid` is still alive (a zombie has exited).
-fn group_alive(pgid: i32) -> anyhow::Result<bool> {
-    for entry in std::fs::read_dir("/proc").context("reading /proc")? {
-        let entry = entry.context("reading /proc")?;
-        let is_pid = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
-        if !is_pid {
-            continue;
-        }
-        // `pid (comm) state ppid pgrp ...`; gone already if it exited since read_dir.
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let mut fields = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or_default()
-            .split_whitespace();
-        let (state, pgrp) = (fields.next(), fields.nth(1));
-        if state != Some("Z") && pgrp.and_then(|p| p.parse::<i32>().ok()) == Some(pgid) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
 // ---------------------------------------------------------------------------------------
 // Postgres
 
-const PG_LIB: &str = "/usr/lib/postgresql";
-const PG_PROGRAMS: [&str; 4] = ["initdb", "postgres", "pg_isready", "psql"];
 /// Rows written right before the crash: about 90 MB of WAL, which the next start replays
 /// (some hundreds of milliseconds) while it answers "the database system is starting up".
 const PG_ROWS: u32 = 1_000_000;
 /// What every client asks; the row was written before the crash.
 const PG_QUERY: &str = "select word from greeting";
 
-/// Debian's Postgres: the newest /usr/lib/postgresql/<version>/bin, and how its server
-/// programs are run.
-struct Postgres {
-    bin: PathBuf,
-    /// Put before `initdb` and `postgres`: `setpriv` to the `postgres` user when this is
-    /// root (Postgres refuses to run as root), nothing otherwise.
-    as_owner: Vec<String>,
-}
-
-impl Postgres {
-    fn find() -> Result<Postgres, String> {
-        let missing = |why: String| {
-            format!("{why}; `make setup` installs Debian's postgresql when run as root")
-        };
-        let entries =
-            std::fs::read_dir(PG_LIB).map_err(|e| missing(format!("no {PG_LIB} ({e})")))?;
-        let (version, bin) = entries
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                let version: u32 = e.file_name().to_str()?.parse().ok()?;
-                Some((version, e.path().join("bin")))
-            })
-            .filter(|(_, bin)| PG_PROGRAMS.iter().all(|p| bin.join(p).is_file()))
-            .max_by_key(|(version, _)| *version)
-            .ok_or_else(|| {
-                missing(format!(
-                    "no {PG_LIB}/<version>/bin with {}",
-                    PG_PROGRAMS.join(", ")
-                ))
-            })?;
-        let as_owner: Vec<String> = if effective_uid() == Some(0) {
-            [
-                "setpriv",
-                "--reuid=postgres",
-                "--regid=postgres",
-                "--init-groups",
-            ]
-            .map(String::from)
-            .to_vec()
-        } else {
-            Vec::new()
-        };
-        // The server as it will run: the user, setpriv and the binary at once.
-        let pg = Postgres { bin, as_owner };
-        output_of(&pg.server_argv("postgres", &["--version"])).map_err(|e| {
-            format!("Postgres {version} does not run as the user it would run as here: {e}")
-        })?;
-        Ok(pg)
-    }
-
-    fn program(&self, name: &str) -> String {
-        self.bin.join(name).display().to_string()
-    }
-
-    /// The command line of server program `name` (`initdb`, `postgres`), run as the data
-    /// directory's owner.
-    fn server_argv(&self, name: &str, args: &[&str]) -> Vec<String> {
-        let mut argv = self.as_owner.clone();
-        argv.push(self.program(name));
-        argv.extend(args.iter().map(|a| a.to_string()));
-        argv
-    }
-
-    fn server_command(&self, name: &str, args: &[&str], cwd: &Path) -> Command {
-        let mut argv = self.server_argv(name, args).into_iter();
-        let mut cmd = Command::new(argv.next().unwrap_or_default());
-        cmd.args(argv).current_dir(cwd);
-        cmd
-    }
-
-    /// Whether the server on `port` accepts sessions (`pg_isready` exits 0; it exits 1
-    /// while the server is starting up or recovering).
-    async fn is_ready(&self, port: u16) -> bool {
-        let mut cmd = Command::new(self.program("pg_isready"));
-        cmd.args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        matches!(
-            tokio::time::timeout(PROBE_BOUND, cmd.status()).await,
-            Ok(Ok(status)) if status.success()
-        )
-    }
-
-    /// `psql -c sql` against `addr`: the rows (unaligned, tuples only), or how it failed.
-    async fn psql(&self, addr: SocketAddr, sql: &str) -> Result<String, String> {
-        let mut cmd = Command::new(self.program("psql"));
-        cmd.args(["-X", "-w", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
-            .arg(addr.ip().to_string())
-            .arg("-p")
-            .arg(addr.port().to_string())
-            .args(["-U", "postgres", "-d", "postgres", "-c", sql])
-            .env("PGCONNECT_TIMEOUT", "20")
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        let out = tokio::time::timeout(CLIENT_BOUND, cmd.output())
-            .await
-            .map_err(|_| format!("psql did not exit within {CLIENT_BOUND:?}"))?
-            .map_err(|e| format!("cannot run psql: {e}"))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(format!(
-                "psql {}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    }
-}
-
 /// A new cluster in `<dir>/pg/data` that crashed: a Postgres of the test's own writes
 /// `greeting` and `PG_ROWS` rows and is killed (SIGKILL to its whole process group, as
 /// `kill -9` or a lost machine would leave it), so the next start replays the WAL before it
 /// serves. Returns its home (`<dir>/pg`) and data directory.
 async fn crashed_cluster(pg: &Postgres, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let home = dir.join("pg");
-    std::fs::create_dir(&home).context("creating the Postgres home")?;
-    if !pg.as_owner.is_empty() {
-        // Its own directory for the postgres user, and a way through the test's.
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
-            .context("opening the test directory to the postgres user")?;
-        let home = home.display().to_string();
-        output_of(&["chown".to_string(), "postgres:postgres".to_string(), home])
-            .map_err(anyhow::Error::msg)?;
-    }
-    let data = home.join("data");
+    let (home, data) = pg.init_cluster(dir).await?;
     let data_arg = data.display().to_string();
-    run(
-        "initdb",
-        pg.server_command(
-            "initdb",
-            &[
-                "-D",
-                &data_arg,
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--no-locale",
-                "-E",
-                "UTF8",
-                "-N",
-            ],
-            &home,
-        ),
-    )
-    .await?;
 
     let port = free_port()?.port();
     let log = dir.join("pg-before-crash.log");
@@ -391,19 +157,7 @@ async fn pg_stack(pg: &Postgres, ready: &str) -> Stack {
         .await
         .expect("a crashed Postgres cluster");
     let port = spec.upstream.port().to_string();
-    let server = pg.server_argv(
-        "postgres",
-        &[
-            "-D",
-            &data.display().to_string(),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-k",
-            "",
-        ],
-    );
+    let server = pg.postgres_argv(&data, spec.upstream.port());
     // The shell's pid is Postgres's: exec keeps it, through setpriv's exec too.
     let script = format!(
         "echo $$ > '{}' && exec {}",

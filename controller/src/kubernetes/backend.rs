@@ -50,6 +50,8 @@ pub struct KubeBackend {
     events: Events,
     metrics: Arc<Metrics>,
     slots: Arc<std::sync::Mutex<HashMap<String, Arc<Slot>>>>,
+    /// `inCluster`: the Services' own EndpointSlices.
+    slices: Option<super::slices::Slices>,
 }
 
 fn api_error(service: &str, what: &'static str, source: ApiError) -> BackendError {
@@ -108,7 +110,14 @@ impl KubeBackend {
             events,
             metrics,
             slots: Arc::default(),
+            slices: None,
         }
+    }
+
+    /// `inCluster`: keep each Service's EndpointSlice with `slices`.
+    pub fn with_slices(mut self, slices: super::slices::Slices) -> Self {
+        self.slices = Some(slices);
+        self
     }
 
     fn count_error(&self, op: &'static str) {
@@ -426,6 +435,12 @@ impl Backend for KubeBackend {
     }
 
     /// An Event on the Service the notice is about.
+    fn route(&self, service: &str, route: zenvoy_core::model::Route) {
+        if let Some(slices) = &self.slices {
+            slices.set(service, route);
+        }
+    }
+
     fn notify(&self, notice: &Notice) {
         let Some(t) = endpoints::target(&self.targets, &notice.service) else {
             return;

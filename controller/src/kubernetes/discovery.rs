@@ -21,6 +21,7 @@ use super::backend::replicas;
 use super::endpoints::Targets;
 use super::events::{reference, Events};
 use super::index::{Change, Index};
+use super::ports::Ports;
 
 /// Scale reads in flight at once when a replica becomes leader.
 const REDERIVE_CONCURRENCY: usize = 32;
@@ -39,6 +40,8 @@ pub struct Discovery {
     /// Opened (true) once a new leader's runtime has been told what runs, closed when it
     /// stops leading: the gate for ADS and metrics streams.
     pub serving: watch::Sender<bool>,
+    /// `inCluster`: the proxy ports, as read back from the API.
+    pub ports: Option<Ports>,
 }
 
 impl Discovery {
@@ -59,6 +62,9 @@ impl Discovery {
         });
         let mut merged = futures::stream::select_all(streams);
         let mut index = Index::new(self.targets.clone());
+        if let Some(ports) = self.ports.take() {
+            index = index.with_ports(ports);
+        }
         tokio::pin!(shutdown);
         loop {
             let changes = tokio::select! {

@@ -310,6 +310,7 @@ mod tests {
             kind: Kind::Deployment,
             workload: "pg".into(),
             port_name: "sql".into(),
+            proxy_port: None,
         };
         let slices = [
             slice(
@@ -342,6 +343,7 @@ mod tests {
             kind: Kind::StatefulSet,
             workload: "pg".into(),
             port_name: "sql".into(),
+            proxy_port: None,
         };
         let good = slice("db", "pg", ("sql", 5432), &[("10.0.0.1", Some(true))]);
         let mut forged = slice("db", "pg", ("sql", 5432), &[("10.9.9.9", Some(true))]);

@@ -20,6 +20,7 @@ use zenvoy_core::model::{Event, ServiceDef};
 
 use super::annotations;
 use super::endpoints::{self, Targets};
+use super::ports::Ports;
 use super::service::{self, service_name, Discovered, Target};
 
 /// What discovery carries out, in order.
@@ -48,6 +49,8 @@ struct Known {
 
 pub struct Index {
     known: HashMap<String, Known>,
+    /// `inCluster`: the proxy port of each Service.
+    ports: Option<Ports>,
     /// Per watch stream in a re-list, the Services seen so far.
     listing: HashMap<usize, HashSet<String>>,
     /// Service -> workload, shared with the EndpointSlice watcher and the backend.
@@ -58,9 +61,16 @@ impl Index {
     pub fn new(targets: Targets) -> Self {
         Index {
             known: HashMap::new(),
+            ports: None,
             listing: HashMap::new(),
             targets,
         }
+    }
+
+    /// `inCluster`: allocate proxy ports from `ports` (loaded with what the API holds).
+    pub fn with_ports(mut self, ports: Ports) -> Self {
+        self.ports = Some(ports);
+        self
     }
 
     /// The fronted services and their workloads (for a new leader's reads).
@@ -110,6 +120,18 @@ impl Index {
 
     /// A Service was added or changed.
     pub fn apply(&mut self, svc: Service, stream: usize, config: &Config) -> Vec<Change> {
+        let key = key_of(&svc);
+        let out = self.apply_inner(svc, stream, config);
+        // A Service refused before it was ever fronted holds no proxy port.
+        if !self.known.contains_key(&key) {
+            if let Some(ports) = &mut self.ports {
+                ports.release(&key);
+            }
+        }
+        out
+    }
+
+    fn apply_inner(&mut self, svc: Service, stream: usize, config: &Config) -> Vec<Change> {
         let ns = svc.namespace().unwrap_or_default();
         let name = svc.name_any();
         let key = service_name(&name, &ns);
@@ -124,7 +146,20 @@ impl Index {
                 note,
             }]
         };
-        let d = match service::read(&svc, config) {
+        let proxy_port = match (&config.in_cluster, &mut self.ports) {
+            (Some(_), Some(ports)) => match ports.get_or_allocate(&key) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    warn!(service = %key, error = %e, "no proxy port for the Service");
+                    return warn(
+                        "ProxyPortsExhausted",
+                        format!("zenvoy cannot keep this Service's name while it is parked: {e}"),
+                    );
+                }
+            },
+            _ => None,
+        };
+        let d = match service::read_in_cluster(&svc, config, proxy_port) {
             Ok(d) => d,
             Err(e) => {
                 warn!(service = %key, error = %e, "Service annotations rejected");
@@ -220,7 +255,8 @@ impl Index {
     pub fn reapply(&mut self, config: &Config) -> Vec<Change> {
         let mut out = Vec::new();
         for (key, k) in &mut self.known {
-            match service::read(&k.svc, config) {
+            let proxy_port = self.ports.as_ref().and_then(|p| p.get(key));
+            match service::read_in_cluster(&k.svc, config, proxy_port) {
                 Ok(d) if d.def != k.def => {
                     k.def = d.def.clone();
                     out.push(Change::Runtime(Event::Upsert(d.def)));
@@ -237,6 +273,9 @@ impl Index {
     fn remove(&mut self, key: &str) -> Vec<Change> {
         if self.known.remove(key).is_none() {
             return Vec::new();
+        }
+        if let Some(ports) = &mut self.ports {
+            ports.release(key);
         }
         self.targets
             .write()

@@ -59,6 +59,8 @@ pub struct Target {
     pub workload: String,
     /// The Service port's name ("" when unnamed): EndpointSlice ports carry the same.
     pub port_name: String,
+    /// `inCluster`: the proxy port allocated to the Service (its EndpointSlice's port).
+    pub proxy_port: Option<u16>,
 }
 
 impl std::fmt::Display for Target {
@@ -106,6 +108,19 @@ fn bad(field: &str, value: &str, reason: impl Into<String>) -> ConfigError {
 /// # Errors
 /// [`ConfigError::Invalid`] naming the annotation (or field) that is wrong.
 pub fn read(svc: &Service, config: &Config) -> Result<Discovered, ConfigError> {
+    read_in_cluster(svc, config, None)
+}
+
+/// As [`read`], with the proxy port allocated to the Service when the config has
+/// `inCluster` (its listener on the proxies, and its EndpointSlice's port).
+///
+/// # Errors
+/// As [`read`].
+pub fn read_in_cluster(
+    svc: &Service,
+    config: &Config,
+    proxy_port: Option<u16>,
+) -> Result<Discovered, ConfigError> {
     let empty = BTreeMap::new();
     let annotations = svc.metadata.annotations.as_ref().unwrap_or(&empty);
     let get = |k: &str| annotations.get(k).map(|v| v.trim());
@@ -201,6 +216,11 @@ pub fn read(svc: &Service, config: &Config) -> Result<Discovered, ConfigError> {
             listen,
             domains,
             policy,
+            in_cluster: config
+                .in_cluster
+                .as_ref()
+                .zip(proxy_port)
+                .map(|(ic, port)| SocketAddr::new(ic.listen, port)),
         },
         target: Target {
             namespace: namespace.to_string(),
@@ -208,6 +228,7 @@ pub fn read(svc: &Service, config: &Config) -> Result<Discovered, ConfigError> {
             kind,
             workload,
             port_name: port.name.clone().unwrap_or_default(),
+            proxy_port: config.in_cluster.as_ref().and(proxy_port),
         },
     })
 }

@@ -4,13 +4,12 @@
 
 use std::collections::HashMap;
 
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
-};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tracing::{debug, info, warn};
 
 use super::stream::{known_type, type_label, wildcard, Sub};
-use super::Cache;
+use super::wire::{self, Encoded};
+use super::{Cache, Entry, Flavor, Name, Since};
 use crate::telemetry::Metrics;
 
 #[derive(Debug)]
@@ -49,7 +48,7 @@ impl DeltaStream {
         req: DeltaDiscoveryRequest,
         cache: &Cache,
         metrics: &Metrics,
-    ) -> Vec<DeltaDiscoveryResponse> {
+    ) -> Vec<Encoded> {
         if self.node.is_empty() {
             if let Some(n) = &req.node {
                 self.node = n.id.clone();
@@ -63,54 +62,76 @@ impl DeltaStream {
         let label = type_label(type_url);
         let first = !self.subs.contains_key(type_url);
         let sub = self.subs.entry(type_url).or_default();
-        if !req.response_nonce.is_empty() {
+        let acked = if req.response_nonce.is_empty() {
+            Vec::new()
+        } else {
             sub.settle(
                 &req.response_nonce,
                 req.error_detail.as_ref(),
                 &self.node,
                 label,
                 metrics,
-            );
-        }
+            )
+        };
+        let names_before = sub.names.len();
+        let changes_subscription =
+            !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty();
         // Listeners and clusters: a first request naming nothing, or "*", is a wildcard
         // subscription.
         if first && wildcard(type_url) && req.resource_names_subscribe.is_empty() {
             sub.wildcard = true;
         }
-        for name in req.resource_names_subscribe {
-            if name == "*" {
-                sub.wildcard = true;
-            } else {
-                sub.names.insert(name);
-            }
+        let subscribe = req.resource_names_subscribe.iter().filter(|n| *n != "*");
+        for name in cache.intern(type_url, subscribe) {
+            sub.names.insert(name);
+        }
+        if req.resource_names_subscribe.iter().any(|n| n == "*") {
+            sub.wildcard = true;
         }
         for name in &req.resource_names_unsubscribe {
             if name == "*" {
                 sub.wildcard = false;
             } else {
-                sub.names.remove(name);
-                sub.sent.remove(name);
-                sub.acked.remove(name);
+                sub.names.remove(name.as_str());
+                sub.sent.remove(name.as_str());
             }
         }
         // A reconnecting client says what it has; what is current need not be sent again.
         // Not counted as ACKed: the versions may be another controller's (a previous
         // leader's), and only an ACK of ours may let a park go on.
-        for (name, version) in req.initial_resource_versions {
-            if let Ok(v) = version.parse::<u64>() {
-                sub.sent.insert(name, v);
-            }
+        let initial: Vec<(&String, u64)> = req
+            .initial_resource_versions
+            .iter()
+            .filter_map(|(n, v)| Some((n, v.parse::<u64>().ok()?)))
+            .collect();
+        let names = cache.intern(type_url, initial.iter().map(|(n, _)| *n));
+        for (name, (_, v)) in names.into_iter().zip(initial) {
+            sub.sent.insert(name, v);
+        }
+        // A new subscription is compared with everything once; after that, only with
+        // what changed.
+        if first || changes_subscription {
+            sub.seen = None;
         }
         if type_url == crate::xds::resources::CLUSTER_TYPE {
             cache.note_clusters(self.id);
         }
         if !wildcard(type_url) {
-            cache.record_acks(self.id, type_url, &sub.names, &sub.acked);
+            // Rebuilt when the subscription changes; else only the ACKed resources move.
+            if changes_subscription
+                || names_before != sub.names.len()
+                || !cache.has_ack_view(self.id, type_url)
+            {
+                cache.record_acks(self.id, type_url, &sub.names);
+            }
+            if !acked.is_empty() {
+                cache.ack(self.id, type_url, &acked);
+            }
         }
         self.push(type_url, cache)
     }
 
-    pub fn on_change(&mut self, cache: &Cache) -> Vec<DeltaDiscoveryResponse> {
+    pub fn on_change(&mut self, cache: &Cache) -> Vec<Encoded> {
         let types: Vec<&'static str> = self.subs.keys().copied().collect();
         types
             .into_iter()
@@ -118,26 +139,56 @@ impl DeltaStream {
             .collect()
     }
 
-    fn push(&mut self, type_url: &'static str, cache: &Cache) -> Vec<DeltaDiscoveryResponse> {
+    fn push(&mut self, type_url: &'static str, cache: &Cache) -> Vec<Encoded> {
         let Some(sub) = self.subs.get_mut(type_url) else {
             return Vec::new();
         };
-        let names: Vec<String> = sub.names.iter().cloned().collect();
         let sent = &sub.sent;
         let unsent = |n: &str, version: u64| sent.get(n) != Some(&version);
-        let (type_version, changed) = if sub.wildcard {
-            cache.read(type_url, None, unsent)
-        } else {
-            cache.read(type_url, Some(&names), unsent)
+        let since = sub
+            .seen
+            .map_or(Since::TooOld, |seen| cache.since(type_url, seen));
+        let (type_version, changed, total, removed) = match since {
+            Since::Current => return Vec::new(),
+            // What changed since the last look, of what this stream subscribes to; what it
+            // was sent and is removed now.
+            Since::Changes {
+                version,
+                set,
+                removed,
+            } => {
+                let changed: Vec<(Name, Entry)> = set
+                    .into_iter()
+                    .filter(|(n, e)| {
+                        (sub.wildcard || sub.names.contains(n)) && unsent(n, e.version)
+                    })
+                    .collect();
+                let removed: Vec<Name> = removed
+                    .into_iter()
+                    .filter(|n| sub.sent.contains_key(n))
+                    .collect();
+                (version, changed, usize::MAX, removed)
+            }
+            // Everything this stream subscribes to, against what it was sent.
+            Since::TooOld => {
+                let (v, changed, total) = if sub.wildcard {
+                    cache.read(type_url, None, unsent)
+                } else {
+                    let names: Vec<Name> = sub.names.iter().cloned().collect();
+                    cache.read(type_url, Some(&names), unsent)
+                };
+                // Sent before, gone now: removed from the cache, or (named) unsubscribed.
+                let gone = cache.missing(type_url, sub.sent.keys());
+                let removed: Vec<Name> = sub
+                    .sent
+                    .keys()
+                    .filter(|n| gone.contains(n) || (!sub.wildcard && !sub.names.contains(*n)))
+                    .cloned()
+                    .collect();
+                (v, changed, total, removed)
+            }
         };
-        // Sent before, gone now: removed from the cache, or (named) unsubscribed.
-        let gone = cache.missing(type_url, sub.sent.keys());
-        let removed: Vec<String> = sub
-            .sent
-            .keys()
-            .filter(|n| gone.contains(n) || (!sub.wildcard && !sub.names.contains(*n)))
-            .cloned()
-            .collect();
+        sub.seen = Some(type_version);
         if changed.is_empty() && removed.is_empty() {
             return Vec::new();
         }
@@ -150,25 +201,50 @@ impl DeltaStream {
             .iter()
             .map(|(n, e)| (n.clone(), e.version))
             .collect();
-        let resources = changed
-            .into_iter()
-            .map(|(name, e)| Resource {
-                name,
-                version: e.version.to_string(),
-                resource: Some(e.any),
-                ..Default::default()
-            })
-            .collect::<Vec<_>>();
         sub.record_sent(nonce.clone(), versions);
-        debug!(node = %self.node, r#type = type_label(type_url), count = resources.len(), removed = removed.len(), "delta push");
-        vec![DeltaDiscoveryResponse {
-            system_version_info: type_version.to_string(),
-            resources,
-            type_url: type_url.to_string(),
-            removed_resources: removed,
-            nonce,
-            ..Default::default()
-        }]
+        debug!(node = %self.node, r#type = type_label(type_url), count = changed.len(), removed = removed.len(), "delta push");
+        let mut m = Encoded::default();
+        m.string(1, type_version.to_string().as_bytes());
+        // Every resource of the type (a first wildcard or all-names subscription): the
+        // encoding every such stream shares. Else this stream's own.
+        let whole = (changed.len() == total && total > 0)
+            .then(|| cache.whole(type_url, type_version, Flavor::Delta))
+            .flatten();
+        match whole {
+            Some(run) => m.raw(run.bytes()),
+            None => {
+                for (name, e) in &changed {
+                    let r = wire::delta_resource(name, &e.version.to_string(), &e.any);
+                    m.message(2, &r);
+                }
+            }
+        }
+        m.string(4, type_url.as_bytes());
+        for name in &removed {
+            m.string(6, name.as_bytes());
+        }
+        m.string(5, nonce.as_bytes());
+        vec![m]
+    }
+}
+
+/// Tests read a stream's responses as Envoy does: decoded from the bytes it sends.
+#[cfg(test)]
+impl DeltaStream {
+    pub(super) fn on_request_decoded(
+        &mut self,
+        req: DeltaDiscoveryRequest,
+        cache: &Cache,
+        metrics: &Metrics,
+    ) -> Vec<envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse> {
+        super::stream::decoded(self.on_request(req, cache, metrics))
+    }
+
+    pub(super) fn on_change_decoded(
+        &mut self,
+        cache: &Cache,
+    ) -> Vec<envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse> {
+        super::stream::decoded(self.on_change(cache))
     }
 }
 

@@ -116,6 +116,92 @@ pub fn listener(name: &str, listen: SocketAddr, limits: &EnvoyLimits) -> Listene
     }
 }
 
+/// The name of a service's `inCluster` listener (its cluster keeps the service's name).
+pub fn in_cluster_listener_name(service: &str) -> String {
+    format!("{service}~in")
+}
+
+/// A service's `inCluster` listener on the proxies: where its EndpointSlice sends the
+/// Service's own traffic while it is not awake. TCP: proxied to the service's cluster as
+/// its front door is. HTTP and gRPC: an HTTP connection manager whose one route sends
+/// every request to the cluster (whatever Host the client used: the Service's name, its
+/// virtual IP), so requests, not connections, count as activity there too.
+pub fn in_cluster_listener(
+    service: &str,
+    listen: SocketAddr,
+    protocol: Protocol,
+    limits: &EnvoyLimits,
+    route_timeout: std::time::Duration,
+) -> Listener {
+    let name = in_cluster_listener_name(service);
+    let filter = match protocol {
+        Protocol::Tcp => {
+            let proxy = TcpProxy {
+                stat_prefix: name.clone(),
+                cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(service.to_string())),
+                idle_timeout: Some(duration(limits.tcp_idle_timeout)),
+                ..Default::default()
+            };
+            Filter {
+                name: "envoy.filters.network.tcp_proxy".to_string(),
+                config_type: Some(filter::ConfigType::TypedConfig(pack_any(proxy))),
+            }
+        }
+        Protocol::Http | Protocol::Http2 => {
+            let routes = RouteConfiguration {
+                name: name.clone(),
+                virtual_hosts: vec![VirtualHost {
+                    name: service.to_string(),
+                    domains: vec!["*".to_string()],
+                    routes: vec![Route {
+                        r#match: Some(RouteMatch {
+                            path_specifier: Some(route_match::PathSpecifier::Prefix(
+                                "/".to_string(),
+                            )),
+                            ..Default::default()
+                        }),
+                        action: Some(route::Action::Route(RouteAction {
+                            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                                service.to_string(),
+                            )),
+                            timeout: Some(duration(route_timeout)),
+                            ..Default::default()
+                        })),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            let hcm = HttpConnectionManager {
+                stat_prefix: name.clone(),
+                route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(routes)),
+                http_filters: vec![HttpFilter {
+                    name: "envoy.filters.http.router".to_string(),
+                    config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+                        Router::default(),
+                    ))),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            Filter {
+                name: "envoy.filters.network.http_connection_manager".to_string(),
+                config_type: Some(filter::ConfigType::TypedConfig(pack_any(hcm))),
+            }
+        }
+    };
+    Listener {
+        name,
+        address: Some(socket_address(listen)),
+        filter_chains: vec![FilterChain {
+            filters: vec![filter],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
 /// The shared HTTP listener: an HTTP connection manager whose routes come over RDS
 /// (route configuration [`HTTP_LISTENER`]). Ports are stripped from Host before matching,
 /// so `Host: echo:10000` and `Host: echo` reach the same virtual host.

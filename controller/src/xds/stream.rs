@@ -9,11 +9,12 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Instant;
 
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tracing::{debug, info, warn};
 
 use super::resources::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE};
-use super::Cache;
+use super::wire::Encoded;
+use super::{Cache, Entry, Flavor, Name, Since};
 use crate::telemetry::Metrics;
 
 /// Outstanding responses remembered per type; older ones are dropped (an Envoy that
@@ -25,28 +26,32 @@ pub(super) struct Inflight {
     nonce: String,
     sent_at: Instant,
     /// Resource versions in that response.
-    resources: Vec<(String, u64)>,
+    resources: Vec<(Name, u64)>,
 }
 
 /// One stream's state for one resource type; shared by the SotW and delta streams.
 #[derive(Debug, Default)]
 pub(super) struct Sub {
     /// Names subscribed to (endpoints, routes); ignored while `wildcard`.
-    pub(super) names: BTreeSet<String>,
+    pub(super) names: BTreeSet<Name>,
     pub(super) wildcard: bool,
     /// Version of each resource last sent.
-    pub(super) sent: HashMap<String, u64>,
+    pub(super) sent: HashMap<Name, u64>,
     /// Type version last sent (SotW wildcard types).
     sent_type_version: Option<u64>,
+    /// Hash of the names list of the last request (SotW), in the order sent.
+    names_hash: Option<u64>,
+    /// The type version up to which changes have been looked at (named types): the next
+    /// look starts from there. None: look at every subscribed name (a new subscription).
+    pub(super) seen: Option<u64>,
     inflight: VecDeque<Inflight>,
-    /// Version of each resource the client ACKed.
-    pub(super) acked: HashMap<String, u64>,
     dropped_inflight: u64,
 }
 
 impl Sub {
-    /// Settle the response with `nonce`: an ACK records its versions, a NACK is logged and
-    /// counted. Unknown (stale) nonces are ignored.
+    /// Settle the response with `nonce`: an ACK records its versions (and returns them:
+    /// the stream's ACK view in the cache follows), a NACK is logged and counted. Unknown
+    /// (stale) nonces are ignored.
     pub(super) fn settle(
         &mut self,
         nonce: &str,
@@ -54,22 +59,19 @@ impl Sub {
         node: &str,
         label: &'static str,
         metrics: &Metrics,
-    ) {
+    ) -> Vec<(Name, u64)> {
         let Some(pos) = self.inflight.iter().position(|f| f.nonce == nonce) else {
-            return;
+            return Vec::new();
         };
         // Responses are ACKed in order; anything older than this nonce is settled too.
         let Some(this) = self.inflight.drain(..=pos).next_back() else {
-            return;
+            return Vec::new();
         };
         match error {
             None => {
                 metrics.observe_ack(label, this.sent_at.elapsed());
-                for (name, v) in this.resources {
-                    let a = self.acked.entry(name).or_default();
-                    *a = (*a).max(v);
-                }
                 debug!(node, r#type = label, nonce, "ACK");
+                this.resources
             }
             Some(status) => {
                 metrics.xds_nacks.get_or_create(&label.into()).inc();
@@ -77,12 +79,13 @@ impl Sub {
                     node, r#type = label, nonce, error = %status.message,
                     "Envoy rejected config (NACK); it keeps its last good version"
                 );
+                Vec::new()
             }
         }
     }
 
     /// Remember a response sent, to settle it when its ACK comes.
-    pub(super) fn record_sent(&mut self, nonce: String, resources: Vec<(String, u64)>) {
+    pub(super) fn record_sent(&mut self, nonce: String, resources: Vec<(Name, u64)>) {
         for (name, v) in &resources {
             self.sent.insert(name.clone(), *v);
         }
@@ -108,6 +111,14 @@ pub struct AdsStream {
     node: String,
     nonce: u64,
     subs: HashMap<&'static str, Sub>,
+}
+
+/// A hash of a request's resource names, in order (see [`AdsStream::on_request`]).
+fn names_hash(names: &[String]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    names.hash(&mut h);
+    h.finish()
 }
 
 pub(super) fn known_type(type_url: &str) -> Option<&'static str> {
@@ -161,7 +172,7 @@ impl AdsStream {
         req: DiscoveryRequest,
         cache: &Cache,
         metrics: &Metrics,
-    ) -> Vec<DiscoveryResponse> {
+    ) -> Vec<Encoded> {
         if self.node.is_empty() {
             if let Some(n) = &req.node {
                 self.node = n.id.clone();
@@ -175,33 +186,51 @@ impl AdsStream {
         let label = type_label(type_url);
         let sub = self.subs.entry(type_url).or_default();
 
-        if !req.response_nonce.is_empty() {
+        let acked = if req.response_nonce.is_empty() {
+            Vec::new()
+        } else {
             sub.settle(
                 &req.response_nonce,
                 req.error_detail.as_ref(),
                 &self.node,
                 label,
                 metrics,
-            );
-        }
+            )
+        };
 
         if type_url == CLUSTER_TYPE {
             cache.note_clusters(self.id);
         }
         if !wildcard(type_url) {
-            let names: BTreeSet<String> = req.resource_names.iter().cloned().collect();
-            if names != sub.names {
+            // Envoy repeats its whole subscription in every request, ACKs included: at
+            // 10,000 names a hash of the list, in the order sent, says whether it is the
+            // one already held (a different order is a new list, read once).
+            let hash = names_hash(&req.resource_names);
+            let same = sub.names_hash == Some(hash) && req.resource_names.len() == sub.names.len();
+            if !same {
+                let names: BTreeSet<Name> = cache
+                    .intern(type_url, &req.resource_names)
+                    .into_iter()
+                    .collect();
                 sub.sent.retain(|n, _| names.contains(n));
-                sub.acked.retain(|n, _| names.contains(n));
                 sub.names = names;
+                sub.names_hash = Some(hash);
+                sub.seen = None;
             }
-            cache.record_acks(self.id, type_url, &sub.names, &sub.acked);
+            // The ACK view changes with the subscription (rebuilt) or with an ACK (the
+            // ACKed resources alone), not otherwise.
+            if !same || !cache.has_ack_view(self.id, type_url) {
+                cache.record_acks(self.id, type_url, &sub.names);
+            }
+            if !acked.is_empty() {
+                cache.ack(self.id, type_url, &acked);
+            }
         }
         self.push(type_url, cache)
     }
 
     /// The cache changed: send what this stream's subscriptions are missing.
-    pub fn on_change(&mut self, cache: &Cache) -> Vec<DiscoveryResponse> {
+    pub fn on_change(&mut self, cache: &Cache) -> Vec<Encoded> {
         let types: Vec<&'static str> = self.subs.keys().copied().collect();
         // Clusters, endpoints, listeners, routes: the order Envoy warms them in.
         let mut ordered = types;
@@ -217,27 +246,45 @@ impl AdsStream {
             .collect()
     }
 
-    fn push(&mut self, type_url: &'static str, cache: &Cache) -> Vec<DiscoveryResponse> {
+    fn push(&mut self, type_url: &'static str, cache: &Cache) -> Vec<Encoded> {
         let Some(sub) = self.subs.get_mut(type_url) else {
             return Vec::new();
         };
-        let (type_version, entries) = if wildcard(type_url) {
-            let (v, entries) = cache.read(type_url, None, |_, _| true);
+        let (type_version, entries, total) = if wildcard(type_url) {
+            // The type's version says whether anything changed; only then is it read.
+            let v = cache.version(type_url);
             if sub.sent_type_version == Some(v) || (v == 0 && sub.sent_type_version.is_some()) {
                 return Vec::new();
             }
+            let (v, entries, total) = cache.read(type_url, None, |_, _| true);
             sub.sent_type_version = Some(v);
-            (v, entries)
+            (v, entries, total)
         } else {
-            let names: Vec<String> = sub.names.iter().cloned().collect();
             let sent = &sub.sent;
-            let (v, changed) = cache.read(type_url, Some(&names), |n, version| {
-                sent.get(n) != Some(&version)
-            });
+            let unsent = |n: &str, version: u64| sent.get(n) != Some(&version);
+            let since = sub
+                .seen
+                .map_or(Since::TooOld, |seen| cache.since(type_url, seen));
+            let (v, changed, total) = match since {
+                Since::Current => return Vec::new(),
+                // What changed since the last look, of what this stream subscribes to.
+                Since::Changes { version, set, .. } => {
+                    let changed: Vec<(Name, Entry)> = set
+                        .into_iter()
+                        .filter(|(n, e)| sub.names.contains(n) && unsent(n, e.version))
+                        .collect();
+                    (version, changed, usize::MAX)
+                }
+                Since::TooOld => {
+                    let names: Vec<Name> = sub.names.iter().cloned().collect();
+                    cache.read(type_url, Some(&names), unsent)
+                }
+            };
+            sub.seen = Some(v);
             if changed.is_empty() {
                 return Vec::new();
             }
-            (v, changed)
+            (v, changed, total)
         };
         self.nonce += 1;
         let nonce = self.nonce.to_string();
@@ -245,24 +292,62 @@ impl AdsStream {
         // two-phase park waits to see ACKed). A wildcard type is sent whole at a type
         // version: remembering 10,000 names per stream for it would buy nothing.
         let named = !wildcard(type_url);
-        let mut resources = Vec::with_capacity(entries.len());
-        let mut versions = Vec::with_capacity(if named { entries.len() } else { 0 });
-        for (name, e) in entries {
-            if named {
-                versions.push((name, e.version));
-            }
-            resources.push(e.any);
-        }
+        let versions = if named {
+            entries
+                .iter()
+                .map(|(n, e)| (n.clone(), e.version))
+                .collect()
+        } else {
+            Vec::new()
+        };
         sub.record_sent(nonce.clone(), versions);
-        debug!(node = %self.node, r#type = type_label(type_url), count = resources.len(), version = type_version, "push");
-        vec![DiscoveryResponse {
-            version_info: type_version.to_string(),
-            resources,
-            type_url: type_url.to_string(),
-            nonce,
-            ..Default::default()
-        }]
+        debug!(node = %self.node, r#type = type_label(type_url), count = entries.len(), version = type_version, "push");
+        let mut m = Encoded::default();
+        m.string(1, type_version.to_string().as_bytes());
+        // Every resource of the type (a wildcard type; a stream's first EDS request for
+        // all clusters): the bytes every such stream shares. Else this stream's own.
+        let whole = (entries.len() == total)
+            .then(|| cache.whole(type_url, type_version, Flavor::Sotw))
+            .flatten();
+        match whole {
+            Some(run) => m.raw(run.bytes()),
+            None => {
+                for (_, e) in &entries {
+                    m.message(2, &e.any);
+                }
+            }
+        }
+        m.string(4, type_url.as_bytes());
+        m.string(5, nonce.as_bytes());
+        vec![m]
     }
+}
+
+/// Tests read a stream's responses as Envoy does: decoded from the bytes it sends.
+#[cfg(test)]
+impl AdsStream {
+    pub(super) fn on_request_decoded(
+        &mut self,
+        req: DiscoveryRequest,
+        cache: &Cache,
+        metrics: &Metrics,
+    ) -> Vec<envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse> {
+        decoded(self.on_request(req, cache, metrics))
+    }
+
+    pub(super) fn on_change_decoded(
+        &mut self,
+        cache: &Cache,
+    ) -> Vec<envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse> {
+        decoded(self.on_change(cache))
+    }
+}
+
+#[cfg(test)]
+pub(super) fn decoded<M: prost::Message + Default>(v: Vec<Encoded>) -> Vec<M> {
+    v.iter()
+        .map(|e| e.decode().expect("a response decodes"))
+        .collect()
 }
 
 #[cfg(test)]

@@ -258,3 +258,54 @@ fn scaled_to_zero_elsewhere_puts_the_holder_back_without_a_scale_call() {
         assert_eq!((s, step.actions), (s0, vec![]), "{s0:?}");
     }
 }
+
+/// `due` is exactly when a tick starts to change the state: the planner's tick looks at
+/// a service only from then (and at every tick while it is watched).
+#[test]
+fn due_is_the_first_instant_a_tick_moves_the_state() {
+    let b = Instant::now();
+    let at = |ms: u64| b + Duration::from_millis(ms);
+    let states = [
+        State::Parked,
+        State::Waking { since: at(1_000) },
+        State::Awake {
+            since: at(1_000),
+            last_active: at(1_000),
+        },
+        // Active again after min_warm: the idle timeout decides.
+        State::Awake {
+            since: at(1_000),
+            last_active: at(40_000),
+        },
+        // Active early: min_warm decides.
+        State::Awake {
+            since: at(1_000),
+            last_active: at(2_000),
+        },
+        State::Parking {
+            since: at(1_000),
+            woke: at(0),
+            acked_at: None,
+        },
+        State::Parking {
+            since: at(1_000),
+            woke: at(0),
+            acked_at: Some(at(1_500)),
+        },
+    ];
+    for state in states {
+        let due = due(state, &T);
+        // Every 250 ms for two minutes: before `due` nothing, from it a change.
+        for ms in (0..=120_000).step_by(250) {
+            let now = at(ms);
+            let (next, _) = step(state, Input::Tick, now, &T);
+            let moved = next != state;
+            assert_eq!(
+                moved,
+                due.is_some_and(|d| now >= d),
+                "{state:?} at {ms} ms (due {:?})",
+                due.map(|d| d.duration_since(b))
+            );
+        }
+    }
+}

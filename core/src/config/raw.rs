@@ -12,6 +12,7 @@ pub struct Config {
     pub holder: Option<Holder>,
     pub envoy: Option<Envoy>,
     pub run_dir: Option<String>,
+    pub in_cluster: Option<InCluster>,
     pub http: Option<Http>,
     pub scrape: Option<Scrape>,
     pub defaults: Option<Policy>,
@@ -65,6 +66,16 @@ pub struct Http {
 pub struct Holder {
     pub address: Option<String>,
     pub admin: Option<String>,
+}
+
+/// Kubernetes mode: parked Services keep their names (see `InClusterConfig`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InCluster {
+    pub proxy: String,
+    pub listen: Option<String>,
+    pub ports: Option<String>,
+    pub settle: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -25,6 +25,8 @@ pub fn same_top_sections(old: &Config, new: &Config) -> Result<(), NeedsRestart>
         "envoy"
     } else if old.run_dir != new.run_dir {
         "runDir"
+    } else if old.in_cluster != new.in_cluster {
+        "inCluster"
     } else if old.http != new.http {
         "http"
     } else if old.scrape != new.scrape {

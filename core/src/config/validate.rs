@@ -26,8 +26,16 @@ impl raw::Config {
             http,
             scrape,
             defaults,
+            in_cluster,
             ..
         } = self.validate_top()?;
+        if in_cluster.is_some() {
+            return Err(invalid(
+                "inCluster",
+                "",
+                "only in kubernetes mode: with the process backend clients already use Envoy's listeners",
+            ));
+        }
 
         if raw_services.is_empty() {
             return Err(invalid(
@@ -114,6 +122,7 @@ impl raw::Config {
             holder,
             envoy,
             run_dir,
+            in_cluster: None,
             http,
             scrape,
             services,
@@ -233,6 +242,7 @@ impl raw::Config {
                 DEFAULT_ENVOY_ADMIN,
             )?,
         };
+        let in_cluster = self.in_cluster.map(validate_in_cluster).transpose()?;
         let run_dir = match self.run_dir {
             None => PathBuf::from(DEFAULT_RUN_DIR),
             Some(d) if d.trim().is_empty() => {
@@ -251,6 +261,7 @@ impl raw::Config {
             holder,
             envoy,
             run_dir,
+            in_cluster,
             http,
             scrape,
             services: Vec::new(),
@@ -463,6 +474,64 @@ impl raw::Service {
             policy: defaults.apply(at, overrides)?,
         })
     }
+}
+
+/// `inCluster`: the proxies' Service, the listen address, a port range, the settle time.
+fn validate_in_cluster(raw: raw::InCluster) -> Result<InClusterConfig, ConfigError> {
+    let (proxy_namespace, proxy_service) = match raw.proxy.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            (ns.to_string(), name.to_string())
+        }
+        _ => return Err(invalid(
+            "inCluster.proxy",
+            raw.proxy,
+            "must be namespace/name of the proxies' Service, like \"zenvoy-system/zenvoy-proxy\"",
+        )),
+    };
+    check_name("inCluster.proxy", &proxy_namespace)?;
+    check_name("inCluster.proxy", &proxy_service)?;
+    let listen = match raw.listen {
+        None => std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        Some(l) => l.parse().map_err(|_| {
+            invalid(
+                "inCluster.listen",
+                l,
+                "must be an IP address, like \"0.0.0.0\"",
+            )
+        })?,
+    };
+    let ports = match raw.ports {
+        None => DEFAULT_IN_CLUSTER_PORTS,
+        Some(p) => {
+            let bad = || {
+                invalid(
+                    "inCluster.ports",
+                    p.as_str(),
+                    "must be a range of ports FIRST-LAST, like \"20000-29999\", FIRST at least 1",
+                )
+            };
+            let (a, b) = p.split_once('-').ok_or_else(bad)?;
+            let a: u16 = a.trim().parse().map_err(|_| bad())?;
+            let b: u16 = b.trim().parse().map_err(|_| bad())?;
+            if a == 0 || a > b {
+                return Err(bad());
+            }
+            (a, b)
+        }
+    };
+    let settle = duration_or(
+        "inCluster.settle",
+        raw.settle,
+        DEFAULT_IN_CLUSTER_SETTLE,
+        Zero::Allowed,
+    )?;
+    Ok(InClusterConfig {
+        proxy_namespace,
+        proxy_service,
+        listen,
+        ports,
+        settle,
+    })
 }
 
 /// `ready`: exactly one check (none: `tcp`), its fields, its interval.

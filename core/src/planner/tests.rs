@@ -31,6 +31,7 @@ fn tcp(name: &str, port: u16) -> ServiceDef {
         listen: Some(SocketAddr::new(addr(HOLDER).ip(), port)),
         domains: Vec::new(),
         policy: policy(),
+        in_cluster: None,
     }
 }
 
@@ -41,6 +42,7 @@ fn http(name: &str) -> ServiceDef {
         listen: None,
         domains: vec![name.to_string(), format!("{name}.default")],
         policy: policy(),
+        in_cluster: None,
     }
 }
 
@@ -99,6 +101,7 @@ impl World {
             leading,
             stats_expiry,
             warm_timeout: Duration::from_secs(15),
+            in_cluster_settle: Duration::from_secs(2),
         };
         let mut w = World {
             planner: Planner::new(settings, services.len()),
@@ -1132,4 +1135,161 @@ fn status_tells_phase_since_pending_last_wake_and_idle() {
     );
     assert_eq!(s.idle, Some(Duration::from_secs(3)), "idle since it woke");
     assert_eq!(s.idle_timeout, policy().idle_timeout);
+}
+
+#[test]
+fn the_tick_looks_only_at_services_with_something_due() {
+    // 1,000 parked services and one awake: the schedule holds one deadline and watches
+    // nothing, and the awake one still parks on time.
+    let mut services: Vec<ServiceDef> = (0..1000)
+        .map(|i| tcp(&format!("s{i}"), 20_000 + i))
+        .collect();
+    services.push(tcp("pg", 5432));
+    let mut w = World::new(true, false, services);
+    assert!(w.planner.schedule.deadlines.is_empty());
+    assert!(w.planner.schedule.watched.is_empty());
+    w.wake(0.0, "pg", &["10.0.0.1:5432"]);
+    assert_eq!(w.planner.schedule.deadlines.len(), 1, "pg's idle deadline");
+    assert!(
+        w.planner.schedule.watched.is_empty(),
+        "nothing held any more"
+    );
+    assert!(
+        w.planner.schedule.visit(w.at(10.0)).is_empty(),
+        "nothing due yet"
+    );
+    assert_eq!(w.planner.schedule.visit(w.at(31.0)), ["pg"]);
+    w.tick(31.0);
+    assert_eq!(w.phase("pg"), Phase::Parking);
+    assert_eq!(
+        w.planner.schedule.watched.iter().collect::<Vec<_>>(),
+        ["pg"],
+        "a park is looked at every tick (ACKs, samples)"
+    );
+    // A held connection is standing demand: watched until it is gone.
+    w.pending(32.0, "s7", 1.0);
+    assert!(w.planner.schedule.watched.contains("s7"));
+    w.pending(32.5, "s7", 0.0);
+    assert!(!w.planner.schedule.watched.contains("s7"));
+    // A removed service leaves nothing behind.
+    w.event(
+        33.0,
+        Event::Remove {
+            service: "pg".into(),
+        },
+    );
+    assert!(!w.planner.schedule.watched.contains("pg"));
+    assert!(w.planner.schedule.deadlines.iter().all(|(_, n)| n != "pg"));
+}
+
+fn route_effects(effects: &[Effect], service: &str) -> Vec<Route> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Route { service: s, route } if s == service => Some(*route),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_service_that_keeps_its_name_parks_only_once_its_name_leads_to_the_proxies() {
+    let pg = ServiceDef {
+        in_cluster: Some(addr("10.0.0.9:20001")),
+        ..tcp("pg", 5432)
+    };
+    let mut w = World::new(true, false, vec![pg]);
+    assert_eq!(
+        route_effects(&w.effects, "pg"),
+        [Route::Proxy],
+        "parked: to the proxies"
+    );
+    assert!(w.effects.iter().any(|e| matches!(
+        e,
+        Effect::PublishInClusterListener { service, listen, .. }
+            if service == "pg" && *listen == addr("10.0.0.9:20001")
+    )));
+    w.event(
+        0.1,
+        Event::Routed {
+            service: "pg".into(),
+            route: Route::Proxy,
+        },
+    );
+
+    // Awake: straight to the pods.
+    w.envoys.connected = 1;
+    w.envoys.acked_by_all.insert("pg".into(), 0);
+    w.wake(1.0, "pg", &["10.1.0.5:5432"]);
+    assert_eq!(
+        route_effects(&w.effects, "pg"),
+        [Route::Proxy, Route::Direct]
+    );
+    w.event(
+        1.7,
+        Event::Routed {
+            service: "pg".into(),
+            route: Route::Direct,
+        },
+    );
+
+    // Idle: the park routes the name to the proxies again in its first phase ...
+    let e = w.tick(20.0);
+    assert_eq!(w.phase("pg"), Phase::Parking);
+    assert_eq!(route_effects(&e, "pg"), [Route::Proxy]);
+    w.ack("pg");
+    w.tick(20.1);
+    // ... and an idle sample after the ACK does not scale down before that route is
+    // written (a stale report of the old route does not count) ...
+    w.event(
+        20.15,
+        Event::Routed {
+            service: "pg".into(),
+            route: Route::Direct,
+        },
+    );
+    let e = w.sample(20.2, "pg", 0.0, 5.0);
+    assert_eq!(parks(&e), 0, "the Service's name still leads to the pods");
+    // ... nor by the park's time bound (parkAckTimeout 5 s) while the API has not
+    // taken it ...
+    assert_eq!(
+        parks(&w.tick(25.5)),
+        0,
+        "parkAckTimeout passed, route not written"
+    );
+    // ... nor before the settle time (2 s) has passed since it was written.
+    w.event(
+        25.6,
+        Event::Routed {
+            service: "pg".into(),
+            route: Route::Proxy,
+        },
+    );
+    assert_eq!(parks(&w.tick(26.0)), 0);
+    assert_eq!(parks(&w.sample(27.0, "pg", 0.0, 5.0)), 0);
+    // Settled: then it goes to zero.
+    let e = w.sample(27.7, "pg", 0.0, 5.0);
+    assert_eq!(parks(&e), 1);
+    assert_eq!(w.phase("pg"), Phase::Parked);
+
+    // No longer fronted: its slice goes.
+    let e = w.event(
+        30.0,
+        Event::Remove {
+            service: "pg".into(),
+        },
+    );
+    assert_eq!(route_effects(&e, "pg"), [Route::Gone]);
+}
+
+#[test]
+fn without_in_cluster_nothing_is_routed() {
+    let mut w = World::new(true, false, vec![tcp("pg", 5432)]);
+    w.wake(0.0, "pg", &["10.0.0.1:5432"]);
+    w.tick(20.0);
+    assert!(route_effects(&w.effects, "pg").is_empty());
+    assert!(!w
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::PublishInClusterListener { .. })));
 }

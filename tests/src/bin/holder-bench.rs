@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
@@ -34,7 +33,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 use zenvoy_controller::telemetry::Metrics;
 use zenvoy_controller::xds::resources::{any, load_assignment, Endpoints, ENDPOINT_TYPE};
-use zenvoy_controller::xds::{AdsServer, Cache};
+use zenvoy_controller::xds::{AdsServer, AdsService, Cache};
 use zenvoy_tests::holder_client::header;
 use zenvoy_tests::process::{cpu_seconds, rss_mib, Proc};
 use zenvoy_tests::{bin, free_port, http_get, metric_value, monotonic_ns, wait};
@@ -117,7 +116,7 @@ struct Controller {
 async fn start_controller() -> anyhow::Result<Controller> {
     let cache = Arc::new(Cache::default());
     let metrics = Arc::new(Metrics::register(&mut Registry::default()));
-    let ads = AggregatedDiscoveryServiceServer::new(AdsServer::new(cache.clone(), metrics));
+    let ads = AdsService::new(AdsServer::new(cache.clone(), metrics), 8 << 20);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let incoming = TcpListenerStream::new(listener).map(|s| {

@@ -1,6 +1,7 @@
 use super::*;
 use crate::xds::resources::{self, Endpoints};
 use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use prometheus_client::registry::Registry;
 use zenvoy_core::model::Protocol;
@@ -64,14 +65,14 @@ fn req(type_url: &str, names: &[&str], ack_of: Option<&DiscoveryResponse>) -> Di
 fn wildcard_types_get_everything_once_until_a_change() {
     let (cache, m) = (cache_with(&["a", "b"]), metrics());
     let mut s = AdsStream::new(1);
-    let r = s.on_request(req(CLUSTER_TYPE, &[], None), &cache, &m);
+    let r = s.on_request_decoded(req(CLUSTER_TYPE, &[], None), &cache, &m);
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].resources.len(), 2);
     // The ACK sends nothing more.
     assert!(s
-        .on_request(req(CLUSTER_TYPE, &[], Some(&r[0])), &cache, &m)
+        .on_request_decoded(req(CLUSTER_TYPE, &[], Some(&r[0])), &cache, &m)
         .is_empty());
-    assert!(s.on_change(&cache).is_empty());
+    assert!(s.on_change_decoded(&cache).is_empty());
     // A changed cluster re-sends the whole type (SotW for CDS).
     cache.set(
         CLUSTER_TYPE,
@@ -83,7 +84,7 @@ fn wildcard_types_get_everything_once_until_a_change() {
             Protocol::Tcp,
         )),
     );
-    let r2 = s.on_change(&cache);
+    let r2 = s.on_change_decoded(&cache);
     assert_eq!(r2.len(), 1);
     assert_eq!(r2[0].resources.len(), 2);
     assert_ne!(r2[0].version_info, r[0].version_info);
@@ -94,10 +95,10 @@ fn wildcard_types_get_everything_once_until_a_change() {
 fn endpoints_are_sent_per_resource_and_only_when_changed() {
     let (cache, m) = (cache_with(&["a", "b", "c"]), metrics());
     let mut s = AdsStream::new(1);
-    let r = s.on_request(req(ENDPOINT_TYPE, &["a", "b"], None), &cache, &m);
+    let r = s.on_request_decoded(req(ENDPOINT_TYPE, &["a", "b"], None), &cache, &m);
     assert_eq!(r[0].resources.len(), 2, "only the subscribed names");
     assert!(s
-        .on_request(req(ENDPOINT_TYPE, &["a", "b"], Some(&r[0])), &cache, &m)
+        .on_request_decoded(req(ENDPOINT_TYPE, &["a", "b"], Some(&r[0])), &cache, &m)
         .is_empty());
 
     let up = Endpoints::Upstream(vec!["127.0.0.1:2000".parse().expect("addr")]);
@@ -106,7 +107,7 @@ fn endpoints_are_sent_per_resource_and_only_when_changed() {
         "b",
         resources::any(resources::load_assignment("b", &up)),
     );
-    let r2 = s.on_change(&cache);
+    let r2 = s.on_change_decoded(&cache);
     assert_eq!(r2.len(), 1);
     assert_eq!(
         r2[0].resources.len(),
@@ -114,7 +115,7 @@ fn endpoints_are_sent_per_resource_and_only_when_changed() {
         "a wake sends one CLA, not the fleet"
     );
     assert!(!cache.all_acked("b", v), "not ACKed yet");
-    s.on_request(req(ENDPOINT_TYPE, &["a", "b"], Some(&r2[0])), &cache, &m);
+    s.on_request_decoded(req(ENDPOINT_TYPE, &["a", "b"], Some(&r2[0])), &cache, &m);
     assert!(cache.all_acked("b", v));
     // Setting an identical resource does not bump its version or push anything.
     assert_eq!(
@@ -125,15 +126,15 @@ fn endpoints_are_sent_per_resource_and_only_when_changed() {
         ),
         v
     );
-    assert!(s.on_change(&cache).is_empty());
+    assert!(s.on_change_decoded(&cache).is_empty());
 }
 
 #[test]
 fn a_new_subscription_name_is_sent_at_once() {
     let (cache, m) = (cache_with(&["a", "b"]), metrics());
     let mut s = AdsStream::new(1);
-    let r = s.on_request(req(ENDPOINT_TYPE, &["a"], None), &cache, &m);
-    let r2 = s.on_request(req(ENDPOINT_TYPE, &["a", "b"], Some(&r[0])), &cache, &m);
+    let r = s.on_request_decoded(req(ENDPOINT_TYPE, &["a"], None), &cache, &m);
+    let r2 = s.on_request_decoded(req(ENDPOINT_TYPE, &["a", "b"], Some(&r[0])), &cache, &m);
     assert_eq!(r2.len(), 1);
     assert_eq!(r2[0].resources.len(), 1);
 }
@@ -142,7 +143,7 @@ fn a_new_subscription_name_is_sent_at_once() {
 fn nack_is_counted_and_nothing_is_resent() {
     let (cache, m) = (cache_with(&["a"]), metrics());
     let mut s = AdsStream::new(1);
-    let r = s.on_request(req(LISTENER_TYPE, &[], None), &cache, &m);
+    let r = s.on_request_decoded(req(LISTENER_TYPE, &[], None), &cache, &m);
     let mut nack = req(LISTENER_TYPE, &[], Some(&r[0]));
     nack.version_info = String::new();
     nack.error_detail = Some(RpcStatus {
@@ -150,7 +151,7 @@ fn nack_is_counted_and_nothing_is_resent() {
         message: "bad listener".into(),
         details: vec![],
     });
-    assert!(s.on_request(nack, &cache, &m).is_empty());
+    assert!(s.on_request_decoded(nack, &cache, &m).is_empty());
     assert_eq!(m.xds_nacks.get_or_create(&"lds".into()).get(), 1);
 }
 
@@ -159,10 +160,10 @@ fn all_acked_waits_for_every_subscribed_stream() {
     let (cache, m) = (cache_with(&["a"]), metrics());
     let mut s1 = AdsStream::new(1);
     let mut s2 = AdsStream::new(2);
-    let r1 = s1.on_request(req(ENDPOINT_TYPE, &["a"], None), &cache, &m);
-    let _r2 = s2.on_request(req(ENDPOINT_TYPE, &["a"], None), &cache, &m);
+    let r1 = s1.on_request_decoded(req(ENDPOINT_TYPE, &["a"], None), &cache, &m);
+    let _r2 = s2.on_request_decoded(req(ENDPOINT_TYPE, &["a"], None), &cache, &m);
     let v: u64 = r1[0].version_info.parse().expect("numeric version");
-    s1.on_request(req(ENDPOINT_TYPE, &["a"], Some(&r1[0])), &cache, &m);
+    s1.on_request_decoded(req(ENDPOINT_TYPE, &["a"], Some(&r1[0])), &cache, &m);
     assert!(!cache.all_acked("a", v), "stream 2 has not ACKed");
     cache.forget(2);
     assert!(
@@ -180,17 +181,17 @@ fn a_request_of_another_type_keeps_the_endpoint_acks() {
         resources::any(resources::route_configuration(&[])),
     );
     let mut s = AdsStream::new(1);
-    let r = s.on_request(req(ENDPOINT_TYPE, &["a"], None), &cache, &m);
-    s.on_request(req(ENDPOINT_TYPE, &["a"], Some(&r[0])), &cache, &m);
+    let r = s.on_request_decoded(req(ENDPOINT_TYPE, &["a"], None), &cache, &m);
+    s.on_request_decoded(req(ENDPOINT_TYPE, &["a"], Some(&r[0])), &cache, &m);
     let v: u64 = r[0].version_info.parse().expect("numeric version");
     assert!(cache.all_acked("a", v));
     // Envoy asks for (and ACKs) routes on the same stream.
-    let rds = s.on_request(
+    let rds = s.on_request_decoded(
         req(ROUTE_TYPE, &[resources::HTTP_LISTENER], None),
         &cache,
         &m,
     );
-    s.on_request(
+    s.on_request_decoded(
         req(ROUTE_TYPE, &[resources::HTTP_LISTENER], Some(&rds[0])),
         &cache,
         &m,
@@ -212,9 +213,9 @@ fn a_request_of_another_type_keeps_the_endpoint_acks() {
         cache.subscribed("a"),
         "a route request is no EDS unsubscribe"
     );
-    let r2 = s.on_change(&cache);
+    let r2 = s.on_change_decoded(&cache);
     assert_eq!(r2.len(), 1);
-    s.on_request(req(ENDPOINT_TYPE, &["a"], Some(&r2[0])), &cache, &m);
+    s.on_request_decoded(req(ENDPOINT_TYPE, &["a"], Some(&r2[0])), &cache, &m);
     assert!(cache.all_acked("a", v2));
 }
 
