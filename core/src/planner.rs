@@ -827,18 +827,8 @@ impl Planner {
         if s.def.protocol.routed() && old.wake_timeout != policy.wake_timeout {
             self.routes_dirty = true;
         }
+        // The in-cluster listener of an HTTP service carries its own route (timeout).
         let route_moved = s.def.protocol.routed() && old.wake_timeout != policy.wake_timeout;
-        if route_moved && old.envoy() == policy.envoy() {
-            if let (Some(listen), Warming::Done) = (s.def.in_cluster, s.warming) {
-                self.out.push(Effect::PublishInClusterListener {
-                    service: service.to_string(),
-                    listen,
-                    protocol: s.def.protocol,
-                    limits: policy.envoy(),
-                    route_timeout: route_timeout(s.def.protocol, policy.wake_timeout),
-                });
-            }
-        }
         if old.envoy() != policy.envoy() {
             self.out.push(Effect::PublishCluster {
                 service: service.to_string(),
@@ -852,6 +842,8 @@ impl Planner {
                     limits: policy.envoy(),
                 });
             }
+        }
+        if old.envoy() != policy.envoy() || route_moved {
             if let (Some(listen), Warming::Done) = (s.def.in_cluster, s.warming) {
                 self.out.push(Effect::PublishInClusterListener {
                     service: service.to_string(),

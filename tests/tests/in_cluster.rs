@@ -64,6 +64,16 @@ fn writes(stack: &KubeStack) -> Vec<&'static str> {
         .collect()
 }
 
+/// The controller's own EndpointSlice for the Service `db`.
+fn zenvoy_slice(stack: &KubeStack) -> Option<serde_json::Value> {
+    stack.api.get(
+        "discovery.k8s.io/v1",
+        "EndpointSlice",
+        "default",
+        "zenvoy-db",
+    )
+}
+
 async fn holder_metric(stack: &KubeStack, series: &str) -> anyhow::Result<f64> {
     let page = zenvoy_tests::http_get(&format!("http://{}/metrics", stack.holder_admin)).await?;
     Ok(zenvoy_tests::metric_value(&page, series).unwrap_or(0.0))
@@ -113,15 +123,8 @@ async fn keeps_its_name(node: &Netns) -> anyhow::Result<()> {
     )
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}\n{}", kp.ruleset(), stack.logs()))?;
-    let slice = stack
-        .api
-        .get(
-            "discovery.k8s.io/v1",
-            "EndpointSlice",
-            "default",
-            "zenvoy-db",
-        )
-        .ok_or_else(|| anyhow::anyhow!("no zenvoy-db EndpointSlice"))?;
+    let slice =
+        zenvoy_slice(&stack).ok_or_else(|| anyhow::anyhow!("no zenvoy-db EndpointSlice"))?;
     assert_eq!(
         slice["ports"][0]["name"], "tcp",
         "named as the Service port"
@@ -162,14 +165,7 @@ async fn keeps_its_name(node: &Netns) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("{e}\n{}\n{}", kp.ruleset(), stack.logs()))?;
     assert_eq!(pod.port(), pod_port);
-    let slice = stack
-        .api
-        .get(
-            "discovery.k8s.io/v1",
-            "EndpointSlice",
-            "default",
-            "zenvoy-db",
-        )
+    let slice = zenvoy_slice(&stack)
         .ok_or_else(|| anyhow::anyhow!("zenvoy-db went instead of emptying"))?;
     assert_eq!(
         slice["endpoints"],
@@ -216,15 +212,8 @@ async fn keeps_its_name(node: &Netns) -> anyhow::Result<()> {
         Some(0),
         "parked again"
     );
-    let slice = stack
-        .api
-        .get(
-            "discovery.k8s.io/v1",
-            "EndpointSlice",
-            "default",
-            "zenvoy-db",
-        )
-        .ok_or_else(|| anyhow::anyhow!("no zenvoy-db EndpointSlice"))?;
+    let slice =
+        zenvoy_slice(&stack).ok_or_else(|| anyhow::anyhow!("no zenvoy-db EndpointSlice"))?;
     assert_eq!(
         slice["endpoints"][0]["addresses"][0], PROXY,
         "parked: the proxy in the slice"
@@ -233,15 +222,8 @@ async fn keeps_its_name(node: &Netns) -> anyhow::Result<()> {
     // 3: a restarted controller keeps the Service's port, and the VIP still wakes it.
     stack.restart_controller(0).await?;
     kp.synced(&stack.api, BOUND).await?;
-    let slice = stack
-        .api
-        .get(
-            "discovery.k8s.io/v1",
-            "EndpointSlice",
-            "default",
-            "zenvoy-db",
-        )
-        .ok_or_else(|| anyhow::anyhow!("no zenvoy-db EndpointSlice"))?;
+    let slice =
+        zenvoy_slice(&stack).ok_or_else(|| anyhow::anyhow!("no zenvoy-db EndpointSlice"))?;
     assert_eq!(
         slice["ports"][0]["port"],
         json!(FIRST_PROXY_PORT),
@@ -257,16 +239,7 @@ async fn keeps_its_name(node: &Netns) -> anyhow::Result<()> {
     svc["spec"]["ports"][0]["port"] = json!(SERVICE_PORT);
     stack.api.put(svc)?;
     wait::until("zenvoy's slice to go after the opt-out", BOUND, || async {
-        Ok(stack
-            .api
-            .get(
-                "discovery.k8s.io/v1",
-                "EndpointSlice",
-                "default",
-                "zenvoy-db",
-            )
-            .is_none()
-            .then_some(()))
+        Ok(zenvoy_slice(&stack).is_none().then_some(()))
     })
     .await
     .map_err(|e| anyhow::anyhow!("{e}\n{}", stack.logs()))?;

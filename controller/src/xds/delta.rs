@@ -61,7 +61,10 @@ impl DeltaStream {
         };
         let label = type_label(type_url);
         let first = !self.subs.contains_key(type_url);
-        let sub = self.subs.entry(type_url).or_default();
+        let sub = self
+            .subs
+            .entry(type_url)
+            .or_insert_with(|| Sub::for_type(type_url));
         let acked = if req.response_nonce.is_empty() {
             Vec::new()
         } else {
@@ -81,20 +84,27 @@ impl DeltaStream {
         if first && wildcard(type_url) && req.resource_names_subscribe.is_empty() {
             sub.wildcard = true;
         }
-        let subscribe = req.resource_names_subscribe.iter().filter(|n| *n != "*");
-        for name in cache.intern(type_url, subscribe) {
-            sub.names.insert(name);
-        }
+        let subscribe = req
+            .resource_names_subscribe
+            .iter()
+            .map(String::as_str)
+            .filter(|n| *n != "*");
+        let add = cache.intern(type_url, subscribe);
         if req.resource_names_subscribe.iter().any(|n| n == "*") {
             sub.wildcard = true;
         }
+        let mut remove: Vec<&str> = Vec::new();
         for name in &req.resource_names_unsubscribe {
             if name == "*" {
                 sub.wildcard = false;
             } else {
-                sub.names.remove(name.as_str());
-                sub.sent.remove(name.as_str());
+                remove.push(name);
+                sub.unmark_sent(name);
             }
+        }
+        if !add.is_empty() || !remove.is_empty() {
+            let names = sub.names.changed(add, &remove);
+            sub.set_names(names);
         }
         // A reconnecting client says what it has; what is current need not be sent again.
         // Not counted as ACKed: the versions may be another controller's (a previous
@@ -104,9 +114,9 @@ impl DeltaStream {
             .iter()
             .filter_map(|(n, v)| Some((n, v.parse::<u64>().ok()?)))
             .collect();
-        let names = cache.intern(type_url, initial.iter().map(|(n, _)| *n));
+        let names = cache.intern(type_url, initial.iter().map(|(n, _)| n.as_str()));
         for (name, (_, v)) in names.into_iter().zip(initial) {
-            sub.sent.insert(name, v);
+            sub.mark_sent(&name, v);
         }
         // A new subscription is compared with everything once; after that, only with
         // what changed.
@@ -143,8 +153,7 @@ impl DeltaStream {
         let Some(sub) = self.subs.get_mut(type_url) else {
             return Vec::new();
         };
-        let sent = &sub.sent;
-        let unsent = |n: &str, version: u64| sent.get(n) != Some(&version);
+        let unsent = |n: &str, version: u64| sub.sent(n) != Some(version);
         let since = sub
             .seen
             .map_or(Since::TooOld, |seen| cache.since(type_url, seen));
@@ -165,7 +174,7 @@ impl DeltaStream {
                     .collect();
                 let removed: Vec<Name> = removed
                     .into_iter()
-                    .filter(|n| sub.sent.contains_key(n))
+                    .filter(|n| sub.sent(n).is_some())
                     .collect();
                 (version, changed, usize::MAX, removed)
             }
@@ -178,12 +187,11 @@ impl DeltaStream {
                     cache.read(type_url, Some(&names), unsent)
                 };
                 // Sent before, gone now: removed from the cache, or (named) unsubscribed.
-                let gone = cache.missing(type_url, sub.sent.keys());
-                let removed: Vec<Name> = sub
-                    .sent
-                    .keys()
-                    .filter(|n| gone.contains(n) || (!sub.wildcard && !sub.names.contains(*n)))
-                    .cloned()
+                let sent = sub.sent_names();
+                let gone = cache.missing(type_url, sent.iter());
+                let removed: Vec<Name> = sent
+                    .into_iter()
+                    .filter(|n| gone.contains(n) || (!sub.wildcard && !sub.names.contains(n)))
                     .collect();
                 (v, changed, total, removed)
             }
@@ -193,7 +201,7 @@ impl DeltaStream {
             return Vec::new();
         }
         for n in &removed {
-            sub.sent.remove(n);
+            sub.unmark_sent(n);
         }
         self.nonce += 1;
         let nonce = self.nonce.to_string();

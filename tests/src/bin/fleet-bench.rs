@@ -823,12 +823,12 @@ async fn open_stream(
     delta: bool,
     reports: mpsc::UnboundedSender<Report>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{grpc}"))
-        .await
-        .with_context(|| format!("connecting ADS stream {i} to {grpc}"))?;
-    client = client.max_decoding_message_size(256 << 20);
     let node = node(&format!("envoy-{i}"));
     if delta {
+        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{grpc}"))
+            .await
+            .with_context(|| format!("connecting ADS stream {i} to {grpc}"))?;
+        client = client.max_decoding_message_size(256 << 20);
         let (tx, rx) = mpsc::channel(16);
         for t in [CLUSTER, LISTENER] {
             tx.send(DeltaDiscoveryRequest {
@@ -853,15 +853,30 @@ async fn open_stream(
     } else {
         let (tx, rx) = mpsc::channel(16);
         for t in [CLUSTER, LISTENER] {
-            tx.send(DiscoveryRequest {
+            tx.send(Outgoing::Msg(Box::new(DiscoveryRequest {
                 node: Some(node.clone()),
                 type_url: t.into(),
                 ..Default::default()
-            })
+            })))
             .await?;
         }
-        let inbound = client
-            .stream_aggregated_resources(ReceiverStream::new(rx))
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))?
+            .connect()
+            .await
+            .with_context(|| format!("connecting ADS stream {i} to {grpc}"))?;
+        let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(256 << 20);
+        grpc.ready()
+            .await
+            .with_context(|| format!("opening SotW ADS stream {i}"))?;
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+            "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+        );
+        let inbound = grpc
+            .streaming(
+                tonic::Request::new(ReceiverStream::new(rx)),
+                path,
+                SotwCodec,
+            )
             .await
             .with_context(|| format!("opening SotW ADS stream {i}"))?
             .into_inner();
@@ -875,17 +890,92 @@ async fn open_stream(
     }
 }
 
+/// What a SotW fan-out client sends: a request, or one already encoded. A SotW Envoy
+/// repeats its 10,000 cluster names in every EDS request and ACK, and encodes them on
+/// its own node; here a hundred clients share the controller's two cores, so the names
+/// are encoded once per change and each ACK is its small head followed by those bytes
+/// (the fields of one protobuf message may come in any number of runs). The controller
+/// reads exactly what a prost-encoded request would give it.
+enum Outgoing {
+    Msg(Box<DiscoveryRequest>),
+    Raw(bytes::Bytes),
+}
+
+/// Field 3 (`resource_names`) of a DiscoveryRequest, encoded.
+fn encoded_names(names: &[String]) -> bytes::Bytes {
+    let mut b = Vec::new();
+    for n in names {
+        prost::encoding::encode_key(3, prost::encoding::WireType::LengthDelimited, &mut b);
+        prost::encoding::encode_varint(n.len() as u64, &mut b);
+        b.extend_from_slice(n.as_bytes());
+    }
+    b.into()
+}
+
+/// `head` (a request without names) followed by encoded names.
+fn with_names(head: DiscoveryRequest, names: &bytes::Bytes) -> Outgoing {
+    let mut b = head.encode_to_vec();
+    b.extend_from_slice(names);
+    Outgoing::Raw(b.into())
+}
+
+/// tonic's prost codec, but sending [`Outgoing`].
+struct SotwCodec;
+
+struct SotwEncoder;
+
+impl tonic::codec::Encoder for SotwEncoder {
+    type Item = Outgoing;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Outgoing,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        match item {
+            Outgoing::Msg(m) => m
+                .encode(dst)
+                .map_err(|e| tonic::Status::internal(e.to_string())),
+            Outgoing::Raw(b) => {
+                dst.put_slice(&b);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl tonic::codec::Codec for SotwCodec {
+    type Encode = Outgoing;
+    type Decode = DiscoveryResponse;
+    type Encoder = SotwEncoder;
+    type Decoder = tonic_prost::ProstDecoder<DiscoveryResponse>;
+
+    fn encoder(&mut self) -> SotwEncoder {
+        SotwEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic::codec::Codec::decoder(&mut tonic_prost::ProstCodec::<
+            DiscoveryRequest,
+            DiscoveryResponse,
+        >::default())
+    }
+}
+
 /// A SotW Envoy: on CDS, one EDS request naming every cluster (again when the set
 /// changes), then the CDS ACK; every response ACKed with its version and nonce, EDS ACKs
 /// naming the same clusters.
 async fn sotw_loop(
     i: usize,
     mut inbound: tonic::Streaming<DiscoveryResponse>,
-    tx: &mpsc::Sender<DiscoveryRequest>,
+    tx: &mpsc::Sender<Outgoing>,
     reports: &mpsc::UnboundedSender<Report>,
 ) -> anyhow::Result<()> {
     let mut p = Progress::default();
     let mut eds_names: Vec<String> = Vec::new();
+    let mut eds_encoded = bytes::Bytes::new();
     // Version and nonce of the last EDS response, for an EDS request that changes names.
     let mut eds_last = (String::new(), String::new());
     while let Some(resp) = inbound.message().await? {
@@ -905,17 +995,18 @@ async fn sotw_loop(
                 p.cds = true;
                 if names != eds_names {
                     eds_names = names;
-                    tx.send(DiscoveryRequest {
+                    eds_encoded = encoded_names(&eds_names);
+                    let head = DiscoveryRequest {
                         type_url: ENDPOINT.into(),
                         version_info: eds_last.0.clone(),
                         response_nonce: eds_last.1.clone(),
-                        resource_names: eds_names.clone(),
                         ..Default::default()
-                    })
-                    .await
-                    .context(STREAM_CLOSED)?;
+                    };
+                    tx.send(with_names(head, &eds_encoded))
+                        .await
+                        .context(STREAM_CLOSED)?;
                 }
-                Vec::new()
+                false
             }
             ENDPOINT => {
                 for a in &resp.resources {
@@ -927,23 +1018,26 @@ async fn sotw_loop(
                 }
                 p.eds += resp.resources.len();
                 eds_last = (resp.version_info.clone(), resp.nonce.clone());
-                eds_names.clone()
+                true
             }
             LISTENER => {
                 p.lds = true;
-                Vec::new()
+                false
             }
-            _ => Vec::new(),
+            _ => false,
         };
-        tx.send(DiscoveryRequest {
+        let head = DiscoveryRequest {
             type_url: resp.type_url,
             version_info: resp.version_info,
             response_nonce: resp.nonce,
-            resource_names: ack_names,
             ..Default::default()
-        })
-        .await
-        .context(STREAM_CLOSED)?;
+        };
+        let ack = if ack_names {
+            with_names(head, &eds_encoded)
+        } else {
+            Outgoing::Msg(Box::new(head))
+        };
+        tx.send(ack).await.context(STREAM_CLOSED)?;
         if let Some(awake) = woken {
             let _ = reports.send(Report::Woken {
                 stream: i,

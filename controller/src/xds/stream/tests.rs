@@ -222,3 +222,59 @@ fn a_request_of_another_type_keeps_the_endpoint_acks() {
 fn limits() -> resources::EnvoyLimits {
     zenvoy_core::model::Policy::default().envoy()
 }
+
+/// What the server reads is what Envoy sent: a DiscoveryRequest's bytes decode to the
+/// same fields, with the names as slices.
+#[test]
+fn a_sotw_request_decodes_a_discovery_requests_bytes() {
+    use prost::Message;
+    let mut r = req(ENDPOINT_TYPE, &["a", "b.default", "ü"], None);
+    r.response_nonce = "7".into();
+    r.version_info = "3".into();
+    r.error_detail = Some(RpcStatus {
+        code: 3,
+        message: "bad".into(),
+        details: vec![],
+    });
+    let read = SotwRequest::decode(r.encode_to_vec().as_slice()).expect("decodes");
+    assert_eq!(read, SotwRequest::from(r));
+    assert_eq!(read.resource_names[2].as_ref(), "ü".as_bytes());
+}
+
+/// A names list that is not UTF-8 (prost would refuse it as a string) is ignored: no
+/// response, no subscription, and the stream's earlier subscription stands.
+#[test]
+fn a_name_that_is_not_utf8_is_ignored() {
+    let (cache, m) = (cache_with(&["a"]), metrics());
+    let mut s = AdsStream::new(1);
+    let first = s.on_request_decoded(req(ENDPOINT_TYPE, &["a"], None), &cache, &m);
+    assert_eq!(first.len(), 1);
+    let mut bad = SotwRequest::from(req(ENDPOINT_TYPE, &["a"], Some(&first[0])));
+    bad.resource_names.push(Bytes::from_static(&[0xff, 0xfe]));
+    assert!(s.on_request_decoded(bad, &cache, &m).is_empty());
+    assert_eq!(s.subscribed(), 1, "the earlier subscription stands");
+}
+
+/// A named type's sent versions follow their names as the subscription changes.
+#[test]
+fn sent_versions_stay_with_their_names() {
+    let n = |s: &str| Name::from(s);
+    let mut sub = Sub::for_type(ENDPOINT_TYPE);
+    sub.set_names(Names::new([n("b"), n("d")]));
+    sub.mark_sent(&n("b"), 3);
+    sub.mark_sent(&n("z"), 9);
+    assert_eq!(sub.sent("z"), None, "not subscribed: not remembered");
+    sub.set_names(Names::new([n("a"), n("b"), n("c")]));
+    assert_eq!(sub.sent("b"), Some(3));
+    assert_eq!(sub.sent("a"), None);
+    assert_eq!(sub.sent_names(), [n("b")]);
+    sub.unmark_sent("b");
+    assert_eq!(sub.sent("b"), None);
+    sub.set_names(Names::new([n("c")]));
+    sub.set_names(Names::new([n("b"), n("c")]));
+    assert_eq!(
+        sub.sent("b"),
+        None,
+        "a name that went and came back was forgotten"
+    );
+}
