@@ -262,7 +262,7 @@ pub struct ProcessOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ready {
     pub check: ReadyCheck,
-    /// How often `http` and `command` checks are tried.
+    /// How often `http`, `command` and `postgres` checks are tried.
     pub interval: Duration,
 }
 
@@ -274,6 +274,9 @@ pub enum ReadyCheck {
     Http { path: String, status: Option<u16> },
     /// The program exits 0 (`pg_isready`, `redis-cli ping`).
     Command(Vec<String>),
+    /// A Postgres server takes sessions: its answer to a StartupMessage for `user` and
+    /// `database` is not "cannot connect now" (what `pg_isready` asks, without a process).
+    Postgres { user: String, database: String },
 }
 
 /// The signals a service may be stopped with.

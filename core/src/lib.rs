@@ -19,5 +19,6 @@
 pub mod activity;
 pub mod config;
 pub mod model;
+pub mod pgwire;
 pub mod planner;
 pub mod stats;

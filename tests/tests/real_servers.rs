@@ -222,10 +222,26 @@ async fn postgres_with_pg_isready_serves_every_held_client_and_wakes_again() {
         "ready: {{command: [{}, -q, -h, 127.0.0.1, -p, \"PORT\"], interval: 20ms}}",
         pg.program("pg_isready")
     );
-    let st = pg_stack(&pg, &ready).await;
+    serves_every_held_client_and_wakes_again(&pg, &ready).await;
+}
+
+/// The same with zenvoy's own `postgres` check: no process per try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_with_the_postgres_check_serves_every_held_client_and_wakes_again() {
+    const TEST: &str = "postgres_with_the_postgres_check_serves_every_held_client_and_wakes_again";
+    let Some(pg) = available(TEST, Postgres::find()) else {
+        return;
+    };
+    serves_every_held_client_and_wakes_again(&pg, "ready: {postgres: {}, interval: 5ms}").await;
+}
+
+/// A crashed cluster parked behind zenvoy with `ready`: `CLIENTS` psql sessions at once
+/// all served while it recovers; parked when idle, and the next client wakes it.
+async fn serves_every_held_client_and_wakes_again(pg: &Postgres, ready: &str) {
+    let st = pg_stack(pg, ready).await;
     let pg_log = st.dir.path().join("pg.log");
     assert!(st.service("pg").running_pid().is_none(), "starts parked");
-    let outcomes = psql_burst(&pg, &st).await;
+    let outcomes = psql_burst(pg, &st).await;
     assert!(
         outcomes
             .iter()

@@ -377,6 +377,40 @@ impl Seen {
     }
 }
 
+/// One `postgres` check: a StartupMessage, and the server's first answer read as
+/// `PQping` reads it ([`pgwire::answer`]). The connection is dropped before any session.
+async fn postgres_ready(upstream: SocketAddr, user: &str, database: &str) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use zenvoy_core::pgwire::{self, Answer};
+    let mut s = tokio::net::TcpStream::connect(upstream)
+        .await
+        .map_err(|e| format!("connecting to {upstream}: {e}"))?;
+    s.write_all(&pgwire::startup_message(user, database))
+        .await
+        .map_err(|e| format!("writing to {upstream}: {e}"))?;
+    let mut buf = Vec::with_capacity(512);
+    loop {
+        match pgwire::answer(&buf) {
+            Answer::Ready => return Ok(()),
+            Answer::NotReady(said) => return Err(format!("Postgres at {upstream}: {said}")),
+            Answer::Garbage(what) => return Err(format!("{upstream} answered {what}")),
+            Answer::Incomplete if buf.len() >= pgwire::MAX_ANSWER => {
+                return Err(format!("{upstream} sent no whole answer"));
+            }
+            Answer::Incomplete => {}
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("reading from {upstream}: {e}"))?;
+        if n == 0 {
+            return Err(format!("{upstream} closed the connection before answering"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
 async fn check_once(
     check: &ReadyCheck,
     upstream: SocketAddr,
@@ -438,6 +472,7 @@ async fn check_once(
                 Err(format!("`{shown}` {status}"))
             }
         }
+        ReadyCheck::Postgres { user, database } => postgres_ready(upstream, user, database).await,
     }
 }
 

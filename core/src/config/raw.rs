@@ -84,14 +84,22 @@ pub struct Envoy {
     pub admin: Option<String>,
 }
 
-/// `ready`: one of `tcp`, `http`, `command`, and how often it is tried.
+/// `ready`: one of `tcp`, `http`, `command`, `postgres`, and how often it is tried.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Ready {
     pub tcp: Option<Empty>,
     pub http: Option<ReadyHttp>,
     pub command: Option<Vec<String>>,
+    pub postgres: Option<ReadyPostgres>,
     pub interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReadyPostgres {
+    pub user: Option<String>,
+    pub database: Option<String>,
 }
 
 /// `{}`: a check with nothing to set.

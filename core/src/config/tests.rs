@@ -724,8 +724,37 @@ fn ready_checks_and_their_errors() {
             status: None
         }
     );
+    assert_eq!(
+        ok(&service_with("ready: {postgres: {}}")).services[0]
+            .process
+            .ready
+            .check,
+        ReadyCheck::Postgres {
+            user: "postgres".into(),
+            database: "postgres".into()
+        }
+    );
+    assert_eq!(
+        ok(&service_with("ready: {postgres: {user: app}}")).services[0]
+            .process
+            .ready
+            .check,
+        ReadyCheck::Postgres {
+            user: "app".into(),
+            database: "app".into()
+        },
+        "the database defaults to the user, as in libpq"
+    );
 
     for (extra, want_field) in [
+        (
+            "ready: {postgres: {user: ''}}",
+            "services[0].ready.postgres.user",
+        ),
+        (
+            "ready: {postgres: {}, command: [pg_isready]}",
+            "services[0].ready",
+        ),
         ("ready: {tcp: {}, http: {}}", "services[0].ready"),
         (
             "ready: {http: {path: healthz}}",

@@ -540,19 +540,21 @@ fn validate_ready(at: &str, r: raw::Ready) -> Result<Ready, ConfigError> {
         tcp,
         http,
         command,
+        postgres,
         interval,
     } = r;
     let set = [
         ("tcp", tcp.is_some()),
         ("http", http.is_some()),
         ("command", command.is_some()),
+        ("postgres", postgres.is_some()),
     ];
     let named: Vec<&str> = set.iter().filter(|(_, s)| *s).map(|(k, _)| *k).collect();
     if named.len() > 1 {
         return Err(invalid(
             at,
             named.join(", "),
-            "name one check: tcp, http or command",
+            "name one check: tcp, http, command or postgres",
         ));
     }
     let check = if let Some(h) = http {
@@ -589,6 +591,19 @@ fn validate_ready(at: &str, r: raw::Ready) -> Result<Ready, ConfigError> {
             Some("") => return Err(invalid(format!("{at}.command[0]"), "", "must not be empty")),
             Some(_) => ReadyCheck::Command(c),
         }
+    } else if let Some(p) = postgres {
+        let user = p.user.unwrap_or_else(|| "postgres".to_string());
+        let database = p.database.unwrap_or_else(|| user.clone());
+        for (field, v) in [("user", &user), ("database", &database)] {
+            if v.is_empty() || v.len() > 63 || v.contains('\0') {
+                return Err(invalid(
+                    format!("{at}.postgres.{field}"),
+                    v.as_str(),
+                    "must be a Postgres name: 1 to 63 bytes, no NUL",
+                ));
+            }
+        }
+        ReadyCheck::Postgres { user, database }
     } else {
         ReadyCheck::Tcp
     };

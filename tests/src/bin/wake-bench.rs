@@ -73,6 +73,10 @@ struct Args {
     /// `ready.interval` of the real services in zenvoy's config.
     #[arg(long, default_value = "5ms", value_parser = humantime::parse_duration)]
     real_ready_interval: Duration,
+    /// Postgres' ready check in zenvoy's config: zenvoy's own `postgres` check, or the
+    /// `pg_isready` program as a `command` check.
+    #[arg(long, value_enum, default_value = "postgres")]
+    pg_check: PgCheck,
     /// The Python that runs `-m http.server` (resolved to its executable, past a pyenv
     /// shim).
     #[arg(long, default_value = "python3")]
@@ -279,7 +283,13 @@ fn stack_options(spec: ServiceSpec, http: bool) -> Options {
     }
 }
 
-/// Postgres on a new cluster, parked behind zenvoy: `pg_isready` as its ready check,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PgCheck {
+    Postgres,
+    PgIsready,
+}
+
+/// Postgres on a new cluster, parked behind zenvoy: `--pg-check` as its ready check,
 /// SIGINT (fast shutdown) to park it.
 async fn postgres_server(pg: Postgres, args: &Args) -> anyhow::Result<(Stack, Server)> {
     let dir = Stack::tempdir()?;
@@ -289,18 +299,27 @@ async fn postgres_server(pg: Postgres, args: &Args) -> anyhow::Result<(Stack, Se
     spec.command = pid_file_wrapper(&spec, &pg.postgres_argv(&data, port));
     let zenvoy_log = dir.path().join("pg.log");
     let spec = spec
-        .with(&format!(
-            "ready: {{command: [{:?}, -q, -h, 127.0.0.1, -p, \"{port}\"], interval: {}}}",
-            pg.program("pg_isready"),
-            humantime::format_duration(args.real_ready_interval)
-        ))
+        .with(&match args.pg_check {
+            PgCheck::Postgres => format!(
+                "ready: {{postgres: {{}}, interval: {}}}",
+                humantime::format_duration(args.real_ready_interval)
+            ),
+            PgCheck::PgIsready => format!(
+                "ready: {{command: [{:?}, -q, -h, 127.0.0.1, -p, \"{port}\"], interval: {}}}",
+                pg.program("pg_isready"),
+                humantime::format_duration(args.real_ready_interval)
+            ),
+        })
         .with(&format!("cwd: {:?}", home.display().to_string()))
         .with(&format!("log: {:?}", zenvoy_log.display().to_string()))
         .with("stopSignal: SIGINT")
         .with("stopGrace: 10s")
         .with(&format!("idleTimeout: {IDLE}"));
     let server = Server {
-        label: format!("Postgres {} (psql)", pg.version),
+        label: match args.pg_check {
+            PgCheck::Postgres => format!("Postgres {} (psql; postgres check)", pg.version),
+            PgCheck::PgIsready => format!("Postgres {} (psql; pg_isready)", pg.version),
+        },
         service: "pg",
         listener: "pg",
         command: spec.command.clone(),
