@@ -47,6 +47,10 @@ use zenvoy_tests::{monotonic_ns, wait};
 enum Real {
     /// Debian's Postgres, asked `select 1` by `psql`.
     Postgres,
+    /// The same Postgres, asked by an in-process client for the first answer to a
+    /// session's StartupMessage (the `postgres` check's question): each try costs a
+    /// connection, not a `psql` process (~26 ms here), so both series time the server.
+    PostgresWire,
     /// `python3 -m http.server`, asked `GET /` over HTTP/1.1.
     Http,
 }
@@ -207,6 +211,7 @@ const WEB_BODY: &str = "hello\n";
 /// The client of one real server, the same in both series.
 enum Client {
     Psql(Postgres),
+    PgWire,
     Http,
 }
 
@@ -220,6 +225,31 @@ impl Client {
                     Ok(())
                 } else {
                     Err(format!("psql printed {row:?}, not {PG_ROW:?}"))
+                }
+            }
+            Client::PgWire => {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                use zenvoy_core::pgwire::{self, Answer};
+                let mut s = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| format!("connect: {e}"))?;
+                s.write_all(&pgwire::startup_message("postgres", "postgres"))
+                    .await
+                    .map_err(|e| format!("write: {e}"))?;
+                let mut buf = Vec::new();
+                loop {
+                    match pgwire::answer(&buf) {
+                        Answer::Ready => return Ok(()),
+                        Answer::NotReady(m) => return Err(m),
+                        Answer::Garbage(m) => return Err(m),
+                        Answer::Incomplete => {}
+                    }
+                    let mut chunk = [0u8; 1024];
+                    let n = s.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
+                    if n == 0 || buf.len() > pgwire::MAX_ANSWER {
+                        return Err("closed before answering".into());
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
                 }
             }
             Client::Http => {
@@ -291,7 +321,7 @@ enum PgCheck {
 
 /// Postgres on a new cluster, parked behind zenvoy: `--pg-check` as its ready check,
 /// SIGINT (fast shutdown) to park it.
-async fn postgres_server(pg: Postgres, args: &Args) -> anyhow::Result<(Stack, Server)> {
+async fn postgres_server(pg: Postgres, args: &Args, wire: bool) -> anyhow::Result<(Stack, Server)> {
     let dir = Stack::tempdir()?;
     let mut spec = ServiceSpec::echo("pg", dir.path())?;
     let (home, data) = pg.init_cluster(dir.path()).await?;
@@ -316,10 +346,15 @@ async fn postgres_server(pg: Postgres, args: &Args) -> anyhow::Result<(Stack, Se
         .with("stopGrace: 10s")
         .with(&format!("idleTimeout: {IDLE}"));
     let server = Server {
-        label: match args.pg_check {
-            PgCheck::Postgres => format!("Postgres {} (psql; postgres check)", pg.version),
-            PgCheck::PgIsready => format!("Postgres {} (psql; pg_isready)", pg.version),
-        },
+        label: format!(
+            "Postgres {} ({}; {})",
+            pg.version,
+            if wire { "wire client" } else { "psql" },
+            match args.pg_check {
+                PgCheck::Postgres => "postgres check",
+                PgCheck::PgIsready => "pg_isready",
+            }
+        ),
         service: "pg",
         listener: "pg",
         command: spec.command.clone(),
@@ -328,7 +363,11 @@ async fn postgres_server(pg: Postgres, args: &Args) -> anyhow::Result<(Stack, Se
         upstream: spec.upstream,
         own_log: dir.path().join("pg-own.log"),
         zenvoy_log,
-        client: Client::Psql(pg),
+        client: if wire {
+            Client::PgWire
+        } else {
+            Client::Psql(pg)
+        },
     };
     let st = Stack::start(dir, stack_options(spec, false)).await?;
     Ok((st, server))
@@ -584,8 +623,8 @@ async fn real_servers(args: &Args) -> anyhow::Result<()> {
     let mut failed = Vec::new();
     for real in wanted {
         let built = match real {
-            Real::Postgres => match Postgres::find() {
-                Ok(pg) => postgres_server(pg, args).await,
+            Real::Postgres | Real::PostgresWire => match Postgres::find() {
+                Ok(pg) => postgres_server(pg, args, real == Real::PostgresWire).await,
                 Err(reason) => {
                     println!("SKIPPED Postgres: {reason}");
                     continue;
