@@ -379,7 +379,12 @@ impl Seen {
 
 /// One `postgres` check: a StartupMessage, and the server's first answer read as
 /// `PQping` reads it ([`pgwire::answer`]). The connection is dropped before any session.
-async fn postgres_ready(upstream: SocketAddr, user: &str, database: &str) -> Result<(), String> {
+/// Public for the wake benchmark, whose in-process Postgres client asks the same.
+pub async fn postgres_ready(
+    upstream: SocketAddr,
+    user: &str,
+    database: &str,
+) -> Result<(), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use zenvoy_core::pgwire::{self, Answer};
     let mut s = tokio::net::TcpStream::connect(upstream)

@@ -228,29 +228,8 @@ impl Client {
                 }
             }
             Client::PgWire => {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                use zenvoy_core::pgwire::{self, Answer};
-                let mut s = tokio::net::TcpStream::connect(addr)
+                zenvoy_controller::backend::process::postgres_ready(addr, "postgres", "postgres")
                     .await
-                    .map_err(|e| format!("connect: {e}"))?;
-                s.write_all(&pgwire::startup_message("postgres", "postgres"))
-                    .await
-                    .map_err(|e| format!("write: {e}"))?;
-                let mut buf = Vec::new();
-                loop {
-                    match pgwire::answer(&buf) {
-                        Answer::Ready => return Ok(()),
-                        Answer::NotReady(m) => return Err(m),
-                        Answer::Garbage(m) => return Err(m),
-                        Answer::Incomplete => {}
-                    }
-                    let mut chunk = [0u8; 1024];
-                    let n = s.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
-                    if n == 0 || buf.len() > pgwire::MAX_ANSWER {
-                        return Err("closed before answering".into());
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                }
             }
             Client::Http => {
                 let (status, body) = http_get_host(addr, WEB, false)
