@@ -329,6 +329,7 @@ impl ServiceConfig {
             domains: self.domains.clone(),
             policy: self.policy,
             in_cluster: None,
+            group: None,
         }
     }
 }

@@ -150,6 +150,11 @@ pub struct ServiceDef {
     /// Kubernetes `inCluster`: the proxies' listener for the Service's own name (the
     /// address its EndpointSlice points kube-proxy at while it is not awake).
     pub in_cluster: Option<SocketAddr>,
+    /// Services that share one workload (Kubernetes: the ports of one Service, each a
+    /// service of its own with its own listener, cluster and slice): they wake together,
+    /// traffic on any keeps all awake, and the workload goes to zero only once every one
+    /// of them is parked. None: the service has its workload to itself.
+    pub group: Option<String>,
 }
 
 /// Where a Service's own name (its virtual IP) leads, for `inCluster`.

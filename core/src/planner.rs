@@ -34,6 +34,11 @@
 //!   now to scale.
 //! - **Endpoint changes.** The latest ready endpoints are kept in every state and
 //!   republished while awake.
+//! - **Groups.** Services that share a workload ([`ServiceDef::group`]: the ports of one
+//!   Kubernetes Service) share their activity: a connection to one wakes the parked
+//!   others, cancels their parks and keeps them awake. The workload goes to zero only
+//!   when the last of them parks, and one found running while another is not parked is
+//!   no drift.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -392,6 +397,8 @@ pub struct Planner {
     /// An HTTP service came, went or changed: the route configuration is rebuilt once
     /// per event (not per service: at start that would be quadratic).
     routes_dirty: bool,
+    /// Members of each [`ServiceDef::group`] (the ports of one workload), by group.
+    groups: HashMap<String, Vec<String>>,
     out: Vec<Effect>,
 }
 
@@ -407,6 +414,7 @@ impl Planner {
             wakes: 0,
             windows: Windows::default(),
             routes_dirty: false,
+            groups: HashMap::new(),
             out: Vec::new(),
         }
     }
@@ -632,6 +640,13 @@ impl Planner {
         let name = def.name.clone();
         if let Some(s) = self.services.get_mut(&name) {
             let old = std::mem::replace(&mut s.def, def.clone());
+            if old.group != def.group {
+                self.leave_group(&name, old.group.as_deref());
+                self.join_group(&name, def.group.as_deref());
+            }
+            let Some(s) = self.services.get_mut(&name) else {
+                return;
+            };
             // A front door still waiting for its cluster is published by the tick, with
             // the new address.
             if old.listen != def.listen && s.warming == Warming::Done {
@@ -746,6 +761,7 @@ impl Planner {
         if acks.is_some() && def.protocol.routed() {
             self.routes_dirty = true;
         }
+        let def_group = def.group.clone();
         self.services.insert(
             name.clone(),
             Service {
@@ -765,8 +781,48 @@ impl Planner {
                 routed_at: None,
             },
         );
+        self.join_group(&name, def_group.as_deref());
         self.refresh(&name);
         self.names.push(name);
+    }
+
+    fn join_group(&mut self, name: &str, group: Option<&str>) {
+        if let Some(g) = group {
+            let members = self.groups.entry(g.to_string()).or_default();
+            if !members.iter().any(|m| m == name) {
+                members.push(name.to_string());
+            }
+        }
+    }
+
+    fn leave_group(&mut self, name: &str, group: Option<&str>) {
+        if let Some(g) = group {
+            if let Some(members) = self.groups.get_mut(g) {
+                members.retain(|m| m != name);
+                if members.is_empty() {
+                    self.groups.remove(g);
+                }
+            }
+        }
+    }
+
+    /// The other services of `name`'s group.
+    fn siblings(&self, name: &str) -> Vec<String> {
+        self.services
+            .get(name)
+            .and_then(|s| s.def.group.as_ref())
+            .and_then(|g| self.groups.get(g))
+            .map(|m| m.iter().filter(|m| *m != name).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// A sibling of `name` that is not parked (its workload must keep running for it).
+    fn unparked_sibling(&self, name: &str) -> Option<String> {
+        self.siblings(name).into_iter().find(|m| {
+            self.services
+                .get(m)
+                .is_some_and(|s| s.state.phase() != Phase::Parked)
+        })
     }
 
     /// Forget a service: its Envoy resources go; a connection held for it is refused by
@@ -777,6 +833,7 @@ impl Planner {
         };
         self.schedule.remove(name);
         self.names.retain(|n| n != name);
+        self.leave_group(name, s.def.group.as_deref());
         if s.def.in_cluster.is_some() {
             self.out.push(Effect::Route {
                 service: name.to_string(),
@@ -1048,7 +1105,12 @@ impl Planner {
             return;
         }
         let note = match (s.state, running) {
-            (State::Parked, true) if s.pending == 0.0 && self.settings.leading => {
+            // A sibling not parked keeps the workload running: that is no drift.
+            (State::Parked, true)
+                if s.pending == 0.0
+                    && self.settings.leading
+                    && self.unparked_sibling(service).is_none() =>
+            {
                 self.out.push(Effect::Park {
                     service: service.to_string(),
                 });
@@ -1123,8 +1185,22 @@ impl Planner {
         }
     }
 
-    /// One step of `service`'s state machine, and the effects of its actions.
+    /// One step of `service`'s state machine, and of its siblings' for activity: the
+    /// ports of one workload live and sleep together. A connection to any of them is
+    /// activity for all (it wakes the parked ones, cancels their parks, keeps them
+    /// awake), so they go idle at the same time, and the workload goes to zero only once
+    /// every one is parked (see `step_one`).
     fn apply(&mut self, service: &str, input: Input, now: Instant) {
+        self.step_one(service, input, now);
+        if matches!(input, Input::Demand | Input::Sample { active: true }) {
+            for sibling in self.siblings(service) {
+                self.step_one(&sibling, input, now);
+            }
+        }
+    }
+
+    /// One step of `service`'s state machine, and the effects of its actions.
+    fn step_one(&mut self, service: &str, input: Input, now: Instant) {
         let Some(s) = self.services.get_mut(service) else {
             return;
         };
@@ -1134,6 +1210,12 @@ impl Planner {
         if after != before {
             self.refresh(service);
         }
+        // The workload keeps running while another port of it is not parked.
+        let keeps_running = step
+            .actions
+            .contains(&Action::ScaleDown)
+            .then(|| self.unparked_sibling(service))
+            .flatten();
         let Some(s) = self.services.get_mut(service) else {
             return;
         };
@@ -1219,7 +1301,9 @@ impl Planner {
                             service: service.to_string(),
                         }));
                     }
-                    if self.settings.leading {
+                    if let Some(sibling) = &keeps_running {
+                        info!(service, %sibling, "parked; its workload goes to zero with its last port");
+                    } else if self.settings.leading {
                         self.out.push(Effect::Park {
                             service: service.to_string(),
                         });

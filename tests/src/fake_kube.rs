@@ -84,7 +84,7 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
-pub use kubelet::{Kubelet, KubeletOptions, PodCommand, PodInfo};
+pub use kubelet::{Kubelet, KubeletOptions, PodCommand, PodInfo, EXTRA_ADDRS_ENV};
 pub use store::{Change, ChangeKind};
 
 use store::{ApiError, Mode, Store};

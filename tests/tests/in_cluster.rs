@@ -89,8 +89,8 @@ fn a_parked_service_keeps_its_name() -> anyhow::Result<()> {
     node.block_on(2, keeps_its_name(&node))?
 }
 
-async fn keeps_its_name(node: &Netns) -> anyhow::Result<()> {
-    let opts = KubeOptions {
+fn options() -> KubeOptions {
+    KubeOptions {
         defaults: vec!["idleTimeout: 2s".into(), "holdTimeout: 30s".into()],
         extra_config: vec![
             "inCluster:".into(),
@@ -100,8 +100,11 @@ async fn keeps_its_name(node: &Netns) -> anyhow::Result<()> {
             "  settle: 1s".into(),
         ],
         ..KubeOptions::default()
-    };
-    let mut stack = KubeStack::start(opts, 1).await?;
+    }
+}
+
+async fn keeps_its_name(node: &Netns) -> anyhow::Result<()> {
+    let mut stack = KubeStack::start(options(), 1).await?;
     for o in kube_stack::proxy_objects("zenvoy-system", PROXY) {
         stack.api.put(o)?;
     }
@@ -255,6 +258,152 @@ async fn keeps_its_name(node: &Netns) -> anyhow::Result<()> {
     echo(vip(), 5, &stack).await?;
 
     rbac_allows_every_slice_write(&stack)
+}
+
+#[test]
+fn a_two_port_service_wakes_from_either_port() -> anyhow::Result<()> {
+    const TEST: &str = "a_two_port_service_wakes_from_either_port";
+    if !kube_proxy::available(TEST) {
+        return Ok(());
+    }
+    let node = Netns::new("node2")?;
+    node.block_on(2, two_ports(&node))?
+}
+
+const ALT_PORT: u16 = 6432;
+
+fn alt_vip() -> SocketAddr {
+    SocketAddr::new(VIP.parse().expect("ip"), ALT_PORT)
+}
+
+fn proxy_at(port: u16) -> SocketAddr {
+    SocketAddr::new(PROXY.parse().expect("ip"), port)
+}
+
+/// The proxy port of zenvoy's slice `name`.
+fn slice_port(stack: &KubeStack, name: &str) -> Option<u64> {
+    stack
+        .api
+        .get("discovery.k8s.io/v1", "EndpointSlice", "default", name)?["ports"][0]["port"]
+        .as_u64()
+}
+
+/// Wait until each of the Service's two ports leads where `want` says.
+async fn lead(
+    kp: &KubeProxy,
+    stack: &KubeStack,
+    what: &str,
+    want: [SocketAddr; 2],
+) -> anyhow::Result<()> {
+    kp.wait_until(what, BOUND, |kp| {
+        let first = kp.endpoints("default", "db", SERVICE_PORT)?;
+        let second = kp.endpoints("default", "db", ALT_PORT)?;
+        (first == [want[0]] && second == [want[1]]).then_some(())
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}\n{}", kp.ruleset(), stack.logs()))
+}
+
+async fn two_ports(node: &Netns) -> anyhow::Result<()> {
+    let mut stack = KubeStack::start(options(), 1).await?;
+    for o in kube_stack::proxy_objects("zenvoy-system", PROXY) {
+        stack.api.put(o)?;
+    }
+    // One pod serving two ports; a Service with a port on each.
+    let (pod_port, alt_pod_port) = (free_port()?.port(), free_port()?.port());
+    let mut w = workload("Deployment", "default", "db", 0, pod_port, &[]);
+    w["spec"]["template"]["spec"]["containers"][0]["ports"] =
+        json!([{"containerPort": pod_port}, {"containerPort": alt_pod_port}]);
+    stack.api.put(w)?;
+    let mut svc = service("default", "db", pod_port, &OPT_IN);
+    svc["spec"]["clusterIP"] = json!(VIP);
+    svc["spec"]["ports"] = json!([
+        {"name": "sql", "port": SERVICE_PORT, "targetPort": pod_port, "protocol": "TCP"},
+        {"name": "alt", "port": ALT_PORT, "targetPort": alt_pod_port, "protocol": "TCP"},
+    ]);
+    stack.api.put(svc)?;
+    let kp = KubeProxy::start(node, &stack.api).await?;
+
+    // Parked: each port of the Service leads to the proxies, on a proxy port of its own.
+    let proxies = [proxy_at(FIRST_PROXY_PORT), proxy_at(FIRST_PROXY_PORT + 1)];
+    lead(
+        &kp,
+        &stack,
+        "both parked ports to lead to the proxy",
+        proxies,
+    )
+    .await?;
+    for listener in ["db.default~in", "db.default_alt~in"] {
+        wait::until(&format!("Envoy's listener {listener}"), BOUND, || async {
+            Ok(stack.envoy.listener(listener).await.ok())
+        })
+        .await?;
+    }
+
+    // The second port wakes it: held, woken, relayed byte-exact to the pod's second port.
+    assert_eq!(stack.replicas("Deployment", "default", "db"), Some(0));
+    echo(alt_vip(), 11, &stack).await?;
+    assert_eq!(stack.replicas("Deployment", "default", "db"), Some(1));
+    let relayed = "zenvoy_holder_relayed_total{service=\"db.default_alt\"}";
+    assert!(
+        holder_metric(&stack, relayed).await? >= 1.0,
+        "held and relayed for the second port"
+    );
+    let hosts = wait::until("Envoy's alt cluster to list the pod", BOUND, || async {
+        let hosts = stack.envoy.cluster_hosts("db.default_alt").await?;
+        Ok((hosts.len() == 1 && hosts[0].ip() != proxies[1].ip()).then_some(hosts))
+    })
+    .await?;
+    assert_eq!(
+        hosts[0].port(),
+        alt_pod_port,
+        "the second port's upstream is the pod's second port"
+    );
+    // Both ports are awake with one wake: each leads to the pod.
+    let pod_ip = hosts[0].ip();
+    lead(
+        &kp,
+        &stack,
+        "both awake ports to lead to the pod",
+        [
+            SocketAddr::new(pod_ip, pod_port),
+            SocketAddr::new(pod_ip, alt_pod_port),
+        ],
+    )
+    .await?;
+    echo(vip(), 12, &stack).await?;
+
+    // Idle: both park, and the workload goes to zero.
+    stack
+        .wait_replicas("Deployment", "default", "db", 0, BOUND)
+        .await?;
+    lead(
+        &kp,
+        &stack,
+        "both parked ports to lead to the proxy again",
+        proxies,
+    )
+    .await?;
+
+    // A restarted controller keeps both ports; the first port wakes it now.
+    stack.restart_controller(0).await?;
+    kp.synced(&stack.api, BOUND).await?;
+    assert_eq!(
+        (
+            slice_port(&stack, "zenvoy-db"),
+            slice_port(&stack, "zenvoy-db.alt")
+        ),
+        (
+            Some(u64::from(FIRST_PROXY_PORT)),
+            Some(u64::from(FIRST_PROXY_PORT + 1))
+        ),
+        "every allocated port kept"
+    );
+    assert_eq!(stack.envoy.listener("db.default_alt~in").await?, proxies[1]);
+    echo(vip(), 13, &stack).await?;
+    assert_eq!(stack.replicas("Deployment", "default", "db"), Some(1));
+    echo(alt_vip(), 14, &stack).await?;
+    Ok(())
 }
 
 /// `deploy/base/rbac.yaml` allows every request the controller made here, and its

@@ -185,10 +185,15 @@ impl KubeBackend {
         );
     }
 
-    /// The service's slot, made on first use.
+    /// The slot of the service's workload, made on first use: the ports of one Service
+    /// (services of their own, see `service::other_ports`) share it, so a park asked
+    /// for one port and a wake asked for another are serialized, and the wake
+    /// supersedes the park.
     fn slot(&self, service: &str) -> Arc<Slot> {
+        let key = endpoints::target(&self.targets, service)
+            .map_or_else(|| service.to_string(), |t| t.to_string());
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        slots.entry(service.to_string()).or_default().clone()
+        slots.entry(key).or_default().clone()
     }
 
     /// `scale`: scale up (while the gate is open); without it, only wait for endpoints.

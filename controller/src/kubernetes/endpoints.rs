@@ -311,6 +311,7 @@ mod tests {
             workload: "pg".into(),
             port_name: "sql".into(),
             proxy_port: None,
+            member: None,
         };
         let slices = [
             slice(
@@ -344,6 +345,7 @@ mod tests {
             workload: "pg".into(),
             port_name: "sql".into(),
             proxy_port: None,
+            member: None,
         };
         let good = slice("db", "pg", ("sql", 5432), &[("10.0.0.1", Some(true))]);
         let mut forged = slice("db", "pg", ("sql", 5432), &[("10.9.9.9", Some(true))]);

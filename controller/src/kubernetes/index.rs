@@ -7,9 +7,11 @@
 //! removed); one with bad annotations keeps its last good reading (or is not added) and
 //! gets a Warning naming the annotation; a listener address or a workload already taken
 //! by another Service, or a change of workload, is refused with a Warning; a re-list that
-//! no longer contains a Service removes it.
+//! no longer contains a Service removes it. With `inCluster`, each other port of a
+//! Service is a service of its own on the same workload (`<name>.<namespace>_<port>`,
+//! see `service::other_ports`), added, changed and removed with its Service.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::PoisonError;
 
 use k8s_openapi::api::core::v1::Service;
@@ -45,6 +47,8 @@ struct Known {
     def: ServiceDef,
     /// Which watch (namespace) it came from: a re-list ends with the stream's own set.
     stream: usize,
+    /// `inCluster`: the services of the Service's other ports, by name.
+    others: BTreeMap<String, ServiceDef>,
 }
 
 pub struct Index {
@@ -76,7 +80,8 @@ impl Index {
     /// The fronted services and their workloads (for a new leader's reads).
     pub fn services(&self) -> Vec<(String, Target)> {
         self.known
-            .keys()
+            .iter()
+            .flat_map(|(key, k)| std::iter::once(key).chain(k.others.keys()))
             .filter_map(|key| Some((key.clone(), endpoints::target(&self.targets, key)?)))
             .collect()
     }
@@ -228,25 +233,99 @@ impl Index {
             Some(note) => warn("HoldShorterThanWake", note),
             None => Vec::new(),
         };
-        if let Some(k) = self.known.get_mut(&key) {
-            k.svc = svc;
-            if k.def == d.def {
-                return Vec::new();
+        let mut port_warnings = Vec::new();
+        let others = self.others(&svc, &d, &mut port_warnings);
+        match self.known.get_mut(&key) {
+            Some(k) => {
+                k.svc = svc;
+                if k.def == d.def {
+                    out.clear();
+                } else {
+                    k.def = d.def.clone();
+                    out.insert(0, Change::Runtime(Event::Upsert(d.def)));
+                }
             }
-            k.def = d.def.clone();
-            out.insert(0, Change::Runtime(Event::Upsert(d.def)));
-            return out;
+            None => {
+                info!(service = %key, workload = %d.target, "service discovered");
+                self.known.insert(
+                    key.clone(),
+                    Known {
+                        svc,
+                        def: d.def.clone(),
+                        stream,
+                        others: BTreeMap::new(),
+                    },
+                );
+                out.insert(0, Change::Added(d.def));
+            }
         }
-        info!(service = %key, workload = %d.target, "service discovered");
-        self.known.insert(
-            key,
-            Known {
-                svc,
-                def: d.def.clone(),
-                stream,
-            },
-        );
-        out.insert(0, Change::Added(d.def));
+        out.extend(self.sync_others(&key, others));
+        out.extend(port_warnings);
+        out
+    }
+
+    /// `inCluster`: the services of the Service's other ports, each on its own proxy
+    /// port. A port that cannot get one is left out, with a Warning naming it.
+    fn others(
+        &mut self,
+        svc: &Service,
+        d: &Discovered,
+        warnings: &mut Vec<Change>,
+    ) -> Vec<Discovered> {
+        let Some(ports) = self.ports.as_mut().filter(|_| d.def.in_cluster.is_some()) else {
+            return Vec::new();
+        };
+        service::other_ports(svc, d)
+            .into_iter()
+            .filter_map(|p| match ports.get_or_allocate(&p.key) {
+                Ok(port) => service::other_port(d, &p, port),
+                Err(e) => {
+                    warn!(service = %p.key, error = %e, "no proxy port for the Service port");
+                    warnings.push(Change::Warn {
+                        namespace: d.target.namespace.clone(),
+                        name: d.target.service.clone(),
+                        reason: "ProxyPortsExhausted",
+                        note: format!(
+                            "zenvoy cannot keep port {} of this Service while it is parked: {e}",
+                            p.member
+                        ),
+                    });
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// Make the other ports of the Service `key` what `now` says: new ones added, changed
+    /// ones updated, ones no longer there removed (their proxy ports freed).
+    fn sync_others(&mut self, key: &str, now: Vec<Discovered>) -> Vec<Change> {
+        let old = self
+            .known
+            .get_mut(key)
+            .map(|k| std::mem::take(&mut k.others))
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        let mut next = BTreeMap::new();
+        for d in now {
+            self.set_target(&d.def.name, &d);
+            match old.get(&d.def.name) {
+                None => {
+                    info!(service = %d.def.name, workload = %d.target, "another port of the Service fronted");
+                    out.push(Change::Added(d.def.clone()));
+                }
+                Some(def) if *def != d.def => {
+                    out.push(Change::Runtime(Event::Upsert(d.def.clone())));
+                }
+                Some(_) => {}
+            }
+            next.insert(d.def.name.clone(), d.def);
+        }
+        for gone in old.keys().filter(|k| !next.contains_key(*k)) {
+            out.extend(self.forget(gone));
+        }
+        if let Some(k) = self.known.get_mut(key) {
+            k.others = next;
+        }
         out
     }
 
@@ -257,11 +336,19 @@ impl Index {
         for (key, k) in &mut self.known {
             let proxy_port = self.ports.as_ref().and_then(|p| p.get(key));
             match service::read_in_cluster(&k.svc, config, proxy_port) {
-                Ok(d) if d.def != k.def => {
-                    k.def = d.def.clone();
-                    out.push(Change::Runtime(Event::Upsert(d.def)));
+                Ok(d) => {
+                    // The other ports share the Service's policy.
+                    for other in k.others.values_mut() {
+                        if other.policy != d.def.policy {
+                            other.policy = d.def.policy;
+                            out.push(Change::Runtime(Event::Upsert(other.clone())));
+                        }
+                    }
+                    if d.def != k.def {
+                        k.def = d.def.clone();
+                        out.push(Change::Runtime(Event::Upsert(d.def)));
+                    }
                 }
-                Ok(_) => {}
                 Err(e) => {
                     warn!(service = %key, error = %e, "Service annotations rejected under the new config");
                 }
@@ -271,9 +358,16 @@ impl Index {
     }
 
     fn remove(&mut self, key: &str) -> Vec<Change> {
-        if self.known.remove(key).is_none() {
+        let Some(k) = self.known.remove(key) else {
             return Vec::new();
-        }
+        };
+        let mut out: Vec<Change> = k.others.keys().flat_map(|o| self.forget(o)).collect();
+        out.extend(self.forget(key));
+        out
+    }
+
+    /// `key` is no longer fronted: its proxy port is free, its target gone.
+    fn forget(&mut self, key: &str) -> Vec<Change> {
         if let Some(ports) = &mut self.ports {
             ports.release(key);
         }
@@ -295,6 +389,7 @@ impl Index {
             .iter()
             .find(|(k, t)| {
                 **k != key
+                    && t.service != target.service
                     && t.namespace == target.namespace
                     && t.kind == target.kind
                     && t.workload == target.workload

@@ -59,8 +59,12 @@ pub struct Target {
     pub workload: String,
     /// The Service port's name ("" when unnamed): EndpointSlice ports carry the same.
     pub port_name: String,
-    /// `inCluster`: the proxy port allocated to the Service (its EndpointSlice's port).
+    /// `inCluster`: the proxy port allocated to the Service port (its EndpointSlice's
+    /// port).
     pub proxy_port: Option<u16>,
+    /// `inCluster`: another port of the Service than the one `zenvoy.io/port` picks, by
+    /// its name (or number, unnamed): see [`other_ports`]. None: the picked port.
+    pub member: Option<String>,
 }
 
 impl std::fmt::Display for Target {
@@ -84,6 +88,77 @@ pub struct Discovered {
 /// zenvoy's name for a Service: `<name>.<namespace>`, a valid cluster and label name.
 pub fn service_name(name: &str, namespace: &str) -> String {
     format!("{name}.{namespace}")
+}
+
+/// zenvoy's name for another port of a Service: `<name>.<namespace>_<port>`. No Service,
+/// namespace or port name has a `_`, so it is no other Service's name; the holder takes
+/// it as it is.
+pub fn member_name(service: &str, member: &str) -> String {
+    format!("{service}_{member}")
+}
+
+/// `inCluster`: a port of the Service besides the one zenvoy fronts. Each is a service
+/// of its own (listener, cluster, holder assignment, slice, proxy port) on the same
+/// workload, so a client of any port of a parked Service is held and wakes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtherPort {
+    /// `<name>.<namespace>_<member>`.
+    pub key: String,
+    /// The port's name, or its number when unnamed.
+    pub member: String,
+    /// The port's name as EndpointSlices carry it ("" when unnamed).
+    pub port_name: String,
+}
+
+/// The Service's ports other than `d`'s (the one `zenvoy.io/port` picks), in the
+/// Service's order. A port that repeats the picked one's name is left out.
+pub fn other_ports(svc: &Service, d: &Discovered) -> Vec<OtherPort> {
+    let ports = svc.spec.as_ref().and_then(|s| s.ports.as_ref());
+    ports
+        .into_iter()
+        .flatten()
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .filter_map(|p| {
+            let port_name = p.name.clone().unwrap_or_default();
+            if port_name == d.target.port_name {
+                return None;
+            }
+            let member = if port_name.is_empty() {
+                p.port.to_string()
+            } else {
+                port_name.clone()
+            };
+            Some(OtherPort {
+                key: member_name(&d.def.name, &member),
+                member,
+                port_name,
+            })
+        })
+        .collect()
+}
+
+/// `inCluster`: the service for `port`, another port of the Service `d` was read from:
+/// the same workload and policy, relayed as TCP, reached only by the Service's name (no
+/// front door), at `proxy_port` on the proxies.
+pub fn other_port(d: &Discovered, port: &OtherPort, proxy_port: u16) -> Option<Discovered> {
+    let listen = d.def.in_cluster?;
+    Some(Discovered {
+        def: ServiceDef {
+            name: port.key.clone(),
+            protocol: Protocol::Tcp,
+            listen: None,
+            domains: Vec::new(),
+            policy: d.def.policy,
+            in_cluster: Some(SocketAddr::new(listen.ip(), proxy_port)),
+            group: d.def.group.clone(),
+        },
+        target: Target {
+            port_name: port.port_name.clone(),
+            proxy_port: Some(proxy_port),
+            member: Some(port.member.clone()),
+            ..d.target.clone()
+        },
+    })
 }
 
 pub fn opted_in(svc: &Service) -> bool {
@@ -221,6 +296,7 @@ pub fn read_in_cluster(
                 .as_ref()
                 .zip(proxy_port)
                 .map(|(ic, port)| SocketAddr::new(ic.listen, port)),
+            group: Some(format!("{namespace}/{}/{workload}", kind.as_str())),
         },
         target: Target {
             namespace: namespace.to_string(),
@@ -229,6 +305,7 @@ pub fn read_in_cluster(
             workload,
             port_name: port.name.clone().unwrap_or_default(),
             proxy_port: config.in_cluster.as_ref().and(proxy_port),
+            member: None,
         },
     })
 }

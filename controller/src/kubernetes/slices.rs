@@ -35,7 +35,7 @@ use zenvoy_core::model::{Event, Route};
 
 use super::api::{bounded, ApiError};
 use super::endpoints::{self, Targets, ENDPOINTSLICE_CONTROLLER, MANAGED_BY, SERVICE_LABEL};
-use super::service::{service_name, Target};
+use super::service::{member_name, service_name, Target};
 
 /// `endpointslice.kubernetes.io/managed-by` of the slices zenvoy writes.
 pub const MANAGED_BY_ZENVOY: &str = "controller.zenvoy.io";
@@ -43,9 +43,26 @@ pub const MANAGED_BY_ZENVOY: &str = "controller.zenvoy.io";
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// The slice's name for `service` (`<name>` of the Service; one slice per Service).
-pub fn slice_name(service: &str) -> String {
-    format!("zenvoy-{service}")
+/// The slice's name for `target`: `zenvoy-<Service>` for the port zenvoy fronts,
+/// `zenvoy-<Service>.<port>` for each other port (a Service name has no `.`, so no
+/// two of them meet).
+pub fn slice_name(target: &Target) -> String {
+    match &target.member {
+        None => format!("zenvoy-{}", target.service),
+        Some(member) => format!("zenvoy-{}.{member}", target.service),
+    }
+}
+
+/// The zenvoy service a slice of ours belongs to, from its name and its Service label:
+/// `<name>.<namespace>`, or `<name>.<namespace>_<port>` for another port. Pure.
+fn slice_owner(slice_name: &str, service: &str, namespace: &str) -> Option<String> {
+    let rest = slice_name.strip_prefix("zenvoy-")?.strip_prefix(service)?;
+    let key = service_name(service, namespace);
+    match rest.strip_prefix('.') {
+        None if rest.is_empty() => Some(key),
+        Some(member) if !member.is_empty() => Some(member_name(&key, member)),
+        _ => None,
+    }
 }
 
 /// The slice that makes `target`'s name lead where `route` says, with the proxies at
@@ -71,7 +88,7 @@ pub fn desired(target: &Target, route: Route, proxies: &[IpAddr]) -> Option<Endp
     let v6 = proxies.first().is_some_and(IpAddr::is_ipv6);
     Some(EndpointSlice {
         metadata: ObjectMeta {
-            name: Some(slice_name(&target.service)),
+            name: Some(slice_name(target)),
             namespace: Some(target.namespace.clone()),
             labels: Some(BTreeMap::from([
                 (SERVICE_LABEL.to_string(), target.service.clone()),
@@ -90,7 +107,8 @@ pub fn desired(target: &Target, route: Route, proxies: &[IpAddr]) -> Option<Endp
     })
 }
 
-/// Service (`<name>.<namespace>`) -> proxy port, from slices zenvoy wrote. Pure.
+/// zenvoy service (a Service, or another port of one) -> proxy port, from slices zenvoy
+/// wrote. Pure.
 pub fn allocations<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) -> Vec<(String, u16)> {
     slices
         .into_iter()
@@ -99,7 +117,8 @@ pub fn allocations<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) -> V
             let svc = s.labels().get(SERVICE_LABEL)?;
             let ns = s.metadata.namespace.as_deref()?;
             let port = s.ports.as_ref()?.first()?.port?;
-            Some((service_name(svc, ns), u16::try_from(port).ok()?))
+            let owner = slice_owner(s.metadata.name.as_deref()?, svc, ns)?;
+            Some((owner, u16::try_from(port).ok()?))
         })
         .collect()
 }
@@ -349,7 +368,7 @@ async fn write(
     proxies: &[IpAddr],
 ) -> Result<(), ApiError> {
     let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &target.namespace);
-    let name = slice_name(&target.service);
+    let name = slice_name(target);
     let Some(slice) = desired(target, route, proxies) else {
         return match bounded(api.delete(&name, &DeleteParams::default())).await {
             Ok(_) => Ok(()),
@@ -443,6 +462,7 @@ mod tests {
             workload: "postgres".into(),
             port_name: "pg".into(),
             proxy_port: Some(20003),
+            member: None,
         }
     }
 
@@ -497,9 +517,26 @@ mod tests {
         if let Some(l) = theirs.metadata.labels.as_mut() {
             l.insert(MANAGED_BY.into(), ENDPOINTSLICE_CONTROLLER.into());
         }
+        let other_port = Target {
+            member: Some("metrics".into()),
+            port_name: "metrics".into(),
+            proxy_port: Some(20004),
+            ..target()
+        };
+        let second = desired(&other_port, Route::Proxy, &[ip("10.0.0.7")]).expect("slice");
         assert_eq!(
-            allocations([&ours, &theirs]),
-            [("postgres.db".to_string(), 20003)]
+            second.metadata.name.as_deref(),
+            Some("zenvoy-postgres.metrics")
+        );
+        // Named by someone else into our Service's label: not ours to read.
+        let mut stray = ours.clone();
+        stray.metadata.name = Some("zenvoy-postgresql".into());
+        assert_eq!(
+            allocations([&ours, &theirs, &second, &stray]),
+            [
+                ("postgres.db".to_string(), 20003),
+                ("postgres.db_metrics".to_string(), 20004)
+            ]
         );
     }
 

@@ -32,6 +32,7 @@ fn tcp(name: &str, port: u16) -> ServiceDef {
         domains: Vec::new(),
         policy: policy(),
         in_cluster: None,
+        group: None,
     }
 }
 
@@ -43,6 +44,7 @@ fn http(name: &str) -> ServiceDef {
         domains: vec![name.to_string(), format!("{name}.default")],
         policy: policy(),
         in_cluster: None,
+        group: None,
     }
 }
 
@@ -1292,4 +1294,157 @@ fn without_in_cluster_nothing_is_routed() {
         .effects
         .iter()
         .any(|e| matches!(e, Effect::PublishInClusterListener { .. })));
+}
+
+/// A port of the Service `pg` (one service per port, one workload for all).
+fn port(name: &str) -> ServiceDef {
+    ServiceDef {
+        listen: None,
+        group: Some("db/deployment/pg".into()),
+        ..tcp(name, 0)
+    }
+}
+
+/// The wakes asked for in `effects`, by service.
+fn woken(effects: &[Effect]) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Wake { service, wake, .. } => Some((service.clone(), *wake)),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+impl World {
+    /// Each of `wakes` reports ready at `secs`, the i-th on port 5432 + i.
+    fn ready(&mut self, secs: f64, wakes: &[(String, u64)]) {
+        for (i, (service, wake)) in (0u16..).zip(wakes) {
+            self.event(
+                secs,
+                Event::WakeDone {
+                    service: service.clone(),
+                    wake: *wake,
+                    result: Ok(vec![SocketAddr::new(addr("10.0.0.1:0").ip(), 5432 + i)]),
+                },
+            );
+        }
+    }
+}
+
+#[test]
+fn the_ports_of_one_workload_wake_together_and_it_goes_to_zero_with_the_last() {
+    let mut w = World::new(
+        true,
+        false,
+        vec![port("pg.db"), port("pg.db_metrics"), tcp("other", 6379)],
+    );
+    // A connection held on the second port wakes both ports, and nothing else.
+    let wakes = woken(&w.pending(0.0, "pg.db_metrics", 1.0));
+    assert_eq!(
+        wakes.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(),
+        ["pg.db", "pg.db_metrics"]
+    );
+    assert_eq!(w.phase("other"), Phase::Parked);
+    w.ready(0.5, &wakes);
+    w.pending(0.6, "pg.db_metrics", 0.0);
+    assert_eq!(w.phase("pg.db"), Phase::Awake);
+    assert_eq!(w.phase("pg.db_metrics"), Phase::Awake);
+
+    // Traffic on the first port alone keeps the second awake past its idle timeout.
+    w.sample(1.0, "pg.db_metrics", 0.0, 0.0);
+    w.sample(10.0, "pg.db", 1.0, 1.0);
+    w.sample(20.0, "pg.db", 0.0, 2.0);
+    w.tick(26.0);
+    assert_eq!(w.phase("pg.db_metrics"), Phase::Awake, "kept by pg.db");
+
+    // Idle together: both park; the first to finish does not stop the workload.
+    w.tick(35.0);
+    assert_eq!(w.phase("pg.db"), Phase::Parking);
+    assert_eq!(w.phase("pg.db_metrics"), Phase::Parking);
+    w.ack("pg.db");
+    w.tick(35.1);
+    let e = w.sample(35.2, "pg.db", 0.0, 2.0);
+    assert_eq!(w.phase("pg.db"), Phase::Parked);
+    assert_eq!(parks(&e), 0, "pg.db_metrics still runs on the workload");
+    w.ack("pg.db_metrics");
+    w.tick(35.3);
+    let e = w.sample(35.4, "pg.db_metrics", 0.0, 0.0);
+    assert_eq!(w.phase("pg.db_metrics"), Phase::Parked);
+    assert_eq!(parks(&e), 1, "the last port parked: to zero");
+    assert_eq!(parks(&w.effects), 1);
+}
+
+#[test]
+fn a_connection_to_one_port_cancels_the_park_of_every_port() {
+    let mut w = World::new(true, false, vec![port("pg.db"), port("pg.db_metrics")]);
+    let wakes = woken(&w.pending(0.0, "pg.db", 1.0));
+    w.ready(0.5, &wakes);
+    w.pending(0.6, "pg.db", 0.0);
+    w.tick(20.0);
+    assert_eq!(w.phase("pg.db_metrics"), Phase::Parking);
+    let e = w.pending(20.5, "pg.db", 1.0);
+    assert_eq!(w.phase("pg.db"), Phase::Awake);
+    assert_eq!(w.phase("pg.db_metrics"), Phase::Awake);
+    assert!(e.contains(&Effect::Record(Record::ParkCancelled {
+        service: "pg.db_metrics".into()
+    })));
+    assert_eq!(parks(&w.effects), 0);
+}
+
+#[test]
+fn a_port_whose_wake_failed_does_not_stop_the_workload_of_an_awake_port() {
+    let mut w = World::new(true, false, vec![port("pg.db"), port("pg.db_metrics")]);
+    let wakes = woken(&w.pending(0.0, "pg.db", 1.0));
+    let [first, (second, second_wake)] = &wakes[..] else {
+        panic!("two wakes: {wakes:?}");
+    };
+    w.ready(0.5, std::slice::from_ref(first));
+    let e = w.event(
+        0.6,
+        Event::WakeDone {
+            service: second.clone(),
+            wake: *second_wake,
+            result: Err("no ready endpoint for port metrics".into()),
+        },
+    );
+    assert_eq!(w.phase("pg.db"), Phase::Awake);
+    assert_eq!(w.phase("pg.db_metrics"), Phase::Parked);
+    assert_eq!(parks(&e), 0, "pg.db runs on it");
+    // Found running while parked: its sibling's doing, not drift.
+    let checks = w.planner.reconcile();
+    let wake = checks
+        .iter()
+        .find_map(|e| match e {
+            Effect::Check { service, wake } if service == "pg.db_metrics" => Some(*wake),
+            _ => None,
+        })
+        .expect("a check of the parked port");
+    let e = w.event(
+        1.0,
+        Event::Checked {
+            service: "pg.db_metrics".into(),
+            wake,
+            running: true,
+        },
+    );
+    assert_eq!(e, []);
+    // Removed, a port no longer holds the workload up.
+    w.event(
+        2.0,
+        Event::Remove {
+            service: "pg.db".into(),
+        },
+    );
+    let e = w.event(
+        2.1,
+        Event::Checked {
+            service: "pg.db_metrics".into(),
+            wake,
+            running: true,
+        },
+    );
+    assert_eq!(parks(&e), 1);
 }

@@ -76,6 +76,26 @@ async fn main() -> anyhow::Result<()> {
         std::process::id()
     );
     let body: &'static str = Box::leak(args.body.into_boxed_str());
+    // A pod of the fake kubelet with further container ports: echo on those too.
+    if let Ok(extra) = std::env::var(zenvoy_tests::fake_kube::EXTRA_ADDRS_ENV) {
+        for addr in extra.split(',').filter(|a| !a.is_empty()) {
+            let addr: SocketAddr = addr
+                .parse()
+                .map_err(|e| anyhow::anyhow!("extra address {addr:?}: {e}"))?;
+            let extra = TcpListener::bind(addr).await?;
+            eprintln!("zenvoy-echo also listening on {addr}");
+            let is_http = args.http;
+            tokio::spawn(async move {
+                while let Ok((s, _)) = extra.accept().await {
+                    if is_http {
+                        tokio::spawn(self::http(s, body));
+                    } else {
+                        tokio::spawn(echo(s));
+                    }
+                }
+            });
+        }
+    }
     let mut accepts = 0u32;
     let mut listener = listener;
     if let Some(pause) = args.pause_after_first {

@@ -27,6 +27,10 @@ const MAX_PODS: usize = 254;
 /// Builds a pod's process from the address it must serve on.
 pub type PodCommand = Arc<dyn Fn(SocketAddr) -> Command + Send + Sync>;
 
+/// A pod's further container ports (after the first, which its command is built for),
+/// as `ip:port,ip:port`, in its process's environment; `zenvoy-echo` serves them too.
+pub const EXTRA_ADDRS_ENV: &str = "ZENVOY_POD_EXTRA_ADDRS";
+
 #[derive(Clone)]
 pub struct KubeletOptions {
     /// From a pod's creation to its process being spawned.
@@ -144,7 +148,8 @@ impl Shared {
 /// - For every Deployment and StatefulSet it keeps `spec.replicas` pods, each a real
 ///   process built by [`KubeletOptions::command`] from the pod's address: its own loopback
 ///   IP from the fake's `127.A.B.0/24` and the port of
-///   `spec.template.spec.containers[0].ports[0].containerPort`. A pod starts after
+///   `spec.template.spec.containers[0].ports[0].containerPort` (its further ports are in
+///   the process's environment, [`EXTRA_ADDRS_ENV`]). A pod starts after
 ///   `start_delay` and is ready once its address accepts TCP (a TCP readiness probe, tried
 ///   for `probe_timeout`). A process that exits is restarted in the same pod (same IP)
 ///   after a back-off, as with `restartPolicy: Always`.
@@ -586,10 +591,14 @@ impl Actor {
             );
             return None;
         };
-        let port = template["spec"]["containers"][0]["ports"][0]["containerPort"]
-            .as_u64()
-            .and_then(|p| u16::try_from(p).ok())
-            .unwrap_or(0);
+        let ports: Vec<u16> = template["spec"]["containers"][0]["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["containerPort"].as_u64())
+            .filter_map(|p| u16::try_from(p).ok())
+            .collect();
+        let port = ports.first().copied().unwrap_or(0);
         let name = match ordinal {
             Some(o) => format!("{workload}-{o}"),
             None => {
@@ -605,6 +614,11 @@ impl Actor {
         let run = PodRun {
             uid: uid.clone(),
             addr,
+            extra: ports
+                .iter()
+                .skip(1)
+                .map(|p| SocketAddr::new(ip.into(), *p))
+                .collect(),
             command: self.opts.command.clone(),
             log: self
                 .opts
@@ -806,6 +820,8 @@ fn endpoint_slice(
 struct PodRun {
     uid: String,
     addr: SocketAddr,
+    /// The container's further ports, given to the process as [`EXTRA_ADDRS_ENV`].
+    extra: Vec<SocketAddr>,
     command: PodCommand,
     log: Option<PathBuf>,
     start_delay: Duration,
@@ -882,6 +898,10 @@ async fn run_pod(p: PodRun, mut stop: oneshot::Receiver<()>, events: mpsc::Sende
 fn spawn(p: &PodRun) -> std::io::Result<Child> {
     let mut cmd = tokio::process::Command::from((p.command)(p.addr));
     cmd.stdin(Stdio::null()).kill_on_drop(true);
+    if !p.extra.is_empty() {
+        let addrs: Vec<String> = p.extra.iter().map(ToString::to_string).collect();
+        cmd.env(EXTRA_ADDRS_ENV, addrs.join(","));
+    }
     match &p.log {
         Some(path) => {
             let f = std::fs::OpenOptions::new()

@@ -234,3 +234,117 @@ fn a_second_http_service_with_an_earlier_ones_host_is_refused() {
     assert_eq!(added(&ch), Vec::<&str>::new());
     assert_eq!(ix.len(), 1);
 }
+
+fn in_cluster() -> Config {
+    Config::from_yaml_for(
+        "inCluster:\n  proxy: zenvoy-system/zenvoy-proxy\n  listen: 10.0.0.9\n  ports: 21000-21002\n",
+        Mode::Kubernetes,
+    )
+    .expect("valid config")
+}
+
+fn ports_svc(name: &str, ports: &[(&str, i32)]) -> Service {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": "db", "annotations": {service::ENABLED: "true"}},
+        "spec": {"ports": ports.iter().map(|(n, p)| serde_json::json!({"name": n, "port": p})).collect::<Vec<_>>()},
+    }))
+    .expect("a Service")
+}
+
+fn in_cluster_index() -> Index {
+    index().with_ports(super::super::ports::Ports::new((21000, 21002)))
+}
+
+#[test]
+fn in_cluster_every_port_of_a_service_is_a_service_on_its_workload() {
+    let c = in_cluster();
+    let mut ix = in_cluster_index();
+    let changes = ix.apply(
+        ports_svc("pg", &[("sql", 5432), ("metrics", 9187), ("admin", 8008)]),
+        0,
+        &c,
+    );
+    assert_eq!(added(&changes), ["pg.db", "pg.db_metrics", "pg.db_admin"]);
+    assert_eq!(warning(&changes), None, "one workload, no conflict");
+    let defs: BTreeMap<&str, &ServiceDef> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Added(d) => Some((d.name.as_str(), d)),
+            _ => None,
+        })
+        .collect();
+    let metrics = defs["pg.db_metrics"];
+    assert_eq!(metrics.listen, None, "no front door of its own");
+    assert_eq!(
+        metrics.in_cluster,
+        Some("10.0.0.9:21001".parse().expect("addr"))
+    );
+    assert_eq!(metrics.group, defs["pg.db"].group, "one workload");
+    assert!(metrics.group.is_some());
+    let targets: BTreeMap<String, Target> = ix.services().into_iter().collect();
+    let t = &targets["pg.db_metrics"];
+    assert_eq!(
+        (t.port_name.as_str(), t.proxy_port, t.member.as_deref()),
+        ("metrics", Some(21001), Some("metrics"))
+    );
+    assert_eq!(t.workload, "pg");
+    assert_eq!(targets["pg.db"].proxy_port, Some(21000));
+    assert_eq!(targets["pg.db"].member, None);
+
+    // Unchanged: nothing. A port gone: its service goes and frees its proxy port.
+    assert_eq!(
+        ix.apply(
+            ports_svc("pg", &[("sql", 5432), ("metrics", 9187), ("admin", 8008)]),
+            0,
+            &c
+        ),
+        []
+    );
+    let changes = ix.apply(ports_svc("pg", &[("sql", 5432), ("metrics", 9187)]), 0, &c);
+    assert_eq!(removed(&changes), ["pg.db_admin"]);
+    assert_eq!(added(&ix.apply(on("other", "db", 80), 0, &c)), ["other.db"]);
+    assert_eq!(
+        ix.services()
+            .into_iter()
+            .find(|(k, _)| k == "other.db")
+            .and_then(|(_, t)| t.proxy_port),
+        Some(21002),
+        "the freed port"
+    );
+
+    // No proxy port left for a new port: the Service is fronted without it, warned.
+    let changes = ix.apply(
+        ports_svc(
+            "pg",
+            &[("sql", 5432), ("metrics", 9187), ("replication", 5433)],
+        ),
+        0,
+        &c,
+    );
+    assert_eq!(added(&changes), Vec::<&str>::new());
+    let (reason, note) = warning(&changes).expect("a warning");
+    assert_eq!(reason, "ProxyPortsExhausted");
+    assert!(note.contains("replication"), "{note}");
+
+    // Deleted: every port of it goes.
+    let deleted = ix.delete(&ports_svc("pg", &[]));
+    let mut gone = removed(&deleted);
+    gone.sort_unstable();
+    assert_eq!(gone, ["pg.db", "pg.db_metrics"]);
+}
+
+#[test]
+fn in_cluster_a_restarted_controller_keeps_every_ports_proxy_port() {
+    let c = in_cluster();
+    let mut ports = super::super::ports::Ports::new((21000, 21002));
+    // What the slices said: the ports in the opposite order of a fresh allocation.
+    ports.load([
+        ("pg.db_metrics".to_string(), 21000),
+        ("pg.db".to_string(), 21002),
+    ]);
+    let mut ix = index().with_ports(ports);
+    ix.apply(ports_svc("pg", &[("sql", 5432), ("metrics", 9187)]), 0, &c);
+    let targets: BTreeMap<String, Target> = ix.services().into_iter().collect();
+    assert_eq!(targets["pg.db"].proxy_port, Some(21002));
+    assert_eq!(targets["pg.db_metrics"].proxy_port, Some(21000));
+}
