@@ -30,6 +30,7 @@ pub mod endpoints;
 pub mod events;
 pub mod index;
 pub mod leader;
+pub mod port_store;
 pub mod ports;
 pub mod service;
 pub mod slices;
@@ -99,15 +100,29 @@ pub async fn run(
         core.metrics.clone(),
         core.stopped(),
     )));
-    // inCluster: every Service keeps the proxy port it had (read back from the slices
-    // zenvoy wrote) before any is allocated; the slices are written by the leader.
+    // inCluster: every Service port keeps the proxy port it had (read back from the
+    // zenvoy-ports ConfigMap, or from the slices an older controller kept) before any is
+    // allocated; the ConfigMap and the slices are written by the leader.
     let in_cluster = match &config.in_cluster {
         Some(ic) => {
             let mut ports = ports::Ports::new(ic.ports);
-            let dropped = ports.load(slices::load(&client, &options.namespaces).await);
-            for service in dropped {
-                tracing::warn!(%service, "inCluster: its slice's port is outside inCluster.ports or taken; it gets a new one");
+            let stored = port_store::load(&client, &options.config_map.namespace).await;
+            let known: std::collections::HashSet<String> =
+                stored.iter().map(|(s, _)| s.clone()).collect();
+            let mut loaded = stored;
+            let older = slices::load(&client, &options.namespaces).await;
+            loaded.extend(older.into_iter().filter(|(s, _)| !known.contains(s)));
+            for service in ports.load(loaded) {
+                tracing::warn!(%service, "inCluster: its stored port is outside inCluster.ports or taken; it gets a new one");
             }
+            let (store, store_task) = port_store::PortStore::start(
+                client.clone(),
+                options.config_map.namespace.clone(),
+                ports.all(),
+                serving_rx.clone(),
+                core.stopped(),
+            );
+            tasks.push(store_task);
             let (slices, slice_tasks) = slices::Slices::start(
                 client.clone(),
                 (ic.proxy_namespace.clone(), ic.proxy_service.clone()),
@@ -117,13 +132,13 @@ pub async fn run(
                 || core.stopped(),
             );
             tasks.extend(slice_tasks);
-            Some((ports, slices))
+            Some((ports, store, slices))
         }
         None => None,
     };
-    let (ports, slices) = match in_cluster {
-        Some((p, s)) => (Some(p), Some(s)),
-        None => (None, None),
+    let (ports, port_store, slices) = match in_cluster {
+        Some((p, st, s)) => (Some(p), Some(st), Some(s)),
+        None => (None, None, None),
     };
     let discovery = discovery::Discovery {
         client: client.clone(),
@@ -135,6 +150,7 @@ pub async fn run(
         leader: leader_rx.clone(),
         serving: serving_tx,
         ports,
+        port_store,
     };
     tasks.push(tokio::spawn(discovery.run(core.stopped())));
     tasks.push(events_task);

@@ -499,10 +499,14 @@ pub struct Access {
 /// controller's own slices); a front-door run never uses them, the in-cluster test does.
 pub const IN_CLUSTER_SLICE_VERBS: &[&str] = &["create", "patch", "delete"];
 
-/// Whether `verb` of `rule` is one granted for `inCluster` alone.
+/// Whether `verb` of `rule` is one granted for `inCluster` alone: the controller's own
+/// slices, and the `zenvoy-ports` ConfigMap (created, read and patched).
 pub fn in_cluster_only(rule: &Value, verb: &str) -> bool {
-    rule["resources"] == serde_json::json!(["endpointslices"])
-        && IN_CLUSTER_SLICE_VERBS.contains(&verb)
+    let configmaps = rule["resources"] == serde_json::json!(["configmaps"]);
+    (rule["resources"] == serde_json::json!(["endpointslices"])
+        && IN_CLUSTER_SLICE_VERBS.contains(&verb))
+        || (configmaps && rule["resourceNames"] == serde_json::json!(["zenvoy-ports"]))
+        || (configmaps && rule["resourceNames"].is_null() && verb == "create")
 }
 
 pub fn access(method: &str, path: &str, query: &str) -> Option<Access> {

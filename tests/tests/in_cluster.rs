@@ -42,8 +42,8 @@ async fn echo(addr: SocketAddr, seed: u64, stack: &KubeStack) -> anyhow::Result<
         .map_err(|_| anyhow::anyhow!("no echo through {addr} within {BOUND:?}\n{}", stack.logs()))?
 }
 
-/// The controller's writes of the Service's slice ("slice") and of the workload's scale
-/// ("scale"), in the order the API took them.
+/// The controller's writes of the Service's slice ("slice" written, "deleted") and of
+/// the workload's scale ("scale"), in the order the API took them.
 fn writes(stack: &KubeStack) -> Vec<&'static str> {
     stack
         .api
@@ -51,7 +51,9 @@ fn writes(stack: &KubeStack) -> Vec<&'static str> {
         .iter()
         .filter(|r| r.is_write() && r.status < 300)
         .filter_map(|r| {
-            if r.path.ends_with("/endpointslices/zenvoy-db")
+            if r.method == "DELETE" && r.path.ends_with("/endpointslices/zenvoy-db") {
+                Some("deleted")
+            } else if r.path.ends_with("/endpointslices/zenvoy-db")
                 || (r.method == "POST" && r.path.ends_with("/endpointslices"))
             {
                 Some("slice")
@@ -168,13 +170,13 @@ async fn keeps_its_name(node: &Netns) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("{e}\n{}\n{}", kp.ruleset(), stack.logs()))?;
     assert_eq!(pod.port(), pod_port);
-    let slice = zenvoy_slice(&stack)
-        .ok_or_else(|| anyhow::anyhow!("zenvoy-db went instead of emptying"))?;
-    assert_eq!(
-        slice["endpoints"],
-        json!([]),
-        "awake: no endpoint of zenvoy's"
-    );
+    wait::until(
+        "zenvoy's slice to go once the Service is awake",
+        BOUND,
+        || async { Ok(zenvoy_slice(&stack).is_none().then_some(())) },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", stack.logs()))?;
     echo(vip(), 2, &stack).await?;
     assert_eq!(
         holder_metric(&stack, relayed).await?,
@@ -198,7 +200,7 @@ async fn keeps_its_name(node: &Netns) -> anyhow::Result<()> {
     stack
         .wait_replicas("Deployment", "default", "db", 0, BOUND)
         .await?;
-    // Between the last scale-up and the scale to 0: the slice emptied (awake), then
+    // Between the last scale-up and the scale to 0: the slice deleted (awake), then
     // written back with the proxy (the park's first phase), both before the scale-down.
     let w = writes(&stack);
     let down = w.iter().rposition(|k| *k == "scale");
@@ -206,9 +208,10 @@ async fn keeps_its_name(node: &Netns) -> anyhow::Result<()> {
     let (Some(up), Some(down)) = (up, down) else {
         anyhow::bail!("no scale-up and scale-down in {w:?}");
     };
+    let deleted = w[up..down].iter().position(|k| *k == "deleted");
     assert!(
-        w[up..down].iter().filter(|k| **k == "slice").count() >= 2,
-        "the slice was emptied and written back between the wake and the park: {w:?}"
+        deleted.is_some_and(|d| w[up + d..down].contains(&"slice")),
+        "the slice was deleted and written back between the wake and the park: {w:?}"
     );
     assert_eq!(
         stack.replicas("Deployment", "default", "db"),
@@ -222,7 +225,12 @@ async fn keeps_its_name(node: &Netns) -> anyhow::Result<()> {
         "parked: the proxy in the slice"
     );
 
-    // 3: a restarted controller keeps the Service's port, and the VIP still wakes it.
+    // 3: a restarted controller keeps the Service's port (stored in the API), and the
+    // VIP still wakes it.
+    assert_eq!(
+        stored_port(&stack, "db.default"),
+        Some(u64::from(FIRST_PROXY_PORT))
+    );
     stack.restart_controller(0).await?;
     kp.synced(&stack.api, BOUND).await?;
     let slice =
@@ -280,6 +288,16 @@ fn proxy_at(port: u16) -> SocketAddr {
     SocketAddr::new(PROXY.parse().expect("ip"), port)
 }
 
+/// The proxy port stored for zenvoy's service `service` (the `zenvoy-ports` ConfigMap).
+fn stored_port(stack: &KubeStack, service: &str) -> Option<u64> {
+    stack
+        .api
+        .get("v1", "ConfigMap", kube_stack::NAMESPACE, "zenvoy-ports")?["data"][service]
+        .as_str()?
+        .parse()
+        .ok()
+}
+
 /// The proxy port of zenvoy's slice `name`.
 fn slice_port(stack: &KubeStack, name: &str) -> Option<u64> {
     stack
@@ -309,6 +327,25 @@ async fn two_ports(node: &Netns) -> anyhow::Result<()> {
     for o in kube_stack::proxy_objects("zenvoy-system", PROXY) {
         stack.api.put(o)?;
     }
+    // A Service that comes and goes first, so db's ports are not the first of the range:
+    // a restarted controller that allocated afresh would move them.
+    let decoy_port = free_port()?.port();
+    stack.api.put(workload(
+        "Deployment",
+        "default",
+        "decoy",
+        0,
+        decoy_port,
+        &[],
+    ))?;
+    stack
+        .api
+        .put(service("default", "decoy", decoy_port, &OPT_IN))?;
+    wait::until("the decoy's port to be stored", BOUND, || async {
+        Ok(stored_port(&stack, "decoy.default"))
+    })
+    .await?;
+
     // One pod serving two ports; a Service with a port on each.
     let (pod_port, alt_pod_port) = (free_port()?.port(), free_port()?.port());
     let mut w = workload("Deployment", "default", "db", 0, pod_port, &[]);
@@ -325,13 +362,24 @@ async fn two_ports(node: &Netns) -> anyhow::Result<()> {
     let kp = KubeProxy::start(node, &stack.api).await?;
 
     // Parked: each port of the Service leads to the proxies, on a proxy port of its own.
-    let proxies = [proxy_at(FIRST_PROXY_PORT), proxy_at(FIRST_PROXY_PORT + 1)];
+    let proxies = [
+        proxy_at(FIRST_PROXY_PORT + 1),
+        proxy_at(FIRST_PROXY_PORT + 2),
+    ];
     lead(
         &kp,
         &stack,
         "both parked ports to lead to the proxy",
         proxies,
     )
+    .await?;
+    stack
+        .api
+        .delete("v1", "Service", "default", "decoy")
+        .ok_or_else(|| anyhow::anyhow!("no decoy Service to delete"))?;
+    wait::until("the decoy's port to be released", BOUND, || async {
+        Ok(stored_port(&stack, "decoy.default").is_none().then_some(()))
+    })
     .await?;
     for listener in ["db.default~in", "db.default_alt~in"] {
         wait::until(&format!("Envoy's listener {listener}"), BOUND, || async {
@@ -372,8 +420,16 @@ async fn two_ports(node: &Netns) -> anyhow::Result<()> {
     )
     .await?;
     echo(vip(), 12, &stack).await?;
+    for slice in ["zenvoy-db", "zenvoy-db.alt"] {
+        anyhow::ensure!(
+            slice_port(&stack, slice).is_none(),
+            "awake: {slice} is gone"
+        );
+    }
 
-    // Idle: both park, and the workload goes to zero.
+    // Restarted while awake (no slice of zenvoy's holds a port now), the controller
+    // keeps both ports: when the Service parks, its slices come back on them.
+    stack.restart_controller(0).await?;
     stack
         .wait_replicas("Deployment", "default", "db", 0, BOUND)
         .await?;
@@ -384,22 +440,19 @@ async fn two_ports(node: &Netns) -> anyhow::Result<()> {
         proxies,
     )
     .await?;
-
-    // A restarted controller keeps both ports; the first port wakes it now.
-    stack.restart_controller(0).await?;
-    kp.synced(&stack.api, BOUND).await?;
     assert_eq!(
         (
             slice_port(&stack, "zenvoy-db"),
             slice_port(&stack, "zenvoy-db.alt")
         ),
         (
-            Some(u64::from(FIRST_PROXY_PORT)),
-            Some(u64::from(FIRST_PROXY_PORT + 1))
+            Some(u64::from(FIRST_PROXY_PORT + 1)),
+            Some(u64::from(FIRST_PROXY_PORT + 2))
         ),
         "every allocated port kept"
     );
     assert_eq!(stack.envoy.listener("db.default_alt~in").await?, proxies[1]);
+    // Now the first port wakes it.
     echo(vip(), 13, &stack).await?;
     assert_eq!(stack.replicas("Deployment", "default", "db"), Some(1));
     echo(alt_vip(), 14, &stack).await?;
@@ -439,5 +492,106 @@ fn rbac_allows_every_slice_write(stack: &KubeStack) -> anyhow::Result<()> {
             "the controller never used {verb:?} on endpointslices (used {used:?})"
         );
     }
+    Ok(())
+}
+
+#[test]
+fn an_http_service_keeps_its_name_too() -> anyhow::Result<()> {
+    const TEST: &str = "an_http_service_keeps_its_name_too";
+    if !kube_proxy::available(TEST) {
+        return Ok(());
+    }
+    let node = Netns::new("node3")?;
+    node.block_on(2, http_keeps_its_name(&node))?
+}
+
+/// One HTTP/1.1 request to `addr`; the whole answer.
+async fn get(addr: SocketAddr, stack: &KubeStack) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to {addr}: {e}\n{}", stack.logs()))?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut text = String::new();
+    tokio::time::timeout(BOUND, s.read_to_string(&mut text))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("no answer from {addr} within {BOUND:?}\n{}", stack.logs())
+        })??;
+    Ok(text)
+}
+
+async fn http_keeps_its_name(node: &Netns) -> anyhow::Result<()> {
+    const HTTP_VIP: &str = "10.96.0.11";
+    let opts = KubeOptions {
+        http: true,
+        ..options()
+    };
+    let stack = KubeStack::start(opts, 1).await?;
+    for o in kube_stack::proxy_objects("zenvoy-system", PROXY) {
+        stack.api.put(o)?;
+    }
+    let pod_port = free_port()?.port();
+    stack
+        .http_ports
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .insert(pod_port);
+    stack
+        .api
+        .put(workload("Deployment", "default", "site", 0, pod_port, &[]))?;
+    let mut svc = service(
+        "default",
+        "site",
+        pod_port,
+        &[
+            ("zenvoy.io/enabled", "true"),
+            ("zenvoy.io/protocol", "http"),
+        ],
+    );
+    svc["spec"]["clusterIP"] = json!(HTTP_VIP);
+    svc["spec"]["ports"][0]["port"] = json!(80);
+    stack.api.put(svc)?;
+    let kp = KubeProxy::start(node, &stack.api).await?;
+    let vip = SocketAddr::new(HTTP_VIP.parse()?, 80);
+
+    kp.wait_until(
+        "the parked HTTP Service's VIP to lead to the proxy",
+        BOUND,
+        |kp| (kp.endpoints("default", "site", 80)? == [proxy()]).then_some(()),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}\n{}", kp.ruleset(), stack.logs()))?;
+    wait::until(
+        "Envoy's listener for the HTTP Service's name",
+        BOUND,
+        || async { Ok(stack.envoy.listener("site.default~in").await.ok()) },
+    )
+    .await?;
+
+    // A request to the parked Service's name, whatever its Host, is answered by its pod.
+    assert_eq!(stack.replicas("Deployment", "default", "site"), Some(0));
+    let answer = get(vip, &stack).await?;
+    assert!(answer.starts_with("HTTP/1.1 200"), "first answer: {answer}");
+    assert!(
+        answer.trim_end().ends_with("hello from zenvoy-echo"),
+        "{answer}"
+    );
+    assert_eq!(stack.replicas("Deployment", "default", "site"), Some(1));
+
+    // Awake: straight to the pod, zenvoy's slice gone.
+    kp.wait_until(
+        "the awake HTTP Service's VIP to lead to its pod",
+        BOUND,
+        |kp| {
+            let eps = kp.endpoints("default", "site", 80)?;
+            (eps.len() == 1 && eps[0].port() == pod_port).then_some(())
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}\n{}\n{}", kp.ruleset(), stack.logs()))?;
+    let answer = get(vip, &stack).await?;
+    assert!(answer.starts_with("HTTP/1.1 200"), "awake answer: {answer}");
     Ok(())
 }

@@ -440,7 +440,7 @@ async fn rbac_covers_exactly_what_the_controller_does() -> anyhow::Result<()> {
             let verb = verb.as_str().unwrap_or_default();
             // kube's Recorder patches an Event only when it repeats (a series).
             let series_only = rule["resources"] == serde_json::json!(["events"]) && verb == "patch";
-            // Slice writes are inCluster's, checked by tests/in_cluster.rs.
+            // Slice and port-store writes are inCluster's, checked by tests/in_cluster.rs.
             let in_cluster = kube_stack::in_cluster_only(rule, verb);
             assert!(
                 series_only || in_cluster || used.contains(&(i, verb.to_string())),
@@ -575,10 +575,8 @@ async fn rbac_of_the_namespaced_install_covers_exactly_what_the_controller_does(
             let verb = verb.as_str().unwrap_or_default();
             let series_only =
                 g.rule["resources"] == serde_json::json!(["events"]) && verb == "patch";
-            // A slice is deleted only on an opt-out (tests/in_cluster.rs covers it).
-            let in_cluster = kube_stack::in_cluster_only(&g.rule, verb) && verb == "delete";
             assert!(
-                series_only || in_cluster || used.contains(&(i, verb.to_string())),
+                series_only || used.contains(&(i, verb.to_string())),
                 "verb {verb:?} of {}'s rule {} never used by the controller",
                 g.role,
                 g.rule

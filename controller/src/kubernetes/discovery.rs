@@ -21,6 +21,7 @@ use super::backend::replicas;
 use super::endpoints::Targets;
 use super::events::{reference, Events};
 use super::index::{Change, Index};
+use super::port_store::PortStore;
 use super::ports::Ports;
 
 /// Scale reads in flight at once when a replica becomes leader.
@@ -42,6 +43,8 @@ pub struct Discovery {
     pub serving: watch::Sender<bool>,
     /// `inCluster`: the proxy ports, as read back from the API.
     pub ports: Option<Ports>,
+    /// `inCluster`: where allocations and releases are stored.
+    pub port_store: Option<PortStore>,
 }
 
 impl Discovery {
@@ -133,6 +136,12 @@ impl Discovery {
                 true
             }
             Change::Added(def) => self.added(def).await,
+            Change::Port { service, port } => {
+                if let Some(store) = &self.port_store {
+                    store.record(&service, port);
+                }
+                true
+            }
         }
     }
 

@@ -33,6 +33,9 @@ pub enum Change {
     /// A service new to this controller: read its workload's replicas, then send it as
     /// `Upsert` followed by `Observed` (or read again later when the read fails).
     Added(ServiceDef),
+    /// `inCluster`: a proxy port was allocated to the service (Some) or released (None):
+    /// to be stored (see `port_store`).
+    Port { service: String, port: Option<u16> },
     /// A Warning Event on a Service.
     Warn {
         namespace: String,
@@ -115,12 +118,27 @@ impl Index {
             .filter(|(k, v)| v.stream == stream && !seen.contains(*k))
             .map(|(k, _)| k.clone())
             .collect();
-        gone.iter().flat_map(|k| self.remove(k)).collect()
+        let out = gone.iter().flat_map(|k| self.remove(k)).collect();
+        self.journal(out)
     }
 
     /// A Service was deleted.
     pub fn delete(&mut self, svc: &Service) -> Vec<Change> {
-        self.remove(&key_of(svc))
+        let out = self.remove(&key_of(svc));
+        self.journal(out)
+    }
+
+    /// `out`, then what the ports allocated and released meanwhile.
+    fn journal(&mut self, mut out: Vec<Change>) -> Vec<Change> {
+        if let Some(ports) = &mut self.ports {
+            out.extend(
+                ports
+                    .take_changes()
+                    .into_iter()
+                    .map(|(service, port)| Change::Port { service, port }),
+            );
+        }
+        out
     }
 
     /// A Service was added or changed.
@@ -133,7 +151,7 @@ impl Index {
                 ports.release(&key);
             }
         }
-        out
+        self.journal(out)
     }
 
     fn apply_inner(&mut self, svc: Service, stream: usize, config: &Config) -> Vec<Change> {

@@ -1,8 +1,9 @@
-//! `inCluster` proxy ports: one per fronted Service, from `inCluster.ports`. Pure.
+//! `inCluster` proxy ports: one per fronted Service port, from `inCluster.ports`. Pure.
 //!
-//! A Service keeps its port for its whole life and across controller restarts: the port
-//! is written into the Service's own EndpointSlice (see `slices`), and a starting
-//! controller reads every slice it wrote before it allocates anything ([`Ports::load`]).
+//! A Service keeps its ports for its whole life and across controller restarts: each
+//! allocation and release is journaled ([`Ports::take_changes`]) and written to the
+//! `zenvoy-ports` ConfigMap (see `port_store`), and a starting controller reads it back
+//! before it allocates anything ([`Ports::load`]).
 //! A new Service gets the lowest free port, so allocation depends on nothing but what is
 //! taken.
 
@@ -24,6 +25,8 @@ pub struct Ports {
     last: u16,
     by_service: BTreeMap<String, u16>,
     taken: BTreeSet<u16>,
+    /// Allocations (Some) and releases (None) since the last [`Ports::take_changes`].
+    changes: Vec<(String, Option<u16>)>,
 }
 
 impl Ports {
@@ -33,6 +36,7 @@ impl Ports {
             last,
             by_service: BTreeMap::new(),
             taken: BTreeSet::new(),
+            changes: Vec::new(),
         }
     }
 
@@ -70,6 +74,7 @@ impl Ports {
         };
         self.taken.insert(port);
         self.by_service.insert(service.to_string(), port);
+        self.changes.push((service.to_string(), Some(port)));
         Ok(port)
     }
 
@@ -77,11 +82,23 @@ impl Ports {
     pub fn release(&mut self, service: &str) {
         if let Some(p) = self.by_service.remove(service) {
             self.taken.remove(&p);
+            self.changes.push((service.to_string(), None));
         }
     }
 
     pub fn get(&self, service: &str) -> Option<u16> {
         self.by_service.get(service).copied()
+    }
+
+    /// Every allocation, by service.
+    pub fn all(&self) -> &BTreeMap<String, u16> {
+        &self.by_service
+    }
+
+    /// What was allocated (Some) and released (None) since the last call, in order;
+    /// what [`Ports::load`] read is not repeated.
+    pub fn take_changes(&mut self) -> Vec<(String, Option<u16>)> {
+        std::mem::take(&mut self.changes)
     }
 }
 
@@ -98,6 +115,18 @@ mod tests {
         p.release("a.x");
         assert_eq!(p.get_or_allocate("c.x"), Ok(20000), "reused");
         assert_eq!(p.get_or_allocate("d.x"), Ok(20002));
+        assert_eq!(
+            p.take_changes(),
+            [
+                ("a.x".to_string(), Some(20000)),
+                ("b.x".to_string(), Some(20001)),
+                ("a.x".to_string(), None),
+                ("c.x".to_string(), Some(20000)),
+                ("d.x".to_string(), Some(20002)),
+            ],
+            "each allocation and release once, in order"
+        );
+        assert_eq!(p.take_changes(), []);
         assert_eq!(
             p.get_or_allocate("e.x"),
             Err(Exhausted {
@@ -118,6 +147,7 @@ mod tests {
             ("d.x".to_string(), 20001),
         ]);
         assert_eq!(dropped, ["b.x", "c.x"]);
+        assert_eq!(p.take_changes(), [], "what was read is not written back");
         assert_eq!(p.get("a.x"), Some(20005));
         assert_eq!(p.get_or_allocate("d.x"), Ok(20001), "as it was");
         assert_eq!(p.get_or_allocate("b.x"), Ok(20000), "a new one, not a.x's");

@@ -1,11 +1,11 @@
-//! `inCluster`: a parked Service keeps its name. For each fronted Service the controller
-//! keeps an EndpointSlice of its own (`zenvoy-<service>`, labelled with the Service's
-//! name and managed by `controller.zenvoy.io`) on the Service's allocated proxy port.
-//! While the Service is not awake the slice lists the proxy pods, so kube-proxy sends the
-//! Service's virtual IP to them (and they hold, and wake); once it is awake the slice lists
-//! no endpoint and the Service's traffic goes straight to its pods. The slice is not
-//! deleted while the Service is fronted: it is where the port lives, so a restarted
-//! controller reads each Service's port back ([`load`]) instead of moving it.
+//! `inCluster`: a parked Service keeps its name. While a fronted Service is not awake the
+//! controller keeps an EndpointSlice of its own for each of its ports
+//! (`zenvoy-<service>[.<port>]`, labelled with the Service's name and managed by
+//! `controller.zenvoy.io`) listing the proxy pods on the port's allocated proxy port, so
+//! kube-proxy sends the Service's virtual IP to them (and they hold, and wake); once it
+//! is awake the slice is deleted and the Service's traffic goes straight to its pods. The
+//! ports live in the `zenvoy-ports` ConfigMap (`port_store`); a slice left by an older
+//! controller, which kept its slice to store the port, is still read back ([`load`]).
 //!
 //! ```text
 //!  runtime --Route{service, Proxy|Direct|Gone}--> Slices::set --> writer task
@@ -21,7 +21,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
@@ -33,15 +32,12 @@ use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, info, warn};
 use zenvoy_core::model::{Event, Route};
 
-use super::api::{bounded, ApiError};
+use super::api::{bounded, sleep_or_never, ApiError, Backoff};
 use super::endpoints::{self, Targets, ENDPOINTSLICE_CONTROLLER, MANAGED_BY, SERVICE_LABEL};
 use super::service::{member_name, service_name, Target};
 
 /// `endpointslice.kubernetes.io/managed-by` of the slices zenvoy writes.
 pub const MANAGED_BY_ZENVOY: &str = "controller.zenvoy.io";
-/// Backoff of a write that failed, doubling up to the last.
-const RETRY_FIRST: Duration = Duration::from_millis(500);
-const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// The slice's name for `target`: `zenvoy-<Service>` for the port zenvoy fronts,
 /// `zenvoy-<Service>.<port>` for each other port (a Service name has no `.`, so no
@@ -66,12 +62,12 @@ fn slice_owner(slice_name: &str, service: &str, namespace: &str) -> Option<Strin
 }
 
 /// The slice that makes `target`'s name lead where `route` says, with the proxies at
-/// `proxies`; None for [`Route::Gone`] (delete it). Pure.
+/// `proxies`; None for [`Route::Direct`] and [`Route::Gone`] (delete it: the pods' own
+/// slices are then the Service's only ones). Pure.
 pub fn desired(target: &Target, route: Route, proxies: &[IpAddr]) -> Option<EndpointSlice> {
     let port = target.proxy_port?;
     let endpoints = match route {
-        Route::Gone => return None,
-        Route::Direct => Vec::new(),
+        Route::Gone | Route::Direct => return None,
         Route::Proxy => proxies
             .iter()
             .map(|ip| Endpoint {
@@ -152,7 +148,7 @@ pub fn proxy_addresses<'a>(slices: impl IntoIterator<Item = &'a EndpointSlice>) 
 /// until the API answers: ports must not move because the API was slow at start.
 pub async fn load(client: &Client, namespaces: &[String]) -> Vec<(String, u16)> {
     let selector = format!("{MANAGED_BY}={MANAGED_BY_ZENVOY}");
-    let mut pause = RETRY_FIRST;
+    let mut backoff = Backoff::new();
     loop {
         let mut all = Vec::new();
         let mut failed = None;
@@ -178,8 +174,7 @@ pub async fn load(client: &Client, namespaces: &[String]) -> Vec<(String, u16)> 
             }
             Some(e) => {
                 warn!(error = %e, "inCluster: cannot list zenvoy's EndpointSlices; trying again");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(RETRY_MAX);
+                tokio::time::sleep(backoff.failed()).await;
             }
         }
     }
@@ -252,9 +247,16 @@ impl Slices {
         self.wake.notify_one();
     }
 
-    fn mark_all(&self) {
+    /// Mark every slice to be written again (`proxied_only`: only those that list the
+    /// proxies, when their addresses moved).
+    fn mark_all(&self, proxied_only: bool) {
         let mut w = self.wanted.lock().unwrap_or_else(PoisonError::into_inner);
-        let all: Vec<String> = w.routes.keys().cloned().collect();
+        let all: Vec<String> = w
+            .routes
+            .iter()
+            .filter(|(_, (route, _))| !proxied_only || *route == Route::Proxy)
+            .map(|(k, _)| k.clone())
+            .collect();
         w.dirty.extend(all);
         drop(w);
         self.wake.notify_one();
@@ -269,7 +271,7 @@ impl Slices {
         stopped: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(stopped);
-        let mut pause = RETRY_FIRST;
+        let mut backoff = Backoff::new();
         loop {
             let leading = *leader.borrow();
             let batch: Vec<(String, Route, Target)> = if leading {
@@ -311,11 +313,9 @@ impl Slices {
                 }
             }
             let retry = if failed {
-                let p = pause;
-                pause = (pause * 2).min(RETRY_MAX);
-                Some(p)
+                Some(backoff.failed())
             } else {
-                pause = RETRY_FIRST;
+                backoff.succeeded();
                 None
             };
             tokio::select! {
@@ -328,7 +328,7 @@ impl Slices {
                     }
                     if *leader.borrow_and_update() {
                         info!("inCluster: leading; writing every Service's EndpointSlice");
-                        self.mark_all();
+                        self.mark_all(false);
                     }
                 }
                 r = proxies.changed() => {
@@ -337,7 +337,7 @@ impl Slices {
                     }
                     let now = proxies.borrow_and_update().clone();
                     info!(proxies = ?now, "inCluster: proxy addresses changed; rewriting the slices");
-                    self.mark_all();
+                    self.mark_all(true);
                 }
             }
         }
@@ -349,13 +349,6 @@ impl Slices {
         if route == Route::Gone && w.routes.get(service).is_some_and(|(r, _)| *r == route) {
             w.routes.remove(service);
         }
-    }
-}
-
-async fn sleep_or_never(d: Option<Duration>) {
-    match d {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -496,12 +489,10 @@ mod tests {
             .collect();
         assert_eq!(addrs, ["10.0.0.7", "10.0.0.8"]);
 
-        let awake = desired(&target(), Route::Direct, &proxies).expect("a slice");
         assert!(
-            awake.endpoints.is_empty(),
-            "awake: no endpoint, the port kept"
+            desired(&target(), Route::Direct, &proxies).is_none(),
+            "awake: no slice of zenvoy's"
         );
-        assert_eq!(awake.ports, s.ports);
         assert!(desired(&target(), Route::Gone, &proxies).is_none());
         let no_port = Target {
             proxy_port: None,
@@ -512,7 +503,7 @@ mod tests {
 
     #[test]
     fn ports_are_read_back_from_zenvoys_slices_only() {
-        let ours = desired(&target(), Route::Direct, &[]).expect("slice");
+        let ours = desired(&target(), Route::Proxy, &[]).expect("slice");
         let mut theirs = ours.clone();
         if let Some(l) = theirs.metadata.labels.as_mut() {
             l.insert(MANAGED_BY.into(), ENDPOINTSLICE_CONTROLLER.into());
