@@ -211,7 +211,12 @@ impl MetricsSink {
                 };
                 // One read lock for the whole message, released before any await.
                 let read = self.services.read(|known| {
-                    let mut collector = families::Collector::new(|s| known.get(s).copied());
+                    // Room for the clusters it can name: Envoy's six stats per cluster
+                    // take ~300 bytes, so a holder's small push reserves little.
+                    let mut collector = families::Collector::with_capacity(
+                        |s| known.get(s).copied(),
+                        known.len().min(msg.len() / 256),
+                    );
                     push::read(&msg, &mut collector).map(|id| (id, collector.finish()))
                 });
                 let observations = match read {

@@ -41,6 +41,8 @@
 //!   no drift.
 
 use std::collections::{BTreeSet, HashMap};
+
+use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -340,7 +342,7 @@ fn timing(p: &Policy) -> Timing {
 #[derive(Debug, Default)]
 struct Schedule {
     deadlines: BTreeSet<(Instant, String)>,
-    due: HashMap<String, Instant>,
+    due: FxHashMap<String, Instant>,
     watched: BTreeSet<String>,
 }
 
@@ -386,7 +388,9 @@ impl Schedule {
 }
 
 pub struct Planner {
-    services: HashMap<String, Service>,
+    /// By name (FxHash: names come from the config or the API, and every stats sample
+    /// looks one up).
+    services: FxHashMap<String, Service>,
     schedule: Schedule,
     /// Service names in the order they came: the tick walks them without collecting.
     names: Vec<String>,
@@ -399,6 +403,10 @@ pub struct Planner {
     routes_dirty: bool,
     /// Members of each [`ServiceDef::group`] (the ports of one workload), by group.
     groups: HashMap<String, Vec<String>>,
+    /// The services a sample can move now (awake or parking, see
+    /// [`activity::sample_moves`]), with their phase: a push's samples of the others
+    /// cost no lookup in `services`.
+    sampled: FxHashMap<String, Phase>,
     out: Vec<Effect>,
 }
 
@@ -407,7 +415,7 @@ impl Planner {
     /// [`Planner::add`], then [`Planner::started`].
     pub fn new(settings: Settings, capacity: usize) -> Self {
         Planner {
-            services: HashMap::with_capacity(capacity),
+            services: FxHashMap::with_capacity_and_hasher(capacity, Default::default()),
             schedule: Schedule::default(),
             names: Vec::with_capacity(capacity),
             settings,
@@ -415,6 +423,7 @@ impl Planner {
             windows: Windows::default(),
             routes_dirty: false,
             groups: HashMap::new(),
+            sampled: FxHashMap::default(),
             out: Vec::new(),
         }
     }
@@ -453,8 +462,17 @@ impl Planner {
                     self.set_pending(&service, pending, now);
                 }
                 for (service, active) in verdicts.samples {
-                    self.apply(&service, Input::Sample { active }, now);
-                    self.settle(&service, now);
+                    // Most samples are of parked services: no lookup of those.
+                    match self.sampled.get(&service) {
+                        Some(&phase) if activity::sample_moves(phase, active) => {}
+                        _ => continue,
+                    }
+                    // Only a park waits on samples to settle.
+                    if let Some(State::Parking { .. }) =
+                        self.apply(&service, Input::Sample { active }, now)
+                    {
+                        self.settle(&service, now);
+                    }
                 }
             }
             Event::NodeGone { node } => {
@@ -834,6 +852,7 @@ impl Planner {
         self.schedule.remove(name);
         self.names.retain(|n| n != name);
         self.leave_group(name, s.def.group.as_deref());
+        self.sampled.remove(name);
         if s.def.in_cluster.is_some() {
             self.out.push(Effect::Route {
                 service: name.to_string(),
@@ -1190,22 +1209,28 @@ impl Planner {
     /// activity for all (it wakes the parked ones, cancels their parks, keeps them
     /// awake), so they go idle at the same time, and the workload goes to zero only once
     /// every one is parked (see `step_one`).
-    fn apply(&mut self, service: &str, input: Input, now: Instant) {
-        self.step_one(service, input, now);
+    /// Returns `service`'s state after the step (None: an unknown service).
+    fn apply(&mut self, service: &str, input: Input, now: Instant) -> Option<State> {
+        let after = self.step_one(service, input, now);
         if matches!(input, Input::Demand | Input::Sample { active: true }) {
             for sibling in self.siblings(service) {
                 self.step_one(&sibling, input, now);
             }
         }
+        after
     }
 
-    /// One step of `service`'s state machine, and the effects of its actions.
-    fn step_one(&mut self, service: &str, input: Input, now: Instant) {
-        let Some(s) = self.services.get_mut(service) else {
-            return;
-        };
+    /// One step of `service`'s state machine, and the effects of its actions; the state
+    /// after it.
+    fn step_one(&mut self, service: &str, input: Input, now: Instant) -> Option<State> {
+        let s = self.services.get_mut(service)?;
         let before = s.state;
         let (after, step) = activity::step(before, input, now, &s.timing);
+        // Nothing moved (most samples: a parked service's, or an idle one's within its
+        // timeout): one lookup, and done. At 10,000 services a push is 10,000 of these.
+        if after == before && step.actions.is_empty() && step.wake.is_none() {
+            return Some(after);
+        }
         s.state = after;
         if after != before {
             self.refresh(service);
@@ -1216,9 +1241,14 @@ impl Planner {
             .contains(&Action::ScaleDown)
             .then(|| self.unparked_sibling(service))
             .flatten();
-        let Some(s) = self.services.get_mut(service) else {
-            return;
-        };
+        if before.phase() != after.phase() {
+            if activity::sample_moves(after.phase(), true) {
+                self.sampled.insert(service.to_string(), after.phase());
+            } else {
+                self.sampled.remove(service);
+            }
+        }
+        let s = self.services.get_mut(service)?;
         if before.phase() != after.phase() {
             s.phase_since = Some(now);
             if s.def.in_cluster.is_some() {
@@ -1313,6 +1343,7 @@ impl Planner {
                 }
             }
         }
+        Some(after)
     }
 }
 

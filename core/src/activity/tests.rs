@@ -309,3 +309,37 @@ fn due_is_the_first_instant_a_tick_moves_the_state() {
         }
     }
 }
+
+#[test]
+fn a_sample_moves_only_an_awake_or_parking_service() {
+    let b = Instant::now();
+    let states = [
+        State::Parked,
+        State::Waking { since: b },
+        State::Awake {
+            since: b,
+            last_active: b,
+        },
+        State::Parking {
+            since: b,
+            woke: b,
+            acked_at: Some(b),
+        },
+    ];
+    assert!(sample_moves(Phase::Parking, false), "it may settle a park");
+    for s in states {
+        for active in [false, true] {
+            // Late enough for any timeout: still no move, for a sample is not a tick.
+            let (next, step) = step(s, Input::Sample { active }, secs(b, 3600), &T);
+            let moved = (next, step) != (s, Step::default());
+            // Skipping a sample that moves nothing is what the planner relies on; an
+            // idle sample of a parking service moves it through the planner's
+            // `Settled`, not through this step.
+            if !sample_moves(s.phase(), active) {
+                assert!(!moved, "{:?}, active {active}: moved", s.phase());
+            } else if active {
+                assert!(moved, "{:?}, active: did not move", s.phase());
+            }
+        }
+    }
+}

@@ -91,10 +91,16 @@ pub struct Collector<'a, P> {
 
 impl<'a, P: Fn(&str) -> Option<Protocol>> Collector<'a, P> {
     pub fn new(protocol: P) -> Self {
+        Self::with_capacity(protocol, 0)
+    }
+
+    /// As [`Collector::new`], with room for `services` clusters (a push names each
+    /// known service once: no growing on the way).
+    pub fn with_capacity(protocol: P, services: usize) -> Self {
         Collector {
             protocol,
             samples: 0,
-            index: FxHashMap::default(),
+            index: FxHashMap::with_capacity_and_hasher(services, Default::default()),
             envoy: Vec::new(),
             last: None,
             out: Vec::new(),

@@ -10,7 +10,10 @@
 //! stored: a sender cannot make open connections cancel out or vanish. A node that sends
 //! nothing for a while is forgotten ([`Windows::expire`]), as one whose stream ended is.
 
-use std::collections::HashMap;
+// FxHash: every key is a node the streams admitted or a service the directory knows (the
+// collector drops the rest), so no input can choose keys to collide, and a push looks up
+// 10,000 of them.
+use rustc_hash::FxHashMap as HashMap;
 use std::time::{Duration, Instant};
 
 use crate::model::{Observation, Stats};
@@ -73,8 +76,8 @@ impl Windows {
             let n = match self.nodes.get_mut(node) {
                 Some(n) => n,
                 None => self.nodes.entry(node.to_string()).or_insert(Node {
-                    envoy: HashMap::new(),
-                    pending: HashMap::new(),
+                    envoy: HashMap::default(),
+                    pending: HashMap::default(),
                     last_seen: now,
                 }),
             };
