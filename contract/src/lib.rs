@@ -6,7 +6,7 @@
 //!  Envoy --PROXY v2, TLV 0xE0 = service name--------------------------> holder
 //!  controller --EDS: holder endpoint, metadata----------------------> Envoy, holder
 //!      envoy.transport_socket_match: {zenvoy_holder: true}   Envoy: add the PROXY header
-//!      zenvoy: {holdTimeoutMs, maxPending}                   holder: this service's policy
+//!      zenvoy: {holdTimeoutMs, maxPending, dial?}            holder: this service's policy
 //!  holder --MetricsService push: zenvoy_holder_pending{service}-----> controller
 //! ```
 //!
@@ -14,6 +14,7 @@
 //! The Envoy protobuf types that carry these values are built and read by each side's
 //! xDS adapter.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// PROXY v2 custom TLV type (PP2_TYPE_MIN_CUSTOM) whose value is the service name: Envoy
@@ -40,6 +41,12 @@ pub const HOLD_TIMEOUT_MS: &str = "holdTimeoutMs";
 /// Key in [`HOLD_POLICY`]: connections held at once for the service (a number).
 pub const MAX_PENDING: &str = "maxPending";
 
+/// Key in [`HOLD_POLICY`], optional: the upstream the holder may dial on its own once it
+/// starts accepting (a string `ip:port`). The controller sets it only for a service
+/// whose whole readiness is its port accepting (a `tcp` check, a fixed address), so the
+/// holder need not wait for the controller's probe and an xDS round trip to relay.
+pub const DIAL: &str = "dial";
+
 /// Gauge the holder pushes (and serves on `/metrics`) per service: connections held
 /// now. Label [`PENDING_LABEL`] names the service.
 pub const HOLDER_PENDING: &str = "zenvoy_holder_pending";
@@ -58,6 +65,8 @@ pub const ENDPOINT_TYPE: &str =
 pub struct HoldPolicy {
     pub hold_timeout: Duration,
     pub max_pending: u32,
+    /// [`DIAL`]: the upstream the holder may dial itself (see there).
+    pub dial: Option<SocketAddr>,
 }
 
 impl HoldPolicy {
@@ -80,7 +89,21 @@ impl HoldPolicy {
             // `as` saturates: a hostile 1e300 becomes u64::MAX ms, not a panic.
             hold_timeout: Duration::from_millis(get(HOLD_TIMEOUT_MS)? as u64),
             max_pending: get(MAX_PENDING)? as u32,
+            dial: None,
         })
+    }
+
+    /// The [`DIAL`] field, as a string.
+    pub fn dial_field(&self) -> Option<(&'static str, String)> {
+        self.dial.map(|a| (DIAL, a.to_string()))
+    }
+
+    /// With [`DIAL`] read from its string (`None`, or not an `ip:port`: none).
+    pub fn with_dial(self, text: Option<&str>) -> Self {
+        HoldPolicy {
+            dial: text.and_then(|t| t.parse().ok()),
+            ..self
+        }
     }
 }
 
@@ -97,8 +120,25 @@ mod tests {
         let p = HoldPolicy {
             hold_timeout: Duration::from_millis(2500),
             max_pending: 7,
+            dial: None,
         };
         assert_eq!(HoldPolicy::from_fields(lookup(&p.fields())), Some(p));
+    }
+
+    #[test]
+    fn the_dial_field_reads_back_and_garbage_is_none() {
+        let p = HoldPolicy {
+            hold_timeout: Duration::from_millis(1),
+            max_pending: 1,
+            dial: Some("127.0.0.1:5432".parse().expect("addr")),
+        };
+        let (key, text) = p.dial_field().expect("a dial field");
+        assert_eq!(key, DIAL);
+        let back = HoldPolicy::from_fields(lookup(&p.fields())).map(|b| b.with_dial(Some(&text)));
+        assert_eq!(back, Some(p));
+        let none = p.with_dial(Some("not an address"));
+        assert_eq!(none.dial, None);
+        assert_eq!(p.with_dial(None).dial, None);
     }
 
     #[test]

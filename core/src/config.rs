@@ -330,6 +330,8 @@ impl ServiceConfig {
             policy: self.policy,
             in_cluster: None,
             group: None,
+            // Its port accepting is all a `tcp` check asks: the holder may see that itself.
+            dial: (self.process.ready.check == ReadyCheck::Tcp).then_some(self.upstream),
         }
     }
 }

@@ -121,6 +121,7 @@ impl Policy {
     /// What the holder needs of it, carried on the holder endpoint.
     pub fn hold(&self) -> HoldPolicy {
         HoldPolicy {
+            dial: None,
             hold_timeout: self.hold_timeout,
             max_pending: self.max_pending,
         }
@@ -155,6 +156,12 @@ pub struct ServiceDef {
     /// traffic on any keeps all awake, and the workload goes to zero only once every one
     /// of them is parked. None: the service has its workload to itself.
     pub group: Option<String>,
+    /// The upstream the holder may dial on its own as soon as it accepts: set when the
+    /// service's readiness is its port accepting at a fixed address (the process
+    /// backend with a `tcp` check), so a held connection is relayed without waiting for
+    /// the controller's probe and an xDS round trip. None: the holder waits for the
+    /// controller's assignment.
+    pub dial: Option<SocketAddr>,
 }
 
 /// Where a Service's own name (its virtual IP) leads, for `inCluster`.
@@ -228,8 +235,9 @@ pub enum Event {
     ParkFailed { service: String, error: String },
     /// The config changed these services' timeouts and limits.
     Reload { policies: Vec<(String, Policy)> },
-    /// A service appeared or changed (Kubernetes: an opted-in Service).
-    Upsert(ServiceDef),
+    /// A service appeared or changed (Kubernetes: an opted-in Service). Boxed: a
+    /// definition is several times the size of every other event.
+    Upsert(Box<ServiceDef>),
     /// A service is gone (its Service was deleted or lost the opt-in).
     Remove { service: String },
     /// The backend's view of a service's ready endpoints changed (pods came or went

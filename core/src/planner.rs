@@ -485,7 +485,7 @@ impl Planner {
                     self.set_policy(&service, policy);
                 }
             }
-            Event::Upsert(def) => self.upsert(def, Some((acks, now))),
+            Event::Upsert(def) => self.upsert(*def, Some((acks, now))),
             Event::Remove { service } => self.remove(&service),
             Event::Observed { service, running } => {
                 let input = if running {
@@ -722,12 +722,15 @@ impl Planner {
                     route,
                 });
             }
-            if old.policy != def.policy {
+            if old.policy != def.policy || old.dial != def.dial {
                 self.set_policy(&name, def.policy);
             }
             return;
         }
-        let hold = def.policy.hold();
+        let hold = HoldPolicy {
+            dial: def.dial,
+            ..def.policy.hold()
+        };
         let warming = match acks {
             Some((acks, now)) if acks.envoys() > 0 => Warming::Publishing { since: now },
             _ => Warming::Done,
@@ -887,7 +890,10 @@ impl Planner {
         let Some(s) = self.services.get_mut(service) else {
             return;
         };
-        let hold = policy.hold();
+        let hold = HoldPolicy {
+            dial: s.def.dial,
+            ..policy.hold()
+        };
         if hold != s.hold {
             s.hold = hold;
             if matches!(

@@ -5,13 +5,18 @@
 //! Bounds: pending connections per service and in total, and the number of distinct
 //! services (names come from PROXY headers, so a flood of made-up names must not grow
 //! memory without bound).
+//!
+//! A service whose policy carries a dial address (its readiness is its port accepting)
+//! is also watched by the holder itself while connections wait: see [`crate::probe`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +65,8 @@ impl Refused {
 pub struct ServicePolicy {
     pub hold_timeout: Duration,
     pub max_pending: usize,
+    /// The upstream the holder may dial on its own once it accepts (see `probe`).
+    pub dial: Option<SocketAddr>,
 }
 
 /// What a waiting connection watches: the service's endpoints (empty while parked) and
@@ -70,10 +77,14 @@ pub struct SlotState {
     pub policy: Option<ServicePolicy>,
 }
 
-#[derive(Debug)]
-struct Slot {
-    pending: AtomicUsize,
-    state: watch::Sender<SlotState>,
+#[derive(Debug, Default)]
+pub(crate) struct Slot {
+    pub(crate) pending: AtomicUsize,
+    pub(crate) state: watch::Sender<SlotState>,
+    /// A probe thread watches the dial address now (see `probe`).
+    pub(crate) probing: AtomicBool,
+    /// The probe saw the dial address refuse a connection (for tests).
+    pub(crate) seen_closed: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -86,6 +97,12 @@ pub struct Hold {
     /// Bumped when a service gets its first held connection or loses its last: the xDS
     /// client changes its subscription.
     names_changed: watch::Sender<u64>,
+    /// Probe threads running now (bounded by `probe::MAX_PROBES`); of them, those
+    /// watching a port they saw closed (`zenvoy_holder_probes`); and the times a probe
+    /// released a service's held connections (`zenvoy_holder_self_dials_total`).
+    pub(crate) probe_threads: AtomicUsize,
+    pub(crate) probes: Gauge,
+    pub(crate) self_dials: Counter,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -130,6 +147,9 @@ impl Hold {
             total: AtomicUsize::new(0),
             pending_changed: watch::Sender::new(0),
             names_changed: watch::Sender::new(0),
+            probe_threads: AtomicUsize::new(0),
+            probes: Gauge::default(),
+            self_dials: Counter::default(),
         })
     }
 
@@ -142,10 +162,7 @@ impl Hold {
                 if slots.len() >= self.limits.max_services {
                     return Err(Refused::TooManyServices(slots.len()));
                 }
-                let s = Arc::new(Slot {
-                    pending: AtomicUsize::new(0),
-                    state: watch::Sender::new(SlotState::default()),
-                });
+                let s = Arc::new(Slot::default());
                 slots.insert(service.to_string(), s.clone());
                 s
             }
@@ -173,6 +190,7 @@ impl Hold {
         }
         drop(slots);
         self.pending_changed.send_modify(|g| *g += 1);
+        crate::probe::start_if_waiting(self, service, &slot);
         Ok(Ticket {
             hold: self.clone(),
             slot,
@@ -182,12 +200,13 @@ impl Hold {
     /// Endpoints for `service` from the controller (empty: parked), and its policy when
     /// the assignment carries one (a policy once known is kept).
     pub fn set_state(
-        &self,
+        self: &Arc<Self>,
         service: &str,
         endpoints: Vec<SocketAddr>,
         policy: Option<ServicePolicy>,
     ) {
-        if let Some(slot) = lock(&self.slots).get(service) {
+        let slot = lock(&self.slots).get(service).cloned();
+        if let Some(slot) = slot {
             slot.state.send_if_modified(|s| {
                 let next = SlotState {
                     endpoints,
@@ -197,7 +216,38 @@ impl Hold {
                 *s = next;
                 changed
             });
+            crate::probe::start_if_waiting(self, service, &slot);
         }
+    }
+
+    /// Register the probes' gauge and counter (`zenvoy_holder_probes`,
+    /// `zenvoy_holder_self_dials_total`).
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        let r = registry.sub_registry_with_prefix("zenvoy_holder");
+        r.register(
+            "probes",
+            "Services whose upstream port the holder watches itself, seen closed, waiting for it to accept (a tcp-ready service with a fixed address)",
+            self.probes.clone(),
+        );
+        r.register(
+            "self_dials",
+            "Times the holder saw a waking upstream start accepting and released its held connections before the controller's assignment",
+            self.self_dials.clone(),
+        );
+    }
+
+    /// Whether the probe of `service` has seen its dial address refuse (for tests).
+    pub fn probe_saw_closed(&self, service: &str) -> bool {
+        lock(&self.slots)
+            .get(service)
+            .is_some_and(|s| s.seen_closed.load(Ordering::Acquire))
+    }
+
+    /// Whether a probe of `service` runs now.
+    pub fn probing(&self, service: &str) -> bool {
+        lock(&self.slots)
+            .get(service)
+            .is_some_and(|s| s.probing.load(Ordering::Acquire))
     }
 
     /// The xDS client no longer subscribes to `services`, so their endpoints will not be
@@ -324,6 +374,7 @@ mod tests {
         let policy = ServicePolicy {
             hold_timeout: Duration::from_secs(1),
             max_pending: 5,
+            dial: None,
         };
         let t = h.admit("svc").expect("admit");
         h.set_state("svc", vec![ep], Some(policy));
@@ -392,6 +443,7 @@ mod tests {
         let policy = ServicePolicy {
             hold_timeout: Duration::from_secs(1),
             max_pending: 2,
+            dial: None,
         };
         h.set_state("svc", Vec::new(), Some(policy));
         let _t2 = h.admit("svc").expect("second of two");

@@ -18,6 +18,7 @@
 pub mod admin;
 pub mod hold;
 pub mod ingress;
+pub mod probe;
 pub mod proxy;
 pub mod push;
 pub mod relay;
@@ -65,8 +66,9 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let mut registry = Registry::default();
     let metrics = Arc::new(telemetry::Metrics::register(&mut registry));
-    let registry = Arc::new(registry);
     let hold = hold::Hold::new(settings.limits);
+    hold.register(&mut registry);
+    let registry = Arc::new(registry);
     let node = Node {
         id: settings.node_id.clone(),
         cluster: "zenvoy-holder".to_string(),

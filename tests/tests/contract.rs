@@ -24,10 +24,17 @@ fn the_controllers_holder_endpoint_read_by_the_holder_gives_back_the_policy() {
         HoldPolicy {
             hold_timeout: Duration::from_millis(2500),
             max_pending: 7,
+            dial: None,
         },
         HoldPolicy {
             hold_timeout: Duration::from_secs(3600),
             max_pending: 1,
+            dial: Some(addr("127.0.0.1:5432")),
+        },
+        HoldPolicy {
+            hold_timeout: Duration::from_secs(1),
+            max_pending: 1,
+            dial: Some(addr("[fd00::2]:80")),
         },
     ] {
         let cla = load_assignment("pg.db", &Endpoints::Holder(addr("10.1.2.3:15001"), policy));
@@ -38,6 +45,7 @@ fn the_controllers_holder_endpoint_read_by_the_holder_gives_back_the_policy() {
             Some(ServicePolicy {
                 hold_timeout: policy.hold_timeout,
                 max_pending: policy.max_pending as usize,
+                dial: policy.dial,
             })
         );
         assert_eq!(

@@ -542,3 +542,59 @@ async fn on_sigterm_relays_in_progress_finish_and_then_the_holder_exits() {
     .unwrap_or_else(|e| panic!("{e} (drain grace {DRAIN:?})\n{}", st.logs()));
     assert_eq!(status, "exit status: 0");
 }
+
+/// SIGCONT on drop: a stopped controller is resumed however the test ends.
+struct Stopped(Pid);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = kill(self.0, Signal::SIGCONT);
+    }
+}
+
+/// A service whose readiness is its port accepting (a `tcp` check, a fixed address): the
+/// holder watches the port itself and relays a held connection the moment a listener
+/// appears there. The controller is stopped (SIGSTOP) before the upstream listens, so
+/// nothing but the holder can have relayed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_connection_is_relayed_when_a_tcp_ready_upstream_starts_accepting() {
+    let _cpu = CPU.read().await;
+    let mut upstream = None;
+    let st = start(
+        |d| {
+            let spec = never("slow", d)?;
+            upstream = Some(spec.upstream);
+            Ok(vec![spec])
+        },
+        &[],
+    )
+    .await;
+    let upstream = upstream.expect("the service's upstream");
+    let mut client = held_conn(&st, "slow").await;
+    wait_metric(&st, &pending("slow"), 1.0).await;
+    // The holder has the service's policy with its address, and saw the port closed.
+    wait_metric(&st, "zenvoy_holder_probes", 1.0).await;
+
+    let pid = Pid::from_raw(i32::try_from(st.controller.pid()).expect("a pid"));
+    kill(pid, Signal::SIGSTOP).expect("SIGSTOP the controller");
+    let _resume = Stopped(pid);
+    let listener = tokio::net::TcpListener::bind(upstream)
+        .await
+        .expect("the upstream listens");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    client.write_all(b"ping\n").await.expect("write");
+    let mut got = [0u8; 5];
+    tokio::time::timeout(BOUND, client.read_exact(&mut got))
+        .await
+        .unwrap_or_else(|_| panic!("no echo within {BOUND:?}: the holder did not relay"))
+        .expect("read");
+    assert_eq!(&got, b"ping\n");
+    assert_eq!(metric(&st, "zenvoy_holder_self_dials_total").await, 1.0);
+}

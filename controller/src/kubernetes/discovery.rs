@@ -166,7 +166,12 @@ impl Discovery {
             }
         };
         info!(service = %key, workload = %target, ?running, "service added");
-        if self.runtime.send(Event::Upsert(def)).await.is_err() {
+        if self
+            .runtime
+            .send(Event::Upsert(Box::new(def)))
+            .await
+            .is_err()
+        {
             return false;
         }
         if let Some(running) = running {

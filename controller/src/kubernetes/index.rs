@@ -260,7 +260,7 @@ impl Index {
                     out.clear();
                 } else {
                     k.def = d.def.clone();
-                    out.insert(0, Change::Runtime(Event::Upsert(d.def)));
+                    out.insert(0, Change::Runtime(Event::Upsert(Box::new(d.def))));
                 }
             }
             None => {
@@ -332,7 +332,7 @@ impl Index {
                     out.push(Change::Added(d.def.clone()));
                 }
                 Some(def) if *def != d.def => {
-                    out.push(Change::Runtime(Event::Upsert(d.def.clone())));
+                    out.push(Change::Runtime(Event::Upsert(Box::new(d.def.clone()))));
                 }
                 Some(_) => {}
             }
@@ -359,12 +359,12 @@ impl Index {
                     for other in k.others.values_mut() {
                         if other.policy != d.def.policy {
                             other.policy = d.def.policy;
-                            out.push(Change::Runtime(Event::Upsert(other.clone())));
+                            out.push(Change::Runtime(Event::Upsert(Box::new(other.clone()))));
                         }
                     }
                     if d.def != k.def {
                         k.def = d.def.clone();
-                        out.push(Change::Runtime(Event::Upsert(d.def)));
+                        out.push(Change::Runtime(Event::Upsert(Box::new(d.def))));
                     }
                 }
                 Err(e) => {

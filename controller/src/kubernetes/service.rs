@@ -151,6 +151,7 @@ pub fn other_port(d: &Discovered, port: &OtherPort, proxy_port: u16) -> Option<D
             policy: d.def.policy,
             in_cluster: Some(SocketAddr::new(listen.ip(), proxy_port)),
             group: d.def.group.clone(),
+            dial: None,
         },
         target: Target {
             port_name: port.port_name.clone(),
@@ -297,6 +298,8 @@ pub fn read_in_cluster(
                 .zip(proxy_port)
                 .map(|(ic, port)| SocketAddr::new(ic.listen, port)),
             group: Some(format!("{namespace}/{}/{workload}", kind.as_str())),
+            // Pod addresses are known only once they run.
+            dial: None,
         },
         target: Target {
             namespace: namespace.to_string(),

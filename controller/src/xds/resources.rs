@@ -394,17 +394,20 @@ pub fn load_assignment(name: &str, endpoints: &Endpoints) -> ClusterLoadAssignme
 }
 
 fn policy_struct(p: &HoldPolicy) -> Struct {
+    let numbers = p.fields().into_iter().map(|(k, n)| {
+        let v = Value {
+            kind: Some(value::Kind::NumberValue(n)),
+        };
+        (k.to_string(), v)
+    });
+    let dial = p.dial_field().map(|(k, text)| {
+        let v = Value {
+            kind: Some(value::Kind::StringValue(text)),
+        };
+        (k.to_string(), v)
+    });
     Struct {
-        fields: p
-            .fields()
-            .into_iter()
-            .map(|(k, n)| {
-                let v = Value {
-                    kind: Some(value::Kind::NumberValue(n)),
-                };
-                (k.to_string(), v)
-            })
-            .collect(),
+        fields: numbers.chain(dial).collect(),
     }
 }
 
@@ -438,6 +441,7 @@ mod tests {
         let policy = HoldPolicy {
             hold_timeout: std::time::Duration::from_millis(2500),
             max_pending: 7,
+            dial: None,
         };
         let cla = load_assignment("echo", &Endpoints::Holder(addr("127.0.0.1:15001"), policy));
         let eps = &cla.endpoints[0].lb_endpoints;

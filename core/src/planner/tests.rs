@@ -33,6 +33,7 @@ fn tcp(name: &str, port: u16) -> ServiceDef {
         policy: policy(),
         in_cluster: None,
         group: None,
+        dial: None,
     }
 }
 
@@ -45,6 +46,7 @@ fn http(name: &str) -> ServiceDef {
         policy: policy(),
         in_cluster: None,
         group: None,
+        dial: None,
     }
 }
 
@@ -291,7 +293,7 @@ fn at_start_every_service_is_published_parked_with_its_listener_and_routes() {
 fn a_new_services_listener_waits_for_every_connected_envoys_ack_of_its_cluster() {
     let mut w = World::new(true, false, vec![]);
     w.envoys.connected = 2;
-    let e = w.event(0.0, Event::Upsert(tcp("pg", 5432)));
+    let e = w.event(0.0, Event::Upsert(Box::new(tcp("pg", 5432))));
     assert!(e.contains(&Effect::PublishCluster {
         service: "pg".into(),
         protocol: Protocol::Tcp,
@@ -317,7 +319,7 @@ fn a_new_services_listener_waits_for_every_connected_envoys_ack_of_its_cluster()
 #[test]
 fn with_no_envoy_connected_a_new_service_gets_its_listener_at_once() {
     let mut w = World::new(true, false, vec![]);
-    let e = w.event(0.0, Event::Upsert(tcp("pg", 5432)));
+    let e = w.event(0.0, Event::Upsert(Box::new(tcp("pg", 5432))));
     assert_eq!(listeners(&e), ["pg"]);
 }
 
@@ -325,7 +327,7 @@ fn with_no_envoy_connected_a_new_service_gets_its_listener_at_once() {
 fn a_new_http_services_virtual_host_waits_for_its_warm_cluster() {
     let mut w = World::new(true, true, vec![http("old")]);
     w.envoys.connected = 1;
-    let e = w.event(0.0, Event::Upsert(http("web")));
+    let e = w.event(0.0, Event::Upsert(Box::new(http("web"))));
     let hosts: Vec<&str> = routes(&e)
         .expect("routes rebuilt")
         .iter()
@@ -390,7 +392,7 @@ fn wake_numbers_are_unique_across_services_and_readding() {
             service: "a".into(),
         },
     );
-    w.event(1.0, Event::Upsert(tcp("a", 1)));
+    w.event(1.0, Event::Upsert(Box::new(tcp("a", 1))));
     let again = wake_number(&w.pending(2.0, "a", 2.0)).expect("wake");
     assert!(a != b && again != a && again != b);
     // The removed service's old wake cannot complete the new one.
@@ -773,7 +775,7 @@ fn removing_a_service_drops_its_resources_and_its_virtual_host() {
 fn an_upsert_moves_the_listener_and_a_new_policy_applies() {
     let mut w = World::new(true, false, vec![tcp("pg", 5432)]);
     let mut moved = tcp("pg", 6543);
-    let e = w.event(0.0, Event::Upsert(moved.clone()));
+    let e = w.event(0.0, Event::Upsert(Box::new(moved.clone())));
     assert_eq!(
         e,
         [Effect::PublishListener {
@@ -783,7 +785,7 @@ fn an_upsert_moves_the_listener_and_a_new_policy_applies() {
         }]
     );
     moved.listen = None;
-    let e = w.event(1.0, Event::Upsert(moved.clone()));
+    let e = w.event(1.0, Event::Upsert(Box::new(moved.clone())));
     assert_eq!(
         e,
         [Effect::RemoveListener {
@@ -791,13 +793,17 @@ fn an_upsert_moves_the_listener_and_a_new_policy_applies() {
         }]
     );
     moved.policy.max_pending = 7;
-    let e = w.event(2.0, Event::Upsert(moved.clone()));
+    let e = w.event(2.0, Event::Upsert(Box::new(moved.clone())));
     assert_eq!(
         assignments(&e, "pg"),
         [&holder(moved.policy)],
         "new maxPending reaches the holders"
     );
-    assert_eq!(w.event(3.0, Event::Upsert(moved)), [], "nothing changed");
+    assert_eq!(
+        w.event(3.0, Event::Upsert(Box::new(moved))),
+        [],
+        "nothing changed"
+    );
 }
 
 #[test]
@@ -922,7 +928,7 @@ fn a_silent_holders_pending_count_stops_demanding_a_wake() {
 fn a_new_services_front_door_opens_after_the_warm_bound_without_every_ack() {
     let mut w = World::new(true, false, vec![]);
     w.envoys.connected = 1;
-    w.event(0.0, Event::Upsert(tcp("pg", 5432)));
+    w.event(0.0, Event::Upsert(Box::new(tcp("pg", 5432))));
     assert_eq!(listeners(&w.tick(14.9)), Vec::<&str>::new());
     let e = w.tick(15.0);
     assert_eq!(listeners(&e), ["pg"]);
@@ -1093,7 +1099,7 @@ fn a_grpc_service_is_routed_like_http_with_an_http2_cluster() {
     assert_eq!(hosts[0].service, "greeter");
     assert_eq!(hosts[0].timeout, Duration::ZERO, "a gRPC stream is not cut");
     // Kubernetes: the port's appProtocol changes; the cluster follows.
-    let e = w.event(1.0, Event::Upsert(http("greeter")));
+    let e = w.event(1.0, Event::Upsert(Box::new(http("greeter"))));
     assert!(e.contains(&Effect::PublishCluster {
         service: "greeter".into(),
         protocol: Protocol::Http,

@@ -145,7 +145,9 @@ async fn echo_wakes(wakes: usize) -> anyhow::Result<()> {
         tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut b)).await??;
         let got = monotonic_ns();
         drop(s);
-        // Written by the upstream: its listen(2), then its first two accepts (probe, dial).
+        // Written by the upstream: its listen(2), then its first two accepts: the
+        // controller's readiness probe and the holder's own probe (either first); the
+        // holder's dial comes after them.
         let text = std::fs::read_to_string(&ready_file)?;
         let _ = std::fs::remove_file(&ready_file);
         let stamps: Vec<u128> = text
@@ -173,9 +175,9 @@ async fn echo_wakes(wakes: usize) -> anyhow::Result<()> {
         sorted.last().copied().unwrap_or(f64::NAN),
     );
     for (i, name) in [
-        "listen -> readiness probe accepted",
-        "probe accepted -> holder dial accepted (controller publish, xDS, holder)",
-        "holder dial accepted -> byte at client (relay, upstream echo, Envoy)",
+        "listen -> first probe accepted (the controller's or the holder's)",
+        "first -> second probe accepted",
+        "second probe accepted -> byte at client (holder dial, relay, upstream echo, Envoy)",
     ]
     .iter()
     .enumerate()

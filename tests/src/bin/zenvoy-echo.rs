@@ -111,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
         let (s, _) = listener.accept().await?;
         let _ = s.set_nodelay(true);
         // wake-bench splits the wake into segments: the first two accepts are the
-        // controller's readiness probe and the holder's dial.
+        // controller's readiness probe and the holder's own probe.
         if let (Some(p), true) = (&args.ready_file, accepts < 2) {
             use std::io::Write;
             accepts += 1;

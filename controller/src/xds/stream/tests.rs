@@ -39,6 +39,7 @@ fn cache_with(services: &[&str]) -> Cache {
                     resources::HoldPolicy {
                         hold_timeout: std::time::Duration::from_secs(30),
                         max_pending: 10,
+                        dial: None,
                     },
                 ),
             )),
