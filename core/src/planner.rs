@@ -40,7 +40,7 @@
 //!   when the last of them parks, and one found running while another is not parked is
 //!   no drift.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
@@ -402,7 +402,7 @@ pub struct Planner {
     /// per event (not per service: at start that would be quadratic).
     routes_dirty: bool,
     /// Members of each [`ServiceDef::group`] (the ports of one workload), by group.
-    groups: HashMap<String, Vec<String>>,
+    groups: FxHashMap<String, Vec<String>>,
     /// The services a sample can move now (awake or parking, see
     /// [`activity::sample_moves`]), with their phase: a push's samples of the others
     /// cost no lookup in `services`.
@@ -422,7 +422,7 @@ impl Planner {
             wakes: 0,
             windows: Windows::default(),
             routes_dirty: false,
-            groups: HashMap::new(),
+            groups: FxHashMap::default(),
             sampled: FxHashMap::default(),
             out: Vec::new(),
         }

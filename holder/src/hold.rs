@@ -237,14 +237,16 @@ impl Hold {
     }
 
     /// Whether the probe of `service` has seen its dial address refuse (for tests).
-    pub fn probe_saw_closed(&self, service: &str) -> bool {
+    #[cfg(test)]
+    pub(crate) fn probe_saw_closed(&self, service: &str) -> bool {
         lock(&self.slots)
             .get(service)
             .is_some_and(|s| s.seen_closed.load(Ordering::Acquire))
     }
 
-    /// Whether a probe of `service` runs now.
-    pub fn probing(&self, service: &str) -> bool {
+    /// Whether a probe of `service` runs now (for tests).
+    #[cfg(test)]
+    pub(crate) fn probing(&self, service: &str) -> bool {
         lock(&self.slots)
             .get(service)
             .is_some_and(|s| s.probing.load(Ordering::Acquire))

@@ -77,36 +77,20 @@ pub(crate) fn start_if_waiting(hold: &Arc<Hold>, service: &str, slot: &Arc<Slot>
 }
 
 /// Try `dial` until it accepts after refusing (then it is the endpoint: true), or accepts
-/// at once, or the service stops waiting, or `until`.
+/// at once, or the service stops waiting, or `until`. Counted in `watching` from the
+/// first refusal to the end.
 fn watch(service: &str, slot: &Slot, dial: SocketAddr, until: Instant, watching: &Gauge) -> bool {
-    // Counted in `watching` from the first refusal to the end.
-    let mut seen_closed = None;
-    let released = watch_from(service, slot, dial, until, || {
-        if seen_closed.is_none() {
-            watching.inc();
-            seen_closed = Some(());
-        }
-    });
-    if seen_closed.is_some() {
-        watching.dec();
-    }
-    released
-}
-
-fn watch_from(
-    service: &str,
-    slot: &Slot,
-    dial: SocketAddr,
-    until: Instant,
-    mut refused: impl FnMut(),
-) -> bool {
     let waiting = || {
+        let s = slot.state.borrow();
         slot.pending.load(Ordering::Acquire) > 0
-            && slot.state.borrow().endpoints.is_empty()
-            && slot.state.borrow().policy.and_then(|p| p.dial) == Some(dial)
+            && s.endpoints.is_empty()
+            && s.policy.and_then(|p| p.dial) == Some(dial)
     };
     let mut closed = false;
-    while waiting() && Instant::now() < until {
+    let released = loop {
+        if !waiting() || Instant::now() >= until {
+            break false;
+        }
         match std::net::TcpStream::connect_timeout(&dial, CONNECT_TIMEOUT) {
             Ok(_) if closed => {
                 let set = slot.state.send_if_modified(|s| {
@@ -117,24 +101,25 @@ fn watch_from(
                     empty
                 });
                 debug!(service, %dial, set, "upstream started accepting; relaying held connections");
-                return set;
+                break set;
             }
             Ok(_) => {
                 debug!(service, %dial, "upstream accepts already; left to the controller");
-                return false;
+                break false;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                if !closed {
-                    closed = true;
-                    refused();
-                    slot.seen_closed.store(true, Ordering::Release);
-                }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && !closed => {
+                closed = true;
+                watching.inc();
+                slot.seen_closed.store(true, Ordering::Release);
             }
             Err(_) => {}
         }
         std::thread::sleep(PROBE_INTERVAL);
+    };
+    if closed {
+        watching.dec();
     }
-    false
+    released
 }
 
 #[cfg(test)]
