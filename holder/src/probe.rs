@@ -1,7 +1,9 @@
 //! The holder's own look at a waking upstream. For a service whose readiness is its port
 //! accepting, the controller puts the upstream's address on the holder endpoint (`dial`
 //! in the hold policy). While connections for it are held and no endpoint is known, a
-//! thread tries that address every [`PROBE_INTERVAL`]; once a listener appears where the
+//! thread tries that address every [`PROBE_INTERVAL`] (for [`FAST_FOR`], then less and
+//! less often: a process that starts in milliseconds is caught at once, one that takes
+//! longer costs nothing to watch); once a listener appears where the
 //! port refused, it gives the service that address as its endpoint, and the held
 //! connections are relayed at once instead of after the controller's own probe, its
 //! publish and an xDS round trip (~0.3 ms of every wake on a small machine).
@@ -24,10 +26,16 @@ use tracing::debug;
 
 use crate::hold::{Hold, Slot};
 
-/// How often a waking upstream's port is tried.
+/// How often a waking upstream's port is tried at first.
 pub const PROBE_INTERVAL: Duration = Duration::from_micros(100);
-/// Probe threads at once; past it, services wait for the controller as before.
-pub const MAX_PROBES: usize = 64;
+/// How long it is tried that often; after that the pause doubles up to [`SLOW_INTERVAL`].
+/// A thread trying a closed port every 100 µs costs a few percent of a core: many of
+/// them, for long, would slow everything else on the machine.
+pub const FAST_FOR: Duration = Duration::from_millis(10);
+pub const SLOW_INTERVAL: Duration = Duration::from_millis(10);
+/// Probe threads at once; past it, services wait for the controller as before (a
+/// burst of wakes of processes that do not listen yet must not fill the cores with them).
+pub const MAX_PROBES: usize = 4;
 /// One try's bound (a loopback or LAN connect answers in microseconds).
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(100);
 
@@ -87,6 +95,8 @@ fn watch(service: &str, slot: &Slot, dial: SocketAddr, until: Instant, watching:
             && s.policy.and_then(|p| p.dial) == Some(dial)
     };
     let mut closed = false;
+    let started = Instant::now();
+    let mut pause = PROBE_INTERVAL;
     let released = loop {
         if !waiting() || Instant::now() >= until {
             break false;
@@ -114,7 +124,10 @@ fn watch(service: &str, slot: &Slot, dial: SocketAddr, until: Instant, watching:
             }
             Err(_) => {}
         }
-        std::thread::sleep(PROBE_INTERVAL);
+        std::thread::sleep(pause);
+        if started.elapsed() >= FAST_FOR {
+            pause = (pause * 2).min(SLOW_INTERVAL);
+        }
     };
     if closed {
         watching.dec();
