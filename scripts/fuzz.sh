@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every parser's cargo-fuzz target for FUZZ_SECONDS each (default 60): the PROXY v2
-# parser (holder/fuzz), the metrics push and Prometheus line readers and the postgres
-# ready check's answer reader (core/fuzz).
+# parser (holder/fuzz), the metrics push and Prometheus line readers, and the postgres
+# ready check's readers of a server's answer and of postmaster.pid (core/fuzz).
 # `make fuzz` calls it. cargo-fuzz is installed into .tools/ on first use.
 #
 # cargo-fuzz passes nightly-only flags to rustc (the sanitizer, coverage instrumentation);
@@ -16,7 +16,7 @@ if [ ! -x "$tools/bin/cargo-fuzz" ]; then
   cargo install --locked --quiet cargo-fuzz --root "$tools"
 fi
 export PATH="$tools/bin:$PATH" RUSTC_BOOTSTRAP=1
-for spec in holder/fuzz:proxy_v2 core/fuzz:metrics_push core/fuzz:prometheus_text core/fuzz:postgres_answer; do
+for spec in holder/fuzz:proxy_v2 core/fuzz:metrics_push core/fuzz:prometheus_text core/fuzz:postgres_answer core/fuzz:postmaster_pid_file; do
   dir=${spec%%:*}
   target=${spec##*:}
   echo "fuzz: $dir $target for ${each}s"

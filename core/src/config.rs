@@ -277,6 +277,9 @@ pub enum ReadyCheck {
     /// A Postgres server takes sessions: its answer to a StartupMessage for `user` and
     /// `database` is not "cannot connect now" (what `pg_isready` asks, without a process).
     Postgres { user: String, database: String },
+    /// A Postgres server takes sessions: its data directory's `postmaster.pid` says so
+    /// (what `pg_ctl start --wait` reads; no connection, see [`crate::postmaster`]).
+    PostgresDataDir(PathBuf),
 }
 
 /// The signals a service may be stopped with.
@@ -384,7 +387,7 @@ impl Config {
     ///
     /// # Errors
     /// [`ConfigError::Io`] naming `path` if it cannot be read, else as `from_yaml`.
-    /// Relative paths in it (`runDir`, a service's `log` and `cwd`, TLS files) are
+    /// Relative paths in it (`runDir`, a service's `log`, `cwd` and `dataDir`, TLS files) are
     /// made relative to the file's directory, so the same file means the same thing
     /// whichever directory it is run from.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -423,6 +426,9 @@ impl Config {
             resolve(&mut s.process.log);
             if let Some(cwd) = &mut s.process.cwd {
                 resolve(cwd);
+            }
+            if let ReadyCheck::PostgresDataDir(dir) = &mut s.process.ready.check {
+                resolve(dir);
             }
         }
     }

@@ -21,4 +21,5 @@ pub mod config;
 pub mod model;
 pub mod pgwire;
 pub mod planner;
+pub mod postmaster;
 pub mod stats;

@@ -170,19 +170,67 @@ async fn a_failing_check_fails_the_wake_with_what_it_saw() {
     .expect("stack starts");
     let addr = st.listener("zenvoy_http").await.expect("HTTP listener");
     let client = tokio::spawn(http_get_host(addr, "web", false));
+    wake_fails_saying(&st, "web", "answered 200, not 204").await;
+    client.abort();
+}
+
+/// Wait for a wake of `service` to fail; the controller's log then names what its check
+/// saw (`said`).
+async fn wake_fails_saying(st: &Stack, service: &str, said: &str) {
+    let failed = format!("zenvoy_wake_outcomes_total{{service=\"{service}\",outcome=\"failed\"}}");
     wait::until("the wake to fail", BOUND, || async {
-        let failed = st
-            .controller_metric("zenvoy_wake_outcomes_total{service=\"web\",outcome=\"failed\"}")
-            .await?;
-        Ok((failed >= 1.0).then_some(()))
+        Ok((st.controller_metric(&failed).await? >= 1.0).then_some(()))
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", st.logs()));
     let logs = st.controller.log_tail(200);
     assert!(
-        logs.contains("answered 200, not 204"),
-        "the error names the check and what it got:\n{logs}"
+        logs.contains(said),
+        "the error names the check and what it saw ({said}):\n{logs}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_data_dir_of_another_server_fails_the_wake_naming_it() {
+    // `dataDir` names a directory whose postmaster.pid says "ready", for a live pid (this
+    // test's), but on another port: the check must not believe it, and the wake's error
+    // says whose file it read and why it is not the upstream's.
+    let dir = Stack::tempdir().expect("tempdir");
+    let data = dir.path().join("other-data");
+    std::fs::create_dir(&data).expect("data dir");
+    std::fs::write(
+        data.join("postmaster.pid"),
+        format!(
+            "{}\n{}\n1764140000\n1\n\n127.0.0.1\n  1234567    98304\nready   \n",
+            std::process::id(),
+            data.display()
+        ),
+    )
+    .expect("postmaster.pid");
+    let db = ServiceSpec::echo("db", dir.path())
+        .expect("spec")
+        .with(&format!(
+            "ready: {{postgres: {{dataDir: {:?}}}, interval: 20ms}}",
+            data.display().to_string()
+        ))
+        .with("wakeTimeout: 1s");
+    let st = Stack::start(
+        dir,
+        Options {
+            services: vec![db],
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("stack starts");
+    let addr = st.listener("db").await.expect("listener");
+    let client = tokio::spawn(async move { echo_roundtrip(addr, &payload(1, 16)).await });
+    wake_fails_saying(
+        &st,
+        "db",
+        "postmaster.pid: it says port 1, not the upstream's",
+    )
+    .await;
     client.abort();
 }
 

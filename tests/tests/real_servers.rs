@@ -149,7 +149,7 @@ async fn crashed_cluster(pg: &Postgres, dir: &Path) -> anyhow::Result<(PathBuf, 
 }
 
 /// One service, `pg`: Postgres on a crashed cluster, parked, with `ready` (`PORT` in it is
-/// its upstream port) and SIGINT (fast shutdown) to park it.
+/// its upstream port, `DATA` its data directory) and SIGINT (fast shutdown) to park it.
 async fn pg_stack(pg: &Postgres, ready: &str) -> Stack {
     let dir = Stack::tempdir().expect("tempdir");
     let mut spec = ServiceSpec::echo("pg", dir.path()).expect("spec");
@@ -166,7 +166,11 @@ async fn pg_stack(pg: &Postgres, ready: &str) -> Stack {
     );
     spec.command = vec!["sh".into(), "-c".into(), script];
     let spec = spec
-        .with(&ready.replace("PORT", &port))
+        .with(
+            &ready
+                .replace("PORT", &port)
+                .replace("DATA", &format!("{:?}", data.display().to_string())),
+        )
         .with(&format!("cwd: {}", home.display()))
         .with(&format!("log: {}", dir.path().join("pg.log").display()))
         .with("stopSignal: SIGINT")
@@ -235,12 +239,36 @@ async fn postgres_with_the_postgres_check_serves_every_held_client_and_wakes_aga
     serves_every_held_client_and_wakes_again(&pg, "ready: {postgres: {}, interval: 5ms}").await;
 }
 
+/// The same with the `postgres` check reading the data directory's `postmaster.pid`, no
+/// connection. The crash left that file saying `ready` (the server was killed while it
+/// served): the wake must wait out the recovery all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_with_the_data_dir_check_serves_every_held_client_and_wakes_again() {
+    const TEST: &str = "postgres_with_the_data_dir_check_serves_every_held_client_and_wakes_again";
+    let Some(pg) = available(TEST, Postgres::find()) else {
+        return;
+    };
+    serves_every_held_client_and_wakes_again(
+        &pg,
+        "ready: {postgres: {dataDir: DATA}, interval: 5ms}",
+    )
+    .await;
+}
+
 /// A crashed cluster parked behind zenvoy with `ready`: `CLIENTS` psql sessions at once
 /// all served while it recovers; parked when idle, and the next client wakes it.
 async fn serves_every_held_client_and_wakes_again(pg: &Postgres, ready: &str) {
     let st = pg_stack(pg, ready).await;
     let pg_log = st.dir.path().join("pg.log");
     assert!(st.service("pg").running_pid().is_none(), "starts parked");
+    // The crash left its postmaster.pid behind, saying it serves (the `dataDir` check
+    // must not believe it).
+    let stale =
+        std::fs::read_to_string(st.dir.path().join("pg/data/postmaster.pid")).unwrap_or_default();
+    assert!(
+        stale.lines().nth(7).is_some_and(|l| l.trim() == "ready"),
+        "the crash left a postmaster.pid saying ready: {stale:?}"
+    );
     let outcomes = psql_burst(pg, &st).await;
     assert!(
         outcomes

@@ -1,8 +1,9 @@
 //! The process backend: wake runs the service's command, park stops it, and the service
 //! is ready when its upstream port accepts a TCP connection and then its `ready` check
-//! passes (an HTTP GET, or a command such as `pg_isready` exiting 0): many servers
-//! accept before they can answer (Postgres says "the database system is starting up",
-//! Redis "LOADING"), and a client relayed to them then would be refused.
+//! passes (an HTTP GET, a command such as `pg_isready` exiting 0, Postgres' answer or its
+//! `postmaster.pid`): many servers accept before they can answer (Postgres says "the
+//! database system is starting up", Redis "LOADING"), and a client relayed to them then
+//! would be refused.
 //!
 //! Each command runs in its own process group so that park stops the whole tree
 //! (`sh -c` wrappers included): the service's stop signal (SIGTERM unless it says
@@ -478,7 +479,33 @@ async fn check_once(
             }
         }
         ReadyCheck::Postgres { user, database } => postgres_ready(upstream, user, database).await,
+        ReadyCheck::PostgresDataDir(dir) => postmaster_ready(dir, upstream).await,
     }
+}
+
+/// One `postgres` check with `dataDir`: the status line of its `postmaster.pid`
+/// ([`postmaster`]); no connection. Run only once the port accepts, so the file is the
+/// running postmaster's, not one a crash left.
+async fn postmaster_ready(dir: &std::path::Path, upstream: SocketAddr) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    use zenvoy_core::postmaster;
+    let path = dir.join("postmaster.pid");
+    let shown = path.display();
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let mut text = String::new();
+    file.take(postmaster::MAX_LEN as u64)
+        .read_to_string(&mut text)
+        .await
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let pid_file = postmaster::parse(&text).map_err(|e| format!("{shown}: {e}"))?;
+    // Another user's process (Postgres run as `postgres`) answers EPERM: it is alive.
+    let alive = !matches!(
+        nix::sys::signal::kill(Pid::from_raw(pid_file.pid), None),
+        Err(nix::errno::Errno::ESRCH)
+    );
+    postmaster::ready(&pid_file, upstream.port(), alive).map_err(|e| format!("{shown}: {e}"))
 }
 
 /// SIGKILL to a process group when dropped (a ready check's; see `check_once`). Its

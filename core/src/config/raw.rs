@@ -100,6 +100,7 @@ pub struct Ready {
 pub struct ReadyPostgres {
     pub user: Option<String>,
     pub database: Option<String>,
+    pub data_dir: Option<String>,
 }
 
 /// `{}`: a check with nothing to set.

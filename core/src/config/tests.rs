@@ -745,10 +745,25 @@ fn ready_checks_and_their_errors() {
         },
         "the database defaults to the user, as in libpq"
     );
+    let mut c = ok(&service_with("ready: {postgres: {dataDir: pg/data}}"));
+    c.resolve_paths(Path::new("/etc/zenvoy"));
+    assert_eq!(
+        c.services[0].process.ready.check,
+        ReadyCheck::PostgresDataDir(PathBuf::from("/etc/zenvoy/pg/data")),
+        "relative to the file, as log and cwd"
+    );
 
     for (extra, want_field) in [
         (
             "ready: {postgres: {user: ''}}",
+            "services[0].ready.postgres.user",
+        ),
+        (
+            "ready: {postgres: {dataDir: ''}}",
+            "services[0].ready.postgres.dataDir",
+        ),
+        (
+            "ready: {postgres: {dataDir: /data, user: app}}",
             "services[0].ready.postgres.user",
         ),
         (

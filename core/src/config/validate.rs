@@ -591,6 +591,30 @@ fn validate_ready(at: &str, r: raw::Ready) -> Result<Ready, ConfigError> {
             Some("") => return Err(invalid(format!("{at}.command[0]"), "", "must not be empty")),
             Some(_) => ReadyCheck::Command(c),
         }
+    } else if let Some(raw::ReadyPostgres {
+        user,
+        database,
+        data_dir: Some(dir),
+    }) = postgres
+    {
+        for (field, set) in [("user", user.is_some()), ("database", database.is_some())] {
+            if set {
+                return Err(invalid(
+                    format!("{at}.postgres.{field}"),
+                    field,
+                    "is not asked with dataDir, which reads postmaster.pid instead of \
+                     connecting: set one or the other",
+                ));
+            }
+        }
+        if dir.trim().is_empty() {
+            return Err(invalid(
+                format!("{at}.postgres.dataDir"),
+                dir,
+                "must be a directory path: the server's data directory, as `postgres -D` names it",
+            ));
+        }
+        ReadyCheck::PostgresDataDir(PathBuf::from(dir))
     } else if let Some(p) = postgres {
         let user = p.user.unwrap_or_else(|| "postgres".to_string());
         let database = p.database.unwrap_or_else(|| user.clone());

@@ -77,9 +77,10 @@ struct Args {
     /// `ready.interval` of the real services in zenvoy's config.
     #[arg(long, default_value = "5ms", value_parser = humantime::parse_duration)]
     real_ready_interval: Duration,
-    /// Postgres' ready check in zenvoy's config: zenvoy's own `postgres` check, or the
-    /// `pg_isready` program as a `command` check.
-    #[arg(long, value_enum, default_value = "postgres")]
+    /// Postgres' ready check in zenvoy's config: the `postgres` check reading the data
+    /// directory's `postmaster.pid` (`data-dir`), the `postgres` check connecting
+    /// (`postgres`), or the `pg_isready` program as a `command` check.
+    #[arg(long, value_enum, default_value = "data-dir")]
     pg_check: PgCheck,
     /// The Python that runs `-m http.server` (resolved to its executable, past a pyenv
     /// shim).
@@ -296,6 +297,7 @@ fn stack_options(spec: ServiceSpec, http: bool) -> Options {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum PgCheck {
+    DataDir,
     Postgres,
     PgIsready,
 }
@@ -311,6 +313,11 @@ async fn postgres_server(pg: Postgres, args: &Args, wire: bool) -> anyhow::Resul
     let zenvoy_log = dir.path().join("pg.log");
     let spec = spec
         .with(&match args.pg_check {
+            PgCheck::DataDir => format!(
+                "ready: {{postgres: {{dataDir: {:?}}}, interval: {}}}",
+                data.display().to_string(),
+                humantime::format_duration(args.real_ready_interval)
+            ),
             PgCheck::Postgres => format!(
                 "ready: {{postgres: {{}}, interval: {}}}",
                 humantime::format_duration(args.real_ready_interval)
@@ -332,6 +339,7 @@ async fn postgres_server(pg: Postgres, args: &Args, wire: bool) -> anyhow::Resul
             pg.version,
             if wire { "wire client" } else { "psql" },
             match args.pg_check {
+                PgCheck::DataDir => "postgres check, dataDir",
                 PgCheck::Postgres => "postgres check",
                 PgCheck::PgIsready => "pg_isready",
             }
