@@ -11,6 +11,7 @@
 //!                                            \-> metrics, directory, backend.notify
 //! ```
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +59,10 @@ pub struct Runtime<B> {
     directory: Arc<Directory>,
     status_tx: mpsc::Sender<StatusQuery>,
     status_rx: Option<mpsc::Receiver<StatusQuery>>,
+    /// The name each service's `inCluster` listener is published under: it carries the
+    /// port (see [`resources::in_cluster_listener_name`]), so a new port is a new name and
+    /// the old one must be removed.
+    in_cluster_names: HashMap<String, String>,
 }
 
 impl<B: Backend> Runtime<B> {
@@ -94,6 +99,7 @@ impl<B: Backend> Runtime<B> {
             directory,
             status_tx,
             status_rx: Some(status_rx),
+            in_cluster_names: HashMap::new(),
         };
         for s in &config.services {
             let effects = runtime.planner.add(s.def());
@@ -197,21 +203,28 @@ impl<B: Backend> Runtime<B> {
                         &limits,
                         route_timeout,
                     );
-                    let name = resources::in_cluster_listener_name(&service);
+                    let name = resources::in_cluster_listener_name(&service, listen);
+                    if let Some(old) = self.in_cluster_names.insert(service, name.clone()) {
+                        if old != name {
+                            self.cache.remove(LISTENER_TYPE, &old);
+                        }
+                    }
                     self.cache
                         .set(LISTENER_TYPE, &name, resources::any(listener));
                 }
                 Effect::RemoveInClusterListener { service } => {
-                    let name = resources::in_cluster_listener_name(&service);
-                    self.cache.remove(LISTENER_TYPE, &name);
+                    if let Some(name) = self.in_cluster_names.remove(&service) {
+                        self.cache.remove(LISTENER_TYPE, &name);
+                    }
                 }
                 Effect::Route { service, route } => self.backend.route(&service, route),
                 Effect::RemoveService { service } => {
                     for type_url in [LISTENER_TYPE, CLUSTER_TYPE, ENDPOINT_TYPE] {
                         self.cache.remove(type_url, &service);
                     }
-                    let name = resources::in_cluster_listener_name(&service);
-                    self.cache.remove(LISTENER_TYPE, &name);
+                    if let Some(name) = self.in_cluster_names.remove(&service) {
+                        self.cache.remove(LISTENER_TYPE, &name);
+                    }
                 }
                 Effect::PublishRoutes(hosts) => {
                     let routes = resources::route_configuration(&hosts);

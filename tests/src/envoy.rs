@@ -159,6 +159,26 @@ impl Envoy {
         socket_address(&l["local_address"]["socket_address"])
     }
 
+    /// The address of `service`'s `inCluster` listener (`<service>~in-<port>`): an error
+    /// if Envoy has none, or more than one.
+    pub async fn in_cluster_listener(&self, service: &str) -> anyhow::Result<SocketAddr> {
+        let v: Value = serde_json::from_str(&self.get("/listeners?format=json").await?)?;
+        let prefix = format!("{service}~in-");
+        let found: Vec<&Value> = v["listener_statuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|l| l["name"].as_str().is_some_and(|n| n.starts_with(&prefix)))
+            .collect();
+        match found.as_slice() {
+            [l] => socket_address(&l["local_address"]["socket_address"]),
+            _ => anyhow::bail!(
+                "Envoy has {} listeners {prefix}*, not one: {v}",
+                found.len()
+            ),
+        }
+    }
+
     /// The addresses Envoy has for cluster `name` right now.
     pub async fn cluster_hosts(&self, name: &str) -> anyhow::Result<Vec<SocketAddr>> {
         let v: Value = serde_json::from_str(&self.get("/clusters?format=json").await?)?;

@@ -143,7 +143,7 @@ async fn keeps_its_name(node: &Netns) -> anyhow::Result<()> {
     // first second of a fresh install would not; docs/kubernetes.md says so.)
     // Asked of Envoy's admin, not by connecting: a connection would wake the Service.
     let listening = wait::until("Envoy's listener for the Service's name", BOUND, || async {
-        Ok(stack.envoy.listener("db.default~in").await.ok())
+        Ok(stack.envoy.in_cluster_listener("db.default").await.ok())
     })
     .await?;
     assert_eq!(listening, proxy());
@@ -240,7 +240,10 @@ async fn keeps_its_name(node: &Netns) -> anyhow::Result<()> {
         json!(FIRST_PROXY_PORT),
         "port kept"
     );
-    assert_eq!(stack.envoy.listener("db.default~in").await?, proxy());
+    assert_eq!(
+        stack.envoy.in_cluster_listener("db.default").await?,
+        proxy()
+    );
     echo(vip(), 4, &stack).await?;
     assert_eq!(stack.replicas("Deployment", "default", "db"), Some(1));
 
@@ -322,6 +325,26 @@ async fn lead(
     .map_err(|e| anyhow::anyhow!("{e}\n{}\n{}", kp.ruleset(), stack.logs()))
 }
 
+/// db parks (0 replicas), and then both its ports lead to `proxies` (`where_` says what
+/// they are, for the wait's error).
+async fn parks_leading_to(
+    kp: &KubeProxy,
+    stack: &KubeStack,
+    where_: &str,
+    proxies: [SocketAddr; 2],
+) -> anyhow::Result<()> {
+    stack
+        .wait_replicas("Deployment", "default", "db", 0, BOUND)
+        .await?;
+    lead(
+        kp,
+        stack,
+        &format!("both parked ports to lead to {where_}"),
+        proxies,
+    )
+    .await
+}
+
 async fn two_ports(node: &Netns) -> anyhow::Result<()> {
     let mut stack = KubeStack::start(options(), 1).await?;
     for o in kube_stack::proxy_objects("zenvoy-system", PROXY) {
@@ -381,10 +404,12 @@ async fn two_ports(node: &Netns) -> anyhow::Result<()> {
         Ok(stored_port(&stack, "decoy.default").is_none().then_some(()))
     })
     .await?;
-    for listener in ["db.default~in", "db.default_alt~in"] {
-        wait::until(&format!("Envoy's listener {listener}"), BOUND, || async {
-            Ok(stack.envoy.listener(listener).await.ok())
-        })
+    for service in ["db.default", "db.default_alt"] {
+        wait::until(
+            &format!("Envoy's listener for {service}"),
+            BOUND,
+            || async { Ok(stack.envoy.in_cluster_listener(service).await.ok()) },
+        )
         .await?;
     }
 
@@ -430,16 +455,7 @@ async fn two_ports(node: &Netns) -> anyhow::Result<()> {
     // Restarted while awake (no slice of zenvoy's holds a port now), the controller
     // keeps both ports: when the Service parks, its slices come back on them.
     stack.restart_controller(0).await?;
-    stack
-        .wait_replicas("Deployment", "default", "db", 0, BOUND)
-        .await?;
-    lead(
-        &kp,
-        &stack,
-        "both parked ports to lead to the proxy again",
-        proxies,
-    )
-    .await?;
+    parks_leading_to(&kp, &stack, "the proxy again", proxies).await?;
     assert_eq!(
         (
             slice_port(&stack, "zenvoy-db"),
@@ -451,11 +467,56 @@ async fn two_ports(node: &Netns) -> anyhow::Result<()> {
         ),
         "every allocated port kept"
     );
-    assert_eq!(stack.envoy.listener("db.default_alt~in").await?, proxies[1]);
+    assert_eq!(
+        stack.envoy.in_cluster_listener("db.default_alt").await?,
+        proxies[1]
+    );
     // Now the first port wakes it.
     echo(vip(), 13, &stack).await?;
     assert_eq!(stack.replicas("Deployment", "default", "db"), Some(1));
     echo(alt_vip(), 14, &stack).await?;
+
+    // The stored ports lost while awake (the ConfigMap deleted, no slice holds a port): a
+    // restarted controller allocates afresh from the start of the range, so the first
+    // port moves to where nothing is and the second to where the first was. Envoy still
+    // has the old listeners; it must take the moved ones in one update (an update that
+    // gave a listener the port another one still holds would be refused), and each port
+    // must lead to its own cluster.
+    for slice in ["zenvoy-db", "zenvoy-db.alt"] {
+        wait::until(&format!("awake: {slice} to be gone"), BOUND, || async {
+            Ok(slice_port(&stack, slice).is_none().then_some(()))
+        })
+        .await?;
+    }
+    stack
+        .api
+        .delete("v1", "ConfigMap", kube_stack::NAMESPACE, "zenvoy-ports")
+        .ok_or_else(|| anyhow::anyhow!("no zenvoy-ports ConfigMap to delete"))?;
+    stack.restart_controller(0).await?;
+    let moved = [proxy_at(FIRST_PROXY_PORT), proxy_at(FIRST_PROXY_PORT + 1)];
+    for (service, at) in [("db.default", moved[0]), ("db.default_alt", moved[1])] {
+        wait::until(
+            &format!("Envoy's listener for {service} on {at}"),
+            BOUND,
+            || async {
+                Ok((stack.envoy.in_cluster_listener(service).await.ok() == Some(at)).then_some(()))
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", stack.logs()))?;
+    }
+    let nacks = stack.controllers[0]
+        .metric("zenvoy_xds_nacks_total{type=\"lds\"}")
+        .await?;
+    assert_eq!(nacks, 0.0, "Envoy took the moved listeners");
+    parks_leading_to(&kp, &stack, "the proxy on their new ports", moved).await?;
+    // The second port, now where the first was, wakes it and reaches its own cluster.
+    let alt_before = holder_metric(&stack, relayed).await?;
+    echo(alt_vip(), 15, &stack).await?;
+    assert!(
+        holder_metric(&stack, relayed).await? > alt_before,
+        "held and relayed for the second port, on its new proxy port"
+    );
     Ok(())
 }
 
@@ -566,7 +627,7 @@ async fn http_keeps_its_name(node: &Netns) -> anyhow::Result<()> {
     wait::until(
         "Envoy's listener for the HTTP Service's name",
         BOUND,
-        || async { Ok(stack.envoy.listener("site.default~in").await.ok()) },
+        || async { Ok(stack.envoy.in_cluster_listener("site.default").await.ok()) },
     )
     .await?;
 

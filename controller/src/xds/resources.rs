@@ -116,9 +116,13 @@ pub fn listener(name: &str, listen: SocketAddr, limits: &EnvoyLimits) -> Listene
     }
 }
 
-/// The name of a service's `inCluster` listener (its cluster keeps the service's name).
-pub fn in_cluster_listener_name(service: &str) -> String {
-    format!("{service}~in")
+/// The name of a service's `inCluster` listener on `listen` (its cluster keeps the
+/// service's name). The port is in the name so that moving a listener to a port another
+/// one leaves (ports reallocated, a restart without the stored ones) is a removal and an
+/// addition: Envoy applies an update's removals first, where the same name with a new
+/// address would be refused ("duplicate address") while the other still holds the port.
+pub fn in_cluster_listener_name(service: &str, listen: SocketAddr) -> String {
+    format!("{service}~in-{}", listen.port())
 }
 
 /// A service's `inCluster` listener on the proxies: where its EndpointSlice sends the
@@ -133,7 +137,7 @@ pub fn in_cluster_listener(
     limits: &EnvoyLimits,
     route_timeout: std::time::Duration,
 ) -> Listener {
-    let name = in_cluster_listener_name(service);
+    let name = in_cluster_listener_name(service, listen);
     let filter = match protocol {
         Protocol::Tcp => {
             let proxy = TcpProxy {
