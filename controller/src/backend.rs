@@ -47,6 +47,8 @@ pub enum BackendError {
         /// What was seen meanwhile (the last API error, or that no endpoint came).
         detail: String,
     },
+    #[error("service {service:?}: its port accepts but its ready check cannot pass: {detail}")]
+    CannotBeReady { service: String, detail: String },
     #[error("service {service:?}: the controller is stopping")]
     Stopping { service: String },
     #[error("stopping service {service:?}: {source}")]

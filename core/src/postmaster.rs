@@ -1,30 +1,41 @@
 //! The `postgres` check with `dataDir`: Postgres' own word on whether it takes sessions,
-//! the status line of `<dataDir>/postmaster.pid`, read as `pg_ctl start --wait` reads
-//! it. The postmaster rewrites that line as its state changes: `starting` while it
-//! starts or replays its WAL, `ready` the moment it accepts sessions (`standby` for a hot
-//! standby that takes read-only ones), `stopping` on its way out.
+//! the status line of `<dataDir>/postmaster.pid`. The postmaster rewrites that line as
+//! its state changes: `starting` while it starts or replays its WAL, `ready` the moment
+//! it accepts sessions (a hot standby's read-only ones included), `stopping` on its way
+//! out. `standby` means up but taking no sessions (recovery with `hot_standby` off, a
+//! crash's redo included since Postgres 15): `pg_ctl start --wait` stops waiting there,
+//! since it waits for the start and not for sessions; this check does not.
 //!
 //! Asking the file costs Postgres nothing, where the connecting check costs it a forked
 //! backend per try, and the held client's own connection then pays that again: on a
 //! small machine each is some milliseconds of the wake.
 //!
-//! A file left by a crash still says `ready`, and names a dead pid. The controller reads
-//! the file only once the upstream port accepts (the postmaster writes its own file before
-//! it listens), and [`ready`] also wants the pid alive and the port the upstream's.
+//! A file left by a crash still says `ready`. The controller reads the file only once the
+//! upstream port accepts (the postmaster writes its own file before it listens), and,
+//! when the wake started the server, [`ready`] wants the file's start time no earlier
+//! than that start (less [`START_SLACK_SECS`]), as `pg_ctl` does: a crashed server's
+//! file, or another server's, is older. Wall-clock seconds, not the pid, so a server in
+//! another pid namespace (a container) is read the same.
 //!
 //! No crate reads this file; its layout is Postgres' `pidfile.h` (the lines numbered
-//! there), stable since Postgres 10.
+//! there), stable since Postgres 10 (an older server writes no status line, and is
+//! never ready by this check).
 
 /// Longest file read: the real one is eight short lines.
 pub const MAX_LEN: usize = 16 * 1024;
 
+/// How much earlier than the wake's start of the server the file's start time may be
+/// (`pg_ctl`'s allowance: whole seconds, and clocks read at different moments).
+pub const START_SLACK_SECS: i64 = 2;
+
 /// The lines the check uses, as the file holds them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PidFile {
-    /// Line 1: the postmaster's pid.
+    /// Line 1: the postmaster's pid (in its own pid namespace).
     pub pid: i32,
-    /// Line 4: the TCP port it listens on (absent while it is still writing the file).
-    pub port: Option<u16>,
+    /// Line 3: when it started, in seconds since the epoch (absent while it is still
+    /// writing the file).
+    pub started: Option<i64>,
     /// Line 8: its state (absent until it has one).
     pub status: Option<Status>,
 }
@@ -43,16 +54,21 @@ pub enum Status {
 pub fn parse(text: &str) -> Result<PidFile, String> {
     let lines: Vec<&str> = text.lines().collect();
     let pid_line = lines.first().map_or("", |l| l.trim());
-    let pid = pid_line
-        .parse::<i32>()
-        .ok()
-        .filter(|p| *p > 0)
-        .ok_or_else(|| format!("its first line is {pid_line:?}, not a pid"))?;
-    let port = match lines.get(3).map(|l| l.trim()) {
+    let pid = match pid_line.parse::<i32>() {
+        Ok(p) if p > 0 => p,
+        // A standalone backend (`postgres --single`) writes its pid negated.
+        Ok(p) if p < 0 => {
+            return Err(format!(
+                "its pid is {p}: a single-user Postgres (`postgres --single`) holds the directory"
+            ))
+        }
+        _ => return Err(format!("its first line is {pid_line:?}, not a pid")),
+    };
+    let started = match lines.get(2).map(|l| l.trim()) {
         None | Some("") => None,
-        Some(p) => Some(
-            p.parse::<u16>()
-                .map_err(|_| format!("its fourth line is {p:?}, not a port"))?,
+        Some(t) => Some(
+            t.parse::<i64>()
+                .map_err(|_| format!("its third line is {t:?}, not a start time"))?,
         ),
     };
     let status = match lines.get(7).map(|l| l.trim()) {
@@ -63,31 +79,37 @@ pub fn parse(text: &str) -> Result<PidFile, String> {
         Some("standby") => Some(Status::Standby),
         Some(other) => Some(Status::Other(other.chars().take(32).collect())),
     };
-    Ok(PidFile { pid, port, status })
+    Ok(PidFile {
+        pid,
+        started,
+        status,
+    })
 }
 
-/// Whether the server the file describes takes sessions on `upstream_port`; `alive` says
-/// whether the file's pid is a running process. Err says why not, for the wake's error.
-pub fn ready(file: &PidFile, upstream_port: u16, alive: bool) -> Result<(), String> {
-    if !alive {
-        return Err(format!(
-            "it names pid {}, which is not running (left by a server that crashed)",
-            file.pid
-        ));
-    }
-    match file.port {
-        Some(p) if p != upstream_port => {
-            return Err(format!(
-                "it says port {p}, not the upstream's {upstream_port}: dataDir is another server's"
-            ))
+/// Whether the server the file describes takes sessions. `spawned`: when this wake
+/// started the server (seconds since the epoch), None when it was already running. Err
+/// says why not, for the wake's error.
+pub fn ready(file: &PidFile, spawned: Option<i64>) -> Result<(), String> {
+    if let Some(spawned) = spawned {
+        match file.started {
+            None => return Err("it has no start time yet (the server is starting)".to_string()),
+            Some(t) if t < spawned.saturating_sub(START_SLACK_SECS) => {
+                return Err(format!(
+                    "it was written by a server that started at {t}, before this wake started one at {spawned} (seconds since the epoch): left by a server that crashed, or dataDir is another server's"
+                ))
+            }
+            Some(_) => {}
         }
-        _ => {}
     }
     match &file.status {
-        Some(Status::Ready | Status::Standby) => Ok(()),
+        Some(Status::Ready) => Ok(()),
         None => Err("it has no status yet (the server is starting)".to_string()),
         Some(Status::Starting) => Err("it says \"starting\"".to_string()),
         Some(Status::Stopping) => Err("it says \"stopping\"".to_string()),
+        Some(Status::Standby) => Err(
+            "it says \"standby\": up, but taking no sessions (in recovery with hot_standby off)"
+                .to_string(),
+        ),
         Some(Status::Other(s)) => Err(format!("it says {s:?}")),
     }
 }
@@ -96,20 +118,22 @@ pub fn ready(file: &PidFile, upstream_port: u16, alive: bool) -> Result<(), Stri
 mod tests {
     use super::*;
 
+    const STARTED: i64 = 1_764_140_000;
+
     /// A Postgres 15 file as the postmaster leaves it while it serves.
     fn file(status: &str) -> String {
         format!(
-            "4242\n/var/lib/postgresql/15/main\n1764140000\n5432\n\n127.0.0.1\n  1234567    98304\n{status}\n"
+            "4242\n/var/lib/postgresql/15/main\n{STARTED}\n5432\n\n127.0.0.1\n  1234567    98304\n{status}\n"
         )
     }
 
     #[test]
-    fn each_status_line_is_read_and_only_ready_or_standby_takes_sessions() {
+    fn each_status_line_is_read_and_only_ready_takes_sessions() {
         for (line, status, verdict) in [
             ("starting", Status::Starting, false),
             ("stopping", Status::Stopping, false),
             ("ready   ", Status::Ready, true),
-            ("standby ", Status::Standby, true),
+            ("standby ", Status::Standby, false),
             ("sleeping", Status::Other("sleeping".into()), false),
         ] {
             let f = parse(&file(line)).expect("a whole file");
@@ -117,12 +141,19 @@ mod tests {
                 f,
                 PidFile {
                     pid: 4242,
-                    port: Some(5432),
+                    started: Some(STARTED),
                     status: Some(status)
                 }
             );
-            assert_eq!(ready(&f, 5432, true).is_ok(), verdict, "{line:?}");
+            assert_eq!(ready(&f, Some(STARTED)).is_ok(), verdict, "{line:?}");
+            assert_eq!(
+                ready(&f, None).is_ok(),
+                verdict,
+                "{line:?}, already running"
+            );
         }
+        let standby = ready(&parse(&file("standby ")).expect("a file"), None);
+        assert!(standby.expect_err("standby").contains("hot_standby off"));
     }
 
     #[test]
@@ -133,47 +164,47 @@ mod tests {
             // Every prefix either fails to parse (no whole pid yet) or is not ready,
             // unless it holds the whole status word.
             if let Ok(f) = parse(&whole[..cut]) {
-                if ready(&f, 5432, true).is_ok() {
+                if ready(&f, Some(STARTED)).is_ok() {
                     assert!(whole[..cut].contains("ready"), "ready at {cut}");
                     cuts += 1;
                 }
             }
         }
         assert!(cuts > 0, "the whole file is ready");
-        let early = parse("4242\n/data\n1764140000\n").expect("three lines");
+        let early = parse("4242\n/data\n").expect("two lines");
         assert_eq!(
             early,
             PidFile {
                 pid: 4242,
-                port: None,
+                started: None,
                 status: None
             }
         );
-        assert!(ready(&early, 5432, true)
-            .expect_err("no status line")
-            .contains("no status yet"));
+        let said = ready(&early, Some(STARTED)).expect_err("no start time");
+        assert!(said.contains("no start time yet"), "{said}");
     }
 
     #[test]
-    fn a_crashed_servers_file_or_another_servers_is_not_ready() {
+    fn a_file_older_than_the_wakes_start_is_not_ready() {
         let f = parse(&file("ready")).expect("a whole file");
-        let dead = ready(&f, 5432, false).expect_err("a dead pid");
-        assert!(dead.contains("pid 4242, which is not running"), "{dead}");
-        let other = ready(&f, 6543, true).expect_err("another port");
-        assert!(
-            other.contains("port 5432, not the upstream's 6543"),
-            "{other}"
-        );
+        // Written in the same second as the spawn, or within pg_ctl's slack before it.
+        assert!(ready(&f, Some(STARTED)).is_ok());
+        assert!(ready(&f, Some(STARTED + START_SLACK_SECS)).is_ok());
+        // A crash's leftover (or another server's file), started well before.
+        let stale = ready(&f, Some(STARTED + START_SLACK_SECS + 1)).expect_err("stale");
+        assert!(stale.contains("left by a server that crashed"), "{stale}");
+        // Not started by this wake: the running server's file is taken as it is.
+        assert!(ready(&f, None).is_ok());
     }
 
     #[test]
     fn garbage_is_named() {
         for (text, says) in [
             ("", "\"\", not a pid"),
-            ("-1\n", "\"-1\", not a pid"),
             ("pid\n", "\"pid\", not a pid"),
-            ("1\n/d\n0\nport\n", "\"port\", not a port"),
-            ("1\n/d\n0\n70000\n", "\"70000\", not a port"),
+            ("0\n", "\"0\", not a pid"),
+            ("-4242\n", "single-user Postgres"),
+            ("1\n/d\nsoon\n", "\"soon\", not a start time"),
         ] {
             let e = parse(text).expect_err("garbage");
             assert!(e.contains(says), "{text:?}: {e}");

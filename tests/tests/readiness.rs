@@ -191,30 +191,62 @@ async fn wake_fails_saying(st: &Stack, service: &str, said: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_postgres_data_dir_of_another_server_fails_the_wake_naming_it() {
-    // `dataDir` names a directory whose postmaster.pid says "ready", for a live pid (this
-    // test's), but on another port: the check must not believe it, and the wake's error
-    // says whose file it read and why it is not the upstream's.
+async fn a_postgres_data_dir_with_a_stale_file_fails_the_wake_naming_it() {
+    // `dataDir` holds a postmaster.pid that says "ready" but was written long before
+    // this wake started the server (what a crash leaves, or another server's): the check
+    // must not believe it, and the wake's error says whose file it read and why.
     let dir = Stack::tempdir().expect("tempdir");
     let data = dir.path().join("other-data");
     std::fs::create_dir(&data).expect("data dir");
     std::fs::write(
         data.join("postmaster.pid"),
         format!(
-            "{}\n{}\n1764140000\n1\n\n127.0.0.1\n  1234567    98304\nready   \n",
-            std::process::id(),
+            "4242\n{}\n1000000000\n5432\n\n127.0.0.1\n  1234567    98304\nready   \n",
             data.display()
         ),
     )
     .expect("postmaster.pid");
+    let st = data_dir_stack(dir, &data, "wakeTimeout: 1s").await;
+    let addr = st.listener("db").await.expect("listener");
+    let client = tokio::spawn(async move { echo_roundtrip(addr, &payload(1, 16)).await });
+    wake_fails_saying(
+        &st,
+        "db",
+        "postmaster.pid: it was written by a server that started at 1000000000",
+    )
+    .await;
+    client.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_data_dir_that_is_not_there_fails_the_wake_at_once() {
+    // No later try can read a file in a directory that does not exist: the wake ends at
+    // the first try, not at its timeout (30 s here, the wait's bound too), with the
+    // reason.
+    let dir = Stack::tempdir().expect("tempdir");
+    let missing = dir.path().join("no-such-data");
+    let st = data_dir_stack(dir, &missing, "wakeTimeout: 30s").await;
+    let addr = st.listener("db").await.expect("listener");
+    let client = tokio::spawn(async move { echo_roundtrip(addr, &payload(2, 16)).await });
+    wake_fails_saying(&st, "db", "its ready check cannot pass: cannot read").await;
+    let logs = st.controller.log_tail(200);
+    assert!(
+        logs.contains("dataDir is not a directory"),
+        "the error says what is wrong with dataDir:\n{logs}"
+    );
+    client.abort();
+}
+
+/// An echo service, `db`, whose ready check is the `postgres` check reading `data`.
+async fn data_dir_stack(dir: tempfile::TempDir, data: &std::path::Path, extra: &str) -> Stack {
     let db = ServiceSpec::echo("db", dir.path())
         .expect("spec")
         .with(&format!(
             "ready: {{postgres: {{dataDir: {:?}}}, interval: 20ms}}",
             data.display().to_string()
         ))
-        .with("wakeTimeout: 1s");
-    let st = Stack::start(
+        .with(extra);
+    Stack::start(
         dir,
         Options {
             services: vec![db],
@@ -222,16 +254,7 @@ async fn a_postgres_data_dir_of_another_server_fails_the_wake_naming_it() {
         },
     )
     .await
-    .expect("stack starts");
-    let addr = st.listener("db").await.expect("listener");
-    let client = tokio::spawn(async move { echo_roundtrip(addr, &payload(1, 16)).await });
-    wake_fails_saying(
-        &st,
-        "db",
-        "postmaster.pid: it says port 1, not the upstream's",
-    )
-    .await;
-    client.abort();
+    .expect("stack starts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -148,16 +148,18 @@ async fn crashed_cluster(pg: &Postgres, dir: &Path) -> anyhow::Result<(PathBuf, 
     Ok((home, data))
 }
 
-/// One service, `pg`: Postgres on a crashed cluster, parked, with `ready` (`PORT` in it is
-/// its upstream port, `DATA` its data directory) and SIGINT (fast shutdown) to park it.
-async fn pg_stack(pg: &Postgres, ready: &str) -> Stack {
+/// One service, `pg`: Postgres on a crashed cluster (`server_args` added to its command
+/// line), parked, with `ready` (`PORT` in it is its upstream port, `DATA` its data
+/// directory) and SIGINT (fast shutdown) to park it.
+async fn pg_stack(pg: &Postgres, ready: &str, server_args: &[&str]) -> Stack {
     let dir = Stack::tempdir().expect("tempdir");
     let mut spec = ServiceSpec::echo("pg", dir.path()).expect("spec");
     let (home, data) = crashed_cluster(pg, dir.path())
         .await
         .expect("a crashed Postgres cluster");
     let port = spec.upstream.port().to_string();
-    let server = pg.postgres_argv(&data, spec.upstream.port());
+    let mut server = pg.postgres_argv(&data, spec.upstream.port());
+    server.extend(server_args.iter().map(|a| a.to_string()));
     // The shell's pid is Postgres's: exec keeps it, through setpriv's exec too.
     let script = format!(
         "echo $$ > '{}' && exec {}",
@@ -201,7 +203,7 @@ async fn postgres_with_only_a_tcp_check_refuses_the_held_clients_while_it_recove
     let Some(pg) = available(TEST, Postgres::find()) else {
         return;
     };
-    let st = pg_stack(&pg, "ready: {tcp: {}}").await;
+    let st = pg_stack(&pg, "ready: {tcp: {}}", &[]).await;
     let outcomes = psql_burst(&pg, &st).await;
     let refused = outcomes
         .iter()
@@ -226,7 +228,7 @@ async fn postgres_with_pg_isready_serves_every_held_client_and_wakes_again() {
         "ready: {{command: [{}, -q, -h, 127.0.0.1, -p, \"PORT\"], interval: 20ms}}",
         pg.program("pg_isready")
     );
-    serves_every_held_client_and_wakes_again(&pg, &ready).await;
+    serves_every_held_client_and_wakes_again(&pg, &ready, &[]).await;
 }
 
 /// The same with zenvoy's own `postgres` check: no process per try.
@@ -236,7 +238,8 @@ async fn postgres_with_the_postgres_check_serves_every_held_client_and_wakes_aga
     let Some(pg) = available(TEST, Postgres::find()) else {
         return;
     };
-    serves_every_held_client_and_wakes_again(&pg, "ready: {postgres: {}, interval: 5ms}").await;
+    serves_every_held_client_and_wakes_again(&pg, "ready: {postgres: {}, interval: 5ms}", &[])
+        .await;
 }
 
 /// The same with the `postgres` check reading the data directory's `postmaster.pid`, no
@@ -251,14 +254,36 @@ async fn postgres_with_the_data_dir_check_serves_every_held_client_and_wakes_aga
     serves_every_held_client_and_wakes_again(
         &pg,
         "ready: {postgres: {dataDir: DATA}, interval: 5ms}",
+        &[],
+    )
+    .await;
+}
+
+/// The same with `hot_standby` off: Postgres (15 and later) then says `standby` in its
+/// postmaster.pid for the whole of the crash's redo, while it still refuses sessions.
+/// `pg_ctl start --wait` stops waiting there; the check must not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_with_the_data_dir_check_waits_out_a_standby_status() {
+    const TEST: &str = "postgres_with_the_data_dir_check_waits_out_a_standby_status";
+    let Some(pg) = available(TEST, Postgres::find()) else {
+        return;
+    };
+    serves_every_held_client_and_wakes_again(
+        &pg,
+        "ready: {postgres: {dataDir: DATA}, interval: 5ms}",
+        &["-c", "hot_standby=off"],
     )
     .await;
 }
 
 /// A crashed cluster parked behind zenvoy with `ready`: `CLIENTS` psql sessions at once
 /// all served while it recovers; parked when idle, and the next client wakes it.
-async fn serves_every_held_client_and_wakes_again(pg: &Postgres, ready: &str) {
-    let st = pg_stack(pg, ready).await;
+async fn serves_every_held_client_and_wakes_again(
+    pg: &Postgres,
+    ready: &str,
+    server_args: &[&str],
+) {
+    let st = pg_stack(pg, ready, server_args).await;
     let pg_log = st.dir.path().join("pg.log");
     assert!(st.service("pg").running_pid().is_none(), "starts parked");
     // The crash left its postmaster.pid behind, saying it serves (the `dataDir` check

@@ -306,15 +306,15 @@ fn open_log(path: &std::path::Path) -> std::io::Result<std::fs::File> {
         .create(true)
         .append(true)
         .open(path)?;
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    writeln!(
-        f,
-        "--- zenvoy: starting (unix time {}) ---",
-        since_epoch.as_secs()
-    )?;
+    writeln!(f, "--- zenvoy: starting (unix time {}) ---", unix_seconds())?;
     Ok(f)
+}
+
+/// The wall clock in whole seconds since the epoch (0 for a clock set before it).
+fn unix_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Try to connect to `upstream` every `PROBE_INTERVAL` until it accepts (true) or
@@ -335,30 +335,55 @@ fn probe_until(upstream: SocketAddr, until: std::time::Instant) -> bool {
 /// what it saw (for the wake's error when time runs out).
 async fn check_ready(
     check: &ReadyCheck,
-    upstream: SocketAddr,
+    try_: Try<'_>,
     http: &reqwest::Client,
     o: &ProcessOptions,
     left: Duration,
 ) -> Result<(), Failed> {
     let bound = CHECK_TIMEOUT.min(left);
-    match tokio::time::timeout(bound, check_once(check, upstream, http, o)).await {
+    match tokio::time::timeout(bound, check_once(check, try_, http, o)).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(said)) => Err(Failed {
+        Ok(Err(CheckError { said, fatal })) => Err(Failed {
             said,
             cut_short: false,
+            fatal,
         }),
         Err(_) => Err(Failed {
             said: format!("the check did not finish within {bound:?}"),
             cut_short: bound < CHECK_TIMEOUT,
+            fatal: false,
         }),
     }
 }
 
-/// A failed check: what it saw, and whether the wake's deadline cut it short.
+/// What one try of a check is about: the upstream, and when this wake started the
+/// process (seconds since the epoch; None when it was already running).
+#[derive(Debug, Clone, Copy)]
+struct Try<'a> {
+    upstream: &'a SocketAddr,
+    spawned: Option<i64>,
+}
+
+/// What a failed try saw. `fatal`: no later try can pass (the wake ends at once).
+#[derive(Debug)]
+struct CheckError {
+    said: String,
+    fatal: bool,
+}
+
+impl From<String> for CheckError {
+    fn from(said: String) -> Self {
+        CheckError { said, fatal: false }
+    }
+}
+
+/// A failed check: what it saw, whether the wake's deadline cut it short, and whether
+/// no later try can pass.
 #[derive(Debug)]
 struct Failed {
     said: String,
     cut_short: bool,
+    fatal: bool,
 }
 
 /// What a wake's failing checks said, for its error: a check cut short by the wake's
@@ -419,10 +444,11 @@ pub async fn postgres_ready(
 
 async fn check_once(
     check: &ReadyCheck,
-    upstream: SocketAddr,
+    try_: Try<'_>,
     http: &reqwest::Client,
     o: &ProcessOptions,
-) -> Result<(), String> {
+) -> Result<(), CheckError> {
+    let upstream = *try_.upstream;
     match check {
         ReadyCheck::Tcp => Ok(()),
         ReadyCheck::Http { path, status } => {
@@ -442,12 +468,14 @@ async fn check_once(
                 Ok(())
             } else {
                 let want = status.map_or("2xx".to_string(), |s| s.to_string());
-                Err(format!("GET {url} answered {got}, not {want}"))
+                Err(format!("GET {url} answered {got}, not {want}").into())
             }
         }
         ReadyCheck::Command(argv) => {
             let shown = argv.join(" ");
-            let (program, args) = argv.split_first().ok_or("empty ready command")?;
+            let (program, args) = argv
+                .split_first()
+                .ok_or_else(|| "empty ready command".to_string())?;
             let mut cmd = Command::new(program);
             cmd.args(args)
                 .envs(&o.env)
@@ -475,37 +503,52 @@ async fn check_once(
             if status.success() {
                 Ok(())
             } else {
-                Err(format!("`{shown}` {status}"))
+                Err(format!("`{shown}` {status}").into())
             }
         }
-        ReadyCheck::Postgres { user, database } => postgres_ready(upstream, user, database).await,
-        ReadyCheck::PostgresDataDir(dir) => postmaster_ready(dir, upstream).await,
+        ReadyCheck::Postgres { user, database } => {
+            Ok(postgres_ready(upstream, user, database).await?)
+        }
+        ReadyCheck::PostgresDataDir(dir) => postmaster_ready(dir, try_.spawned).await,
     }
 }
 
 /// One `postgres` check with `dataDir`: the status line of its `postmaster.pid`
 /// ([`postmaster`]); no connection. Run only once the port accepts, so the file is the
-/// running postmaster's, not one a crash left.
-async fn postmaster_ready(dir: &std::path::Path, upstream: SocketAddr) -> Result<(), String> {
+/// running postmaster's, not one a crash left. A file the controller may not read, or a
+/// `dataDir` that does not exist, fails the wake at once: no later try would pass.
+async fn postmaster_ready(dir: &std::path::Path, spawned: Option<i64>) -> Result<(), CheckError> {
+    use std::io::ErrorKind;
     use tokio::io::AsyncReadExt;
     use zenvoy_core::postmaster;
     let path = dir.join("postmaster.pid");
     let shown = path.display();
-    let file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| format!("cannot read {shown}: {e}"))?;
-    let mut text = String::new();
+    let unreadable = |e: std::io::Error| {
+        let fatal = e.kind() == ErrorKind::PermissionDenied
+            || (e.kind() == ErrorKind::NotFound && !dir.is_dir());
+        let hint = match e.kind() {
+            ErrorKind::PermissionDenied => {
+                ": run the controller as the server's user, or give its group read access \
+                 (initdb --allow-group-access), or use the connecting check ({postgres: {user}})"
+            }
+            ErrorKind::NotFound if fatal => ": dataDir is not a directory",
+            _ => "",
+        };
+        CheckError {
+            said: format!("cannot read {shown}: {e}{hint}"),
+            fatal,
+        }
+    };
+    let file = tokio::fs::File::open(&path).await.map_err(unreadable)?;
+    // Bytes, not a String: its directory lines need not be UTF-8.
+    let mut bytes = Vec::new();
     file.take(postmaster::MAX_LEN as u64)
-        .read_to_string(&mut text)
+        .read_to_end(&mut bytes)
         .await
-        .map_err(|e| format!("cannot read {shown}: {e}"))?;
-    let pid_file = postmaster::parse(&text).map_err(|e| format!("{shown}: {e}"))?;
-    // Another user's process (Postgres run as `postgres`) answers EPERM: it is alive.
-    let alive = !matches!(
-        nix::sys::signal::kill(Pid::from_raw(pid_file.pid), None),
-        Err(nix::errno::Errno::ESRCH)
-    );
-    postmaster::ready(&pid_file, upstream.port(), alive).map_err(|e| format!("{shown}: {e}"))
+        .map_err(unreadable)?;
+    let pid_file =
+        postmaster::parse(&String::from_utf8_lossy(&bytes)).map_err(|e| format!("{shown}: {e}"))?;
+    Ok(postmaster::ready(&pid_file, spawned).map_err(|e| format!("{shown}: {e}"))?)
 }
 
 /// SIGKILL to a process group when dropped (a ready check's; see `check_once`). Its
@@ -637,19 +680,24 @@ impl Backend for ProcessBackend {
         let backend = self.clone();
         Box::pin(async move {
             let slot = slot?;
-            let started = {
+            // When this wake started the process (seconds since the epoch), for checks
+            // that tell its files from an earlier one's.
+            let spawned = {
                 let mut child = slot.child.lock().await;
                 let running = child.as_mut().is_some_and(Running::alive);
-                if !running {
+                if running {
+                    None
+                } else {
+                    let at = unix_seconds();
                     *child = Some(Running::Child(spawn(
                         &service,
                         &slot.command,
                         &slot.options,
                     )?));
+                    Some(at)
                 }
-                !running
             };
-            if started {
+            if spawned.is_some() {
                 backend.save().await;
             }
             // The planner gives up on the wake after the same timeout, on its next tick:
@@ -682,18 +730,20 @@ impl Backend for ProcessBackend {
             let mut seen = Seen::default();
             loop {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
-                match check_ready(
-                    &ready.check,
-                    slot.upstream,
-                    &backend.http,
-                    &slot.options,
-                    left,
-                )
-                .await
-                {
+                let try_ = Try {
+                    upstream: &slot.upstream,
+                    spawned,
+                };
+                match check_ready(&ready.check, try_, &backend.http, &slot.options, left).await {
                     Ok(()) => {
                         debug!(service, upstream = %slot.upstream, "ready");
                         return Ok(vec![slot.upstream]);
+                    }
+                    Err(failed) if failed.fatal => {
+                        return Err(BackendError::CannotBeReady {
+                            service,
+                            detail: failed.said,
+                        });
                     }
                     Err(failed) => {
                         debug!(service, said = %failed.said, "not ready yet");
@@ -802,6 +852,7 @@ mod tests {
         let failed = |said: &str, cut_short| Failed {
             said: said.to_string(),
             cut_short,
+            fatal: false,
         };
         let mut seen = Seen::default();
         seen.note(failed("GET / answered 503, not 2xx", false));

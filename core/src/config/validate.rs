@@ -597,11 +597,11 @@ fn validate_ready(at: &str, r: raw::Ready) -> Result<Ready, ConfigError> {
         data_dir: Some(dir),
     }) = postgres
     {
-        for (field, set) in [("user", user.is_some()), ("database", database.is_some())] {
-            if set {
+        for (field, value) in [("user", user), ("database", database)] {
+            if let Some(value) = value {
                 return Err(invalid(
                     format!("{at}.postgres.{field}"),
-                    field,
+                    value,
                     "is not asked with dataDir, which reads postmaster.pid instead of \
                      connecting: set one or the other",
                 ));
@@ -611,7 +611,7 @@ fn validate_ready(at: &str, r: raw::Ready) -> Result<Ready, ConfigError> {
             return Err(invalid(
                 format!("{at}.postgres.dataDir"),
                 dir,
-                "must be a directory path: the server's data directory, as `postgres -D` names it",
+                "must be a directory path: the server's data directory, where its postmaster.pid is",
             ));
         }
         ReadyCheck::PostgresDataDir(PathBuf::from(dir))
