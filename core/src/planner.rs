@@ -267,6 +267,23 @@ pub struct Settings {
 pub const DEFAULT_STATS_EXPIRY: Duration = Duration::from_secs(30);
 /// [`Settings::warm_timeout`] when nothing else is said.
 pub const DEFAULT_WARM_TIMEOUT: Duration = Duration::from_secs(15);
+/// After a wake fails or times out, held connections ask for the next one no sooner
+/// than this, doubled for each failure in a row up to [`WAKE_RETRY_MAX`]; a wake that
+/// succeeds starts over. A service that cannot start (its command missing, a check that
+/// cannot pass, an instance that exits at once) is then not restarted every tick for as
+/// long as clients wait; the first retry is as soon as before (one tick).
+pub const WAKE_RETRY_FIRST: Duration = Duration::from_millis(100);
+pub const WAKE_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// How long after its `failures`-th failed wake in a row a service may be woken again.
+pub fn wake_retry_delay(failures: u32) -> Duration {
+    match failures {
+        0 => Duration::ZERO,
+        n => WAKE_RETRY_FIRST
+            .saturating_mul(1 << (n - 1).min(16))
+            .min(WAKE_RETRY_MAX),
+    }
+}
 
 /// Where a service added at run time stands with its front door (listener or virtual
 /// host).
@@ -307,6 +324,10 @@ struct Service {
     /// has written that (None: not yet).
     route: Option<Route>,
     routed_at: Option<Instant>,
+    /// Wakes that failed or timed out in a row, and when the next may start (see
+    /// [`wake_retry_delay`]).
+    failed_wakes: u32,
+    retry_at: Option<Instant>,
 }
 
 /// One service at a glance (the admin API's `/status`, `zenvoy status`).
@@ -800,6 +821,8 @@ impl Planner {
                 last_wake: None,
                 route,
                 routed_at: None,
+                failed_wakes: 0,
+                retry_at: None,
             },
         );
         self.join_group(&name, def_group.as_deref());
@@ -1231,6 +1254,12 @@ impl Planner {
     fn step_one(&mut self, service: &str, input: Input, now: Instant) -> Option<State> {
         let s = self.services.get_mut(service)?;
         let before = s.state;
+        // Demand does not start a wake before the retry delay after a failed one.
+        if matches!((input, before), (Input::Demand, State::Parked))
+            && s.retry_at.is_some_and(|t| now < t)
+        {
+            return Some(before);
+        }
         let (after, step) = activity::step(before, input, now, &s.timing);
         // Nothing moved (most samples: a parked service's, or an idle one's within its
         // timeout): one lookup, and done. At 10,000 services a push is 10,000 of these.
@@ -1276,6 +1305,13 @@ impl Planner {
         }
         if let Some((outcome, took)) = step.wake {
             s.last_wake = Some((outcome, took));
+            if outcome == WakeOutcome::Ready {
+                s.failed_wakes = 0;
+                s.retry_at = None;
+            } else {
+                s.failed_wakes = s.failed_wakes.saturating_add(1);
+                s.retry_at = now.checked_add(wake_retry_delay(s.failed_wakes));
+            }
             info!(
                 service,
                 outcome = outcome.label(),

@@ -436,6 +436,67 @@ fn a_failed_wake_is_counted_and_the_held_connection_asks_again() {
 }
 
 #[test]
+fn wakes_that_keep_failing_are_retried_later_each_time_and_a_success_starts_over() {
+    assert_eq!(wake_retry_delay(0), Duration::ZERO);
+    assert_eq!(wake_retry_delay(1), WAKE_RETRY_FIRST);
+    assert_eq!(wake_retry_delay(2), WAKE_RETRY_FIRST * 2);
+    assert_eq!(wake_retry_delay(3), WAKE_RETRY_FIRST * 4);
+    assert_eq!(wake_retry_delay(7), WAKE_RETRY_MAX, "6.4 s, capped");
+    assert_eq!(wake_retry_delay(u32::MAX), WAKE_RETRY_MAX);
+
+    let mut w = World::new(true, false, vec![tcp("pg", 5432)]);
+    let fail = |w: &mut World, at: f64, wake: u64| {
+        w.event(
+            at,
+            Event::WakeDone {
+                service: "pg".into(),
+                wake,
+                result: Err("exited".into()),
+            },
+        );
+        assert_eq!(w.phase("pg"), Phase::Parked);
+    };
+    // The connection stays held throughout; each failure pushes the next wake further.
+    let mut wake = wake_number(&w.pending(0.0, "pg", 1.0)).expect("first wake");
+    let mut at = 0.5;
+    for (failures, delay) in [(1u32, 0.1), (2, 0.2), (3, 0.4), (4, 0.8)] {
+        fail(&mut w, at, wake);
+        assert!(
+            wake_number(&w.tick(at + delay - 0.01)).is_none(),
+            "after {failures} failures: not before {delay} s"
+        );
+        // A new held connection is demand too, and waits the same.
+        assert!(wake_number(&w.pending(at + delay - 0.005, "pg", 2.0)).is_none());
+        wake = wake_number(&w.tick(at + delay)).expect("retried once the delay passed");
+        at += delay + 0.05;
+    }
+    // A wake that succeeds starts the count over: the next failure waits one tick.
+    w.event(
+        at,
+        Event::WakeDone {
+            service: "pg".into(),
+            wake,
+            result: Ok(vec![addr("10.0.0.1:5432")]),
+        },
+    );
+    assert_eq!(w.phase("pg"), Phase::Awake);
+    w.pending(at, "pg", 0.0);
+    w.tick(at + 20.0);
+    w.ack("pg");
+    w.tick(at + 20.1);
+    w.sample(at + 20.2, "pg", 0.0, 5.0);
+    assert_eq!(w.phase("pg"), Phase::Parked, "idle: parked");
+    let at = at + 21.0;
+    let wake = wake_number(&w.pending(at, "pg", 1.0)).expect("woken at once");
+    fail(&mut w, at + 0.5, wake);
+    assert!(wake_number(&w.tick(at + 0.59)).is_none());
+    assert!(
+        wake_number(&w.tick(at + 0.6)).is_some(),
+        "one failure since the success: the first delay again"
+    );
+}
+
+#[test]
 fn a_timed_out_wake_is_told_to_the_operator() {
     let mut w = World::new(true, false, vec![tcp("pg", 5432)]);
     w.pending(0.0, "pg", 1.0);
