@@ -234,6 +234,22 @@ async fn a_postgres_data_dir_that_is_not_there_fails_the_wake_at_once() {
         logs.contains("dataDir is not a directory"),
         "the error says what is wrong with dataDir:\n{logs}"
     );
+    // The client is still held, so the wake is tried again, each time later: the
+    // fourth failure comes no sooner than 0.1 + 0.2 + 0.4 s after the first, less the
+    // time this test took to see the first (retried every tick, as before the backoff,
+    // the three took about 0.2 s).
+    let first = std::time::Instant::now();
+    let failed = "zenvoy_wake_outcomes_total{service=\"db\",outcome=\"failed\"}";
+    wait::until("three more failed wakes", BOUND, || async {
+        Ok((st.controller_metric(failed).await? >= 4.0).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", st.logs()));
+    let took = first.elapsed();
+    assert!(
+        took >= Duration::from_millis(500),
+        "three retries in {took:?}: not backing off"
+    );
     client.abort();
 }
 
