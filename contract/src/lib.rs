@@ -69,41 +69,50 @@ pub struct HoldPolicy {
     pub dial: Option<SocketAddr>,
 }
 
+/// A metadata field's value, as a protobuf `Struct` holds it: a number (a double) or a
+/// string.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Field {
+    Number(f64),
+    Text(String),
+}
+
 impl HoldPolicy {
-    /// The metadata fields, as numbers (protobuf `Struct` numbers are doubles).
+    /// The metadata fields: the numbers, and [`DIAL`] when there is one.
     /// Milliseconds of any timeout below 2^53 ms (285,000 years) are exact as f64.
     #[allow(clippy::cast_precision_loss)]
-    pub fn fields(&self) -> [(&'static str, f64); 2] {
-        [
-            (HOLD_TIMEOUT_MS, self.hold_timeout.as_millis() as f64),
-            (MAX_PENDING, f64::from(self.max_pending)),
-        ]
+    pub fn fields(&self) -> Vec<(&'static str, Field)> {
+        let mut fields = vec![
+            (
+                HOLD_TIMEOUT_MS,
+                Field::Number(self.hold_timeout.as_millis() as f64),
+            ),
+            (MAX_PENDING, Field::Number(f64::from(self.max_pending))),
+        ];
+        if let Some(dial) = self.dial {
+            fields.push((DIAL, Field::Text(dial.to_string())));
+        }
+        fields
     }
 
-    /// Read the policy back from the metadata fields; `None` when a field is missing or
-    /// not a finite, non-negative number. Values past the types' range saturate.
+    /// Read the policy back from the metadata fields; `None` when a number is missing or
+    /// not a finite, non-negative number. Values past the types' range saturate. A
+    /// [`DIAL`] that is missing or not an `ip:port` is none.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    pub fn from_fields(number: impl Fn(&str) -> Option<f64>) -> Option<Self> {
-        let get = |key: &str| number(key).filter(|n| n.is_finite() && *n >= 0.0);
+    pub fn from_fields(field: impl Fn(&str) -> Option<Field>) -> Option<Self> {
+        let get = |key: &str| match field(key)? {
+            Field::Number(n) if n.is_finite() && n >= 0.0 => Some(n),
+            _ => None,
+        };
         Some(HoldPolicy {
             // `as` saturates: a hostile 1e300 becomes u64::MAX ms, not a panic.
             hold_timeout: Duration::from_millis(get(HOLD_TIMEOUT_MS)? as u64),
             max_pending: get(MAX_PENDING)? as u32,
-            dial: None,
+            dial: match field(DIAL) {
+                Some(Field::Text(t)) => t.parse().ok(),
+                _ => None,
+            },
         })
-    }
-
-    /// The [`DIAL`] field, as a string.
-    pub fn dial_field(&self) -> Option<(&'static str, String)> {
-        self.dial.map(|a| (DIAL, a.to_string()))
-    }
-
-    /// With [`DIAL`] read from its string (`None`, or not an `ip:port`: none).
-    pub fn with_dial(self, text: Option<&str>) -> Self {
-        HoldPolicy {
-            dial: text.and_then(|t| t.parse().ok()),
-            ..self
-        }
     }
 }
 
@@ -111,8 +120,15 @@ impl HoldPolicy {
 mod tests {
     use super::*;
 
-    fn lookup<'a>(fields: &'a [(&'static str, f64)]) -> impl Fn(&str) -> Option<f64> + 'a {
-        move |k| fields.iter().find(|(n, _)| *n == k).map(|(_, v)| *v)
+    fn lookup<'a>(fields: &'a [(&'static str, Field)]) -> impl Fn(&str) -> Option<Field> + 'a {
+        move |k| fields.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
+    }
+
+    fn numbers(fields: &[(&'static str, f64)]) -> Vec<(&'static str, Field)> {
+        fields
+            .iter()
+            .map(|(k, n)| (*k, Field::Number(*n)))
+            .collect()
     }
 
     #[test]
@@ -132,13 +148,19 @@ mod tests {
             max_pending: 1,
             dial: Some("127.0.0.1:5432".parse().expect("addr")),
         };
-        let (key, text) = p.dial_field().expect("a dial field");
-        assert_eq!(key, DIAL);
-        let back = HoldPolicy::from_fields(lookup(&p.fields())).map(|b| b.with_dial(Some(&text)));
+        let fields = p.fields();
+        assert!(fields.contains(&(DIAL, Field::Text("127.0.0.1:5432".into()))));
+        let back = HoldPolicy::from_fields(lookup(&fields));
         assert_eq!(back, Some(p));
-        let none = p.with_dial(Some("not an address"));
+        let mut garbage = numbers(&[(HOLD_TIMEOUT_MS, 1.0), (MAX_PENDING, 1.0)]);
+        garbage.push((DIAL, Field::Text("not an address".into())));
+        let none = HoldPolicy::from_fields(lookup(&garbage)).expect("the numbers are fine");
         assert_eq!(none.dial, None);
-        assert_eq!(p.with_dial(None).dial, None);
+        garbage.pop();
+        assert_eq!(
+            HoldPolicy::from_fields(lookup(&garbage)).map(|p| p.dial),
+            Some(None)
+        );
     }
 
     #[test]
@@ -149,14 +171,21 @@ mod tests {
             vec![(HOLD_TIMEOUT_MS, 1.0), (MAX_PENDING, f64::NAN)],
             vec![(HOLD_TIMEOUT_MS, f64::INFINITY), (MAX_PENDING, 1.0)],
         ] {
-            assert_eq!(HoldPolicy::from_fields(lookup(&bad)), None, "{bad:?}");
+            assert_eq!(
+                HoldPolicy::from_fields(lookup(&numbers(&bad))),
+                None,
+                "{bad:?}"
+            );
         }
     }
 
     #[test]
     fn huge_values_saturate() {
-        let p = HoldPolicy::from_fields(lookup(&[(HOLD_TIMEOUT_MS, 1e300), (MAX_PENDING, 1e12)]))
-            .expect("finite, non-negative");
+        let p = HoldPolicy::from_fields(lookup(&numbers(&[
+            (HOLD_TIMEOUT_MS, 1e300),
+            (MAX_PENDING, 1e12),
+        ])))
+        .expect("finite, non-negative");
         assert_eq!(p.hold_timeout, Duration::from_millis(u64::MAX));
         assert_eq!(p.max_pending, u32::MAX);
     }

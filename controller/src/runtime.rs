@@ -11,7 +11,6 @@
 //!                                            \-> metrics, directory, backend.notify
 //! ```
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,10 +58,6 @@ pub struct Runtime<B> {
     directory: Arc<Directory>,
     status_tx: mpsc::Sender<StatusQuery>,
     status_rx: Option<mpsc::Receiver<StatusQuery>>,
-    /// The name each service's `inCluster` listener is published under: it carries the
-    /// port (see [`resources::in_cluster_listener_name`]), so a new port is a new name and
-    /// the old one must be removed.
-    in_cluster_names: HashMap<String, String>,
 }
 
 impl<B: Backend> Runtime<B> {
@@ -99,7 +94,6 @@ impl<B: Backend> Runtime<B> {
             directory,
             status_tx,
             status_rx: Some(status_rx),
-            in_cluster_names: HashMap::new(),
         };
         for s in &config.services {
             let effects = runtime.planner.add(s.def());
@@ -204,25 +198,23 @@ impl<B: Backend> Runtime<B> {
                         route_timeout,
                     );
                     let name = resources::in_cluster_listener_name(&service, listen);
-                    if let Some(old) = self.in_cluster_names.insert(service, name.clone()) {
-                        if old != name {
-                            self.cache.remove(LISTENER_TYPE, &old);
-                        }
-                    }
                     self.cache
                         .set(LISTENER_TYPE, &name, resources::any(listener));
                 }
-                Effect::RemoveInClusterListener { service } => {
-                    if let Some(name) = self.in_cluster_names.remove(&service) {
-                        self.cache.remove(LISTENER_TYPE, &name);
-                    }
+                Effect::RemoveInClusterListener { service, listen } => {
+                    let name = resources::in_cluster_listener_name(&service, listen);
+                    self.cache.remove(LISTENER_TYPE, &name);
                 }
                 Effect::Route { service, route } => self.backend.route(&service, route),
-                Effect::RemoveService { service } => {
+                Effect::RemoveService {
+                    service,
+                    in_cluster,
+                } => {
                     for type_url in [LISTENER_TYPE, CLUSTER_TYPE, ENDPOINT_TYPE] {
                         self.cache.remove(type_url, &service);
                     }
-                    if let Some(name) = self.in_cluster_names.remove(&service) {
+                    if let Some(listen) = in_cluster {
+                        let name = resources::in_cluster_listener_name(&service, listen);
                         self.cache.remove(LISTENER_TYPE, &name);
                     }
                 }

@@ -118,10 +118,11 @@ impl Policy {
         }
     }
 
-    /// What the holder needs of it, carried on the holder endpoint.
-    pub fn hold(&self) -> HoldPolicy {
+    /// What the holder needs of it, carried on the holder endpoint, with the service's
+    /// [`ServiceDef::dial`].
+    pub fn hold(&self, dial: Option<SocketAddr>) -> HoldPolicy {
         HoldPolicy {
-            dial: None,
+            dial,
             hold_timeout: self.hold_timeout,
             max_pending: self.max_pending,
         }

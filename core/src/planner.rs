@@ -130,8 +130,11 @@ pub enum Effect {
         /// [`route_timeout`]).
         route_timeout: Duration,
     },
+    /// The service's `inCluster` listener on `listen` goes (the listener's name carries
+    /// its port: a move to another port removes the old one first).
     RemoveInClusterListener {
         service: String,
+        listen: SocketAddr,
     },
     /// `inCluster`: where the Service's own name is to lead. The backend writes it (the
     /// controller's EndpointSlice) and reports [`Event::Routed`] once it is in the API.
@@ -139,9 +142,11 @@ pub enum Effect {
         service: String,
         route: Route,
     },
-    /// The service's listener, cluster and assignment.
+    /// The service's listener, cluster and assignment, and its `inCluster` listener on
+    /// `in_cluster` when it has one.
     RemoveService {
         service: String,
+        in_cluster: Option<SocketAddr>,
     },
     /// The shared HTTP listener's route configuration, one virtual host per HTTP service
     /// whose cluster is warm, sorted by service.
@@ -717,18 +722,21 @@ impl Planner {
             if (old.in_cluster != def.in_cluster || old.protocol != def.protocol)
                 && s.warming == Warming::Done
             {
-                self.out.push(match def.in_cluster {
-                    Some(listen) => Effect::PublishInClusterListener {
+                if let Some(listen) = old.in_cluster.filter(|l| def.in_cluster != Some(*l)) {
+                    self.out.push(Effect::RemoveInClusterListener {
+                        service: name.clone(),
+                        listen,
+                    });
+                }
+                if let Some(listen) = def.in_cluster {
+                    self.out.push(Effect::PublishInClusterListener {
                         service: name.clone(),
                         listen,
                         protocol: def.protocol,
                         limits: def.policy.envoy(),
                         route_timeout: route_timeout(def.protocol, def.policy.wake_timeout),
-                    },
-                    None => Effect::RemoveInClusterListener {
-                        service: name.clone(),
-                    },
-                });
+                    });
+                }
             }
             if old.in_cluster.is_some() != def.in_cluster.is_some() {
                 // Turned on: the route its phase calls for; off: the slice goes.
@@ -748,10 +756,7 @@ impl Planner {
             }
             return;
         }
-        let hold = HoldPolicy {
-            dial: def.dial,
-            ..def.policy.hold()
-        };
+        let hold = def.policy.hold(def.dial);
         let warming = match acks {
             Some((acks, now)) if acks.envoys() > 0 => Warming::Publishing { since: now },
             _ => Warming::Done,
@@ -890,6 +895,7 @@ impl Planner {
         });
         self.out.push(Effect::RemoveService {
             service: name.to_string(),
+            in_cluster: s.def.in_cluster,
         });
         if s.def.protocol.routed() {
             self.routes_dirty = true;
@@ -913,10 +919,7 @@ impl Planner {
         let Some(s) = self.services.get_mut(service) else {
             return;
         };
-        let hold = HoldPolicy {
-            dial: s.def.dial,
-            ..policy.hold()
-        };
+        let hold = policy.hold(s.def.dial);
         if hold != s.hold {
             s.hold = hold;
             if matches!(

@@ -53,35 +53,28 @@ pub(crate) fn start_if_waiting(hold: &Arc<Hold>, service: &str, slot: &Arc<Slot>
         return;
     }
     if hold.probe_threads.fetch_add(1, Ordering::AcqRel) >= MAX_PROBES {
-        hold.probe_threads.fetch_sub(1, Ordering::AcqRel);
-        slot.probing.store(false, Ordering::Release);
+        done(hold, slot);
         return;
     }
-    let hold = hold.clone();
-    let (slot, service) = (slot.clone(), service.to_string());
+    let (thread_hold, thread_slot, service) = (hold.clone(), slot.clone(), service.to_string());
     let spawned = std::thread::Builder::new()
         .name("zenvoy-probe".into())
-        .spawn({
-            let slot = slot.clone();
-            let hold = hold.clone();
-            move || {
-                if watch(
-                    &service,
-                    &slot,
-                    dial,
-                    Instant::now() + hold_timeout,
-                    &hold.probes,
-                ) {
-                    hold.self_dials.inc();
-                }
-                slot.probing.store(false, Ordering::Release);
-                hold.probe_threads.fetch_sub(1, Ordering::AcqRel);
+        .spawn(move || {
+            let until = Instant::now() + hold_timeout;
+            if watch(&service, &thread_slot, dial, until, &thread_hold.probes) {
+                thread_hold.self_dials.inc();
             }
+            done(&thread_hold, &thread_slot);
         });
     if spawned.is_err() {
-        slot.probing.store(false, Ordering::Release);
-        hold.probe_threads.fetch_sub(1, Ordering::AcqRel);
+        done(hold, slot);
     }
+}
+
+/// A probe of `slot` ends (or never started): another may start.
+fn done(hold: &Hold, slot: &Slot) {
+    slot.probing.store(false, Ordering::Release);
+    hold.probe_threads.fetch_sub(1, Ordering::AcqRel);
 }
 
 /// Try `dial` until it accepts after refusing (then it is the endpoint: true), or accepts

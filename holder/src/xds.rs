@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use crate::hold::{Hold, ServicePolicy};
 
 pub use zenvoy_contract::ENDPOINT_TYPE;
-use zenvoy_contract::{HoldPolicy, DIAL, HOLDER_MARK, HOLD_POLICY, TRANSPORT_SOCKET_MATCH};
+use zenvoy_contract::{Field, HoldPolicy, HOLDER_MARK, HOLD_POLICY, TRANSPORT_SOCKET_MATCH};
 
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -50,14 +50,11 @@ pub fn policy(cla: &ClusterLoadAssignment) -> Option<ServicePolicy> {
         .filter_metadata
         .get(HOLD_POLICY)?
         .fields;
-    let p = HoldPolicy::from_fields(|k| match fields.get(k)?.kind {
-        Some(value::Kind::NumberValue(n)) => Some(n),
+    let p = HoldPolicy::from_fields(|k| match fields.get(k)?.kind.as_ref()? {
+        value::Kind::NumberValue(n) => Some(Field::Number(*n)),
+        value::Kind::StringValue(s) => Some(Field::Text(s.clone())),
         _ => None,
-    })?
-    .with_dial(match fields.get(DIAL).and_then(|v| v.kind.as_ref()) {
-        Some(value::Kind::StringValue(s)) => Some(s.as_str()),
-        _ => None,
-    });
+    })?;
     Some(ServicePolicy {
         hold_timeout: p.hold_timeout,
         max_pending: usize::try_from(p.max_pending).unwrap_or(usize::MAX),

@@ -335,7 +335,7 @@ fn probe_until(upstream: SocketAddr, until: std::time::Instant) -> bool {
 /// what it saw (for the wake's error when time runs out).
 async fn check_ready(
     check: &ReadyCheck,
-    try_: Try<'_>,
+    try_: Try,
     http: &reqwest::Client,
     o: &ProcessOptions,
     left: Duration,
@@ -359,8 +359,8 @@ async fn check_ready(
 /// What one try of a check is about: the upstream, and when this wake started the
 /// process (seconds since the epoch; None when it was already running).
 #[derive(Debug, Clone, Copy)]
-struct Try<'a> {
-    upstream: &'a SocketAddr,
+struct Try {
+    upstream: SocketAddr,
     spawned: Option<i64>,
 }
 
@@ -444,11 +444,11 @@ pub async fn postgres_ready(
 
 async fn check_once(
     check: &ReadyCheck,
-    try_: Try<'_>,
+    try_: Try,
     http: &reqwest::Client,
     o: &ProcessOptions,
 ) -> Result<(), CheckError> {
-    let upstream = *try_.upstream;
+    let upstream = try_.upstream;
     match check {
         ReadyCheck::Tcp => Ok(()),
         ReadyCheck::Http { path, status } => {
@@ -731,7 +731,7 @@ impl Backend for ProcessBackend {
             loop {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
                 let try_ = Try {
-                    upstream: &slot.upstream,
+                    upstream: slot.upstream,
                     spawned,
                 };
                 match check_ready(&ready.check, try_, &backend.http, &slot.options, left).await {

@@ -47,6 +47,7 @@ pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteCon
 /// Name of the shared HTTP listener and of its route configuration.
 pub const HTTP_LISTENER: &str = "zenvoy_http";
 
+use zenvoy_contract::Field;
 pub use zenvoy_contract::{HOLDER_MARK, HOLD_POLICY, TRANSPORT_SOCKET_MATCH};
 use zenvoy_core::model::{self, Protocol};
 pub use zenvoy_core::model::{Endpoints, EnvoyLimits, HoldPolicy};
@@ -398,20 +399,18 @@ pub fn load_assignment(name: &str, endpoints: &Endpoints) -> ClusterLoadAssignme
 }
 
 fn policy_struct(p: &HoldPolicy) -> Struct {
-    let numbers = p.fields().into_iter().map(|(k, n)| {
-        let v = Value {
-            kind: Some(value::Kind::NumberValue(n)),
-        };
-        (k.to_string(), v)
-    });
-    let dial = p.dial_field().map(|(k, text)| {
-        let v = Value {
-            kind: Some(value::Kind::StringValue(text)),
-        };
-        (k.to_string(), v)
-    });
     Struct {
-        fields: numbers.chain(dial).collect(),
+        fields: p
+            .fields()
+            .into_iter()
+            .map(|(k, field)| {
+                let kind = match field {
+                    Field::Number(n) => value::Kind::NumberValue(n),
+                    Field::Text(t) => value::Kind::StringValue(t),
+                };
+                (k.to_string(), Value { kind: Some(kind) })
+            })
+            .collect(),
     }
 }
 

@@ -267,7 +267,7 @@ fn parks(effects: &[Effect]) -> usize {
 }
 
 fn holder(p: Policy) -> Endpoints {
-    Endpoints::Holder(addr(HOLDER), p.hold())
+    Endpoints::Holder(addr(HOLDER), p.hold(None))
 }
 
 #[test]
@@ -818,7 +818,8 @@ fn removing_a_service_drops_its_resources_and_its_virtual_host() {
         },
     );
     assert!(e.contains(&Effect::RemoveService {
-        service: "web".into()
+        service: "web".into(),
+        in_cluster: None,
     }));
     assert!(e.contains(&Effect::Untrack {
         service: "web".into()
@@ -1259,6 +1260,41 @@ fn route_effects(effects: &[Effect], service: &str) -> Vec<Route> {
             _ => None,
         })
         .collect()
+}
+
+#[test]
+fn an_in_cluster_listener_that_moves_is_removed_from_its_old_port_first() {
+    let at = |port| ServiceDef {
+        in_cluster: Some(addr(&format!("10.0.0.9:{port}"))),
+        ..tcp("pg", 5432)
+    };
+    let mut w = World::new(true, false, vec![at(20001)]);
+    let e = w.event(1.0, Event::Upsert(Box::new(at(20002))));
+    let moves: Vec<(bool, SocketAddr)> = e
+        .iter()
+        .filter_map(|e| match e {
+            Effect::RemoveInClusterListener { listen, .. } => Some((false, *listen)),
+            Effect::PublishInClusterListener { listen, .. } => Some((true, *listen)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        moves,
+        [
+            (false, addr("10.0.0.9:20001")),
+            (true, addr("10.0.0.9:20002"))
+        ]
+    );
+    let e = w.event(
+        2.0,
+        Event::Remove {
+            service: "pg".into(),
+        },
+    );
+    assert!(e.contains(&Effect::RemoveService {
+        service: "pg".into(),
+        in_cluster: Some(addr("10.0.0.9:20002")),
+    }));
 }
 
 #[test]
