@@ -22,7 +22,7 @@ run: setup build
 	$(BIN)/zenvoy run --config examples/local.yaml
 
 # Everything CI runs: the dashboards and alerts checks, format, lints, unit tests,
-# end-to-end tests with a real Envoy (and a real Prometheus: tests/tests/dashboards.rs).
+# end-to-end tests with a real Envoy (and a real Prometheus: e2e/tests/dashboards.rs).
 # One `--workspace` build for all of it, so features unify and nothing builds twice.
 test: setup monitoring lint
 	$(CARGO) build --workspace --all-targets
@@ -35,6 +35,8 @@ lint:
 unit:
 	$(CARGO) test --workspace --lib --bins
 
+# End-to-end tests (e2e/tests/, package zenvoy-e2e): these twelve. `cargo test -p
+# zenvoy-e2e` runs every file in e2e/tests/ and builds no benchmark and no chaos suite.
 e2e: setup build
 	$(CARGO) test --workspace --test e2e --test holder --test transparent --test kubernetes --test fake_kube --test deploy --test images \
 	  --test cli --test readiness --test grpc --test real_servers --test in_cluster
@@ -57,7 +59,7 @@ dashboards: setup
 # The container images deploy/ runs, from the release binaries: buildah, FROM scratch,
 # tagged localhost/zenvoy-controller:<version> and localhost/zenvoy-holder:<version> (the
 # version the binaries print), and written to target/images/ as archives to load into a
-# cluster or push (docs/kubernetes.md). tests/tests/images.rs builds the same from the
+# cluster or push (docs/kubernetes.md). e2e/tests/images.rs builds the same from the
 # debug binaries.
 images: setup
 	$(CARGO) build --release -p zenvoy-controller -p zenvoy-holder
@@ -68,6 +70,7 @@ images: setup
 fuzz:
 	@scripts/fuzz.sh
 
+# The benchmarks (bench/, package zenvoy-bench; BENCHMARKS.md), release builds.
 bench:
 	@scripts/setup.sh bench
 	$(CARGO) build --workspace --bins --release
@@ -75,12 +78,13 @@ bench:
 	target/release/fleet-bench
 	target/release/holder-bench
 
-# The chaos suite (RELIABILITY.md): clients through a stack that is being broken (a
-# 10,000-client burst, 1,000 park/wake cycles, kills and restarts of every component, a
-# silent Envoy, floods and slow headers at the holder), one table at the end, non-zero
-# exit if a client was lost, reset or corrupted. Loopback only; under 15 minutes on two
-# cores. Run it as root: the burst needs an open-file limit only root can raise.
-# CHAOS_ARGS passes flags, e.g. `make chaos CHAOS_ARGS="--only 3 --markdown chaos.md"`.
+# The chaos suite (chaos/, package zenvoy-chaos; RELIABILITY.md): clients through a
+# stack that is being broken (a 10,000-client burst, 1,000 park/wake cycles, kills and
+# restarts of every component, a silent Envoy, floods and slow headers at the holder), one
+# table at the end, non-zero exit if a client was lost, reset or corrupted. Loopback only;
+# under 15 minutes on two cores. Run it as root: the burst needs an open-file limit only
+# root can raise. CHAOS_ARGS passes flags, e.g.
+# `make chaos CHAOS_ARGS="--only 3 --markdown chaos.md"`.
 chaos: setup
 	$(CARGO) build --release --workspace --bins
 	target/release/chaos $(CHAOS_ARGS)

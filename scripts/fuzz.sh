@@ -16,7 +16,7 @@ if [ ! -x "$tools/bin/cargo-fuzz" ]; then
   cargo install --locked --quiet cargo-fuzz --root "$tools"
 fi
 export PATH="$tools/bin:$PATH" RUSTC_BOOTSTRAP=1
-for spec in holder/fuzz:proxy_v2 core/fuzz:metrics_push core/fuzz:prometheus_text core/fuzz:postgres_answer core/fuzz:postmaster_pid_file; do
+for spec in holder/fuzz:proxy_header core/fuzz:metrics_push core/fuzz:prometheus_text core/fuzz:postgres_answer core/fuzz:postmaster_pid_file; do
   dir=${spec%%:*}
   target=${spec##*:}
   echo "fuzz: $dir $target for ${each}s"

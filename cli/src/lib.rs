@@ -9,7 +9,7 @@
 //!  zenvoy status ---------------> status: GET <controller.admin>/status -> table
 //! ```
 //!
-//! [`bootstrap`] is also what the end-to-end harness (`zenvoy-tests`) starts its Envoys
+//! [`bootstrap`] is also what the end-to-end harness (`zenvoy-e2e`) starts its Envoys
 //! with, so the tests run the bootstrap users get. [`run`] is the command's wiring (its
 //! errors are `anyhow`, for people); the other modules are small and typed.
 

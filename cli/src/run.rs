@@ -140,7 +140,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     .await
     {
         Ok(up) => {
-            if let Err(e) = write_atomically(&addresses_file, &up.json(&opts.config)) {
+            if let Err(e) =
+                zenvoy_base::write_atomically(&addresses_file, up.json(&opts.config).as_bytes())
+            {
                 warn!(error = %e, file = %addresses_file.display(), "cannot write the addresses");
             }
             print_running(&config, &opts.config, &up);
@@ -679,12 +681,6 @@ fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
 }
 
 /// The controller's and the holder's logs, on stderr and appended to `log`.

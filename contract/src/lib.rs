@@ -1,6 +1,6 @@
 //! What the controller and the holder agree on, in one place. Both crates build on these
 //! names; the round trip (the controller's holder endpoint, read by the holder, gives the
-//! policy back) is tested in `tests/tests/contract.rs`, where both crates meet.
+//! policy back) is tested in `e2e/tests/contract.rs`, where both crates meet.
 //!
 //! ```text
 //!  Envoy --PROXY v2, TLV 0xE0 = service name--------------------------> holder

@@ -1,4 +1,4 @@
-//! The admin HTTP server: `/metrics` (Prometheus text), `/healthz` (fails once a core
+//! The admin HTTP server: `/metrics` (Prometheus text), `/healthz` (fails once a vital
 //! task has died: Kubernetes then restarts the pod), `/readyz` (not ready while this
 //! replica does not serve: a follower, or a leader still reading what runs), `/status`
 //! (every service's phase and timings as JSON, what `zenvoy status` shows).
@@ -38,7 +38,7 @@ async fn metrics(registry: Arc<Registry>) -> impl IntoResponse {
 pub struct Health {
     /// Tasks the controller cannot work without (the runtime, watchers, the election):
     /// one that has ended while the controller runs makes it unhealthy.
-    pub core: Vec<tokio::task::AbortHandle>,
+    pub vital: Vec<tokio::task::AbortHandle>,
     /// Whether this replica serves streams (Kubernetes: the gate); always without one.
     pub serving: Option<tokio::sync::watch::Receiver<bool>>,
     /// Where `/status` asks the runtime.
@@ -119,7 +119,7 @@ async fn status(query: Option<tokio::sync::mpsc::Sender<StatusQuery>>) -> axum::
 
 impl Health {
     fn healthy(&self) -> bool {
-        self.core.iter().all(|t| !t.is_finished())
+        self.vital.iter().all(|t| !t.is_finished())
     }
 
     fn ready(&self) -> bool {
@@ -152,14 +152,19 @@ pub async fn serve(
             "/healthz",
             get(move || {
                 let ok = live.healthy();
-                async move { answer(ok, "a core task has stopped\n") }
+                async move { answer(ok, "a vital task has stopped\n") }
             }),
         )
         .route(
             "/readyz",
             get(move || {
                 let ok = ready.ready();
-                async move { answer(ok, "not serving (a follower, or a core task has stopped)\n") }
+                async move {
+                    answer(
+                        ok,
+                        "not serving (a follower, or a vital task has stopped)\n",
+                    )
+                }
             }),
         );
     axum::serve(listener, app)

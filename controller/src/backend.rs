@@ -1,6 +1,8 @@
 //! Backends scale a service and report its ready endpoints. The runtime only sees this
-//! trait; `process` (local commands) is the embedded default.
+//! trait; [`process`] (local commands) is the embedded default, [`kubernetes`] scales
+//! workloads through the API server.
 
+pub mod kubernetes;
 pub mod process;
 
 use std::future::Future;

@@ -23,8 +23,8 @@ use zenvoy_core::model::Event;
 use zenvoy_core::stats::{families, push};
 
 use crate::admission::Admission;
-use crate::directory::Directory;
 use crate::telemetry::{Metrics, SourceLabel};
+use crate::tracked::Tracked;
 
 /// The `envoy.service.metrics.v3.MetricsService` gRPC server, written out instead of
 /// envoy-types' generated one for a single reason: the generated server decodes every
@@ -135,7 +135,7 @@ impl Decoder for RawCodec {
 #[derive(Debug)]
 pub struct MetricsSink {
     next_stream: std::sync::atomic::AtomicU64,
-    services: Arc<Directory>,
+    tracked: Arc<Tracked>,
     events: mpsc::Sender<Event>,
     metrics: Arc<Metrics>,
     shutdown: Option<watch::Receiver<bool>>,
@@ -143,14 +143,10 @@ pub struct MetricsSink {
 }
 
 impl MetricsSink {
-    pub fn new(
-        services: Arc<Directory>,
-        events: mpsc::Sender<Event>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(tracked: Arc<Tracked>, events: mpsc::Sender<Event>, metrics: Arc<Metrics>) -> Self {
         MetricsSink {
             next_stream: Default::default(),
-            services,
+            tracked,
             events,
             admission: Admission::open(metrics.clone()),
             metrics,
@@ -210,7 +206,7 @@ impl MetricsSink {
                     }
                 };
                 // One read lock for the whole message, released before any await.
-                let read = self.services.read(|known| {
+                let read = self.tracked.read(|known| {
                     // Room for the clusters it can name: Envoy's six stats per cluster
                     // take ~300 bytes, so a holder's small push reserves little.
                     let mut collector = families::Collector::with_capacity(

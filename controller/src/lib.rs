@@ -11,22 +11,22 @@
 //!  Envoy / holder <--ADS (xds::Cache; resources: domain -> Envoy)--+-- backend.wake/park
 //! ```
 //!
-//! Layers, top to bottom: `main` / [`kubernetes`] (wiring, Kubernetes adapters), this
-//! file's [`Core`], [`runtime`] and [`reload`], the stream servers [`ingest`] and
-//! [`xds`], then [`backend`], [`directory`], [`gate`], [`telemetry`], [`admin`]. No module
-//! imports one above it; none of `zenvoy-core` imports any of them.
+//! Layers, top to bottom: `main` (the wiring of both modes), this file's [`Controller`],
+//! [`runtime`] and [`reload`], the stream servers [`ingest`] and [`xds`], then
+//! [`backend`] (the process and Kubernetes backends side by side, with the Kubernetes
+//! adapters), [`tracked`], [`gate`], [`telemetry`], [`admin`]. No module imports one above
+//! it; none of `zenvoy-core` imports any of them.
 
 pub mod admin;
 pub mod admission;
 pub mod backend;
-pub mod directory;
 pub mod gate;
 pub mod identity;
 pub mod ingest;
-pub mod kubernetes;
 pub mod reload;
 pub mod runtime;
 pub mod telemetry;
+pub mod tracked;
 pub mod xds;
 
 use std::future::Future;
@@ -122,31 +122,32 @@ pub async fn run_with_reload<B: Backend>(
     admin: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
-    let core = Core::new();
+    let controller = Controller::new();
     let reloading = reload.map(|r| {
         tokio::spawn(reload::run(
             r,
             config.clone(),
-            core.events.clone(),
-            core.metrics.clone(),
-            core.stopped(),
+            controller.events.clone(),
+            controller.metrics.clone(),
+            controller.stopped(),
         ))
     });
-    core.serve(
-        config,
-        backend,
-        grpc,
-        admin,
-        shutdown,
-        reloading.into_iter().collect(),
-    )
-    .await
+    controller
+        .serve(
+            config,
+            backend,
+            grpc,
+            admin,
+            shutdown,
+            reloading.into_iter().collect(),
+        )
+        .await
 }
 
 /// What every controller has, made before the backend so a backend (Kubernetes) can
 /// feed the runtime and count into the same metrics: the event queue, the metrics,
 /// the stop signal.
-pub struct Core {
+pub struct Controller {
     registry: Registry,
     pub metrics: Arc<Metrics>,
     pub events: mpsc::Sender<Event>,
@@ -156,7 +157,7 @@ pub struct Core {
     gate: Option<watch::Receiver<bool>>,
 }
 
-impl Default for Core {
+impl Default for Controller {
     fn default() -> Self {
         Self::new()
     }
@@ -166,13 +167,13 @@ impl Default for Core {
 /// leader giving up its Lease) before it is aborted.
 const TASK_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
-impl Core {
+impl Controller {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry));
         let (stop_tx, stop_rx) = watch::channel(false);
         let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
-        Core {
+        Controller {
             registry,
             metrics,
             events,
@@ -197,7 +198,7 @@ impl Core {
     }
 
     /// Serve until `shutdown`; then stop, give each of `tasks` (which watch
-    /// [`Core::stopped`]) a moment to end, and abort the rest.
+    /// [`Controller::stopped`]) a moment to end, and abort the rest.
     pub async fn serve<B: Backend>(
         self,
         config: Config,
@@ -207,7 +208,7 @@ impl Core {
         shutdown: impl Future<Output = ()> + Send + 'static,
         tasks: Vec<tokio::task::JoinHandle<()>>,
     ) -> Result<(), RunError> {
-        let Core {
+        let Controller {
             registry,
             metrics,
             events: events_tx,
@@ -226,7 +227,7 @@ impl Core {
             move || stopping(Some(stop_rx.clone()))
         };
         let cache = Arc::new(xds::Cache::default());
-        let services = Arc::new(directory::Directory::default());
+        let tracked = Arc::new(tracked::Tracked::default());
         // Without a gate (process backend) this controller always scales; with one, only
         // while it reads true.
         let runtime = Runtime::new(
@@ -236,7 +237,7 @@ impl Core {
             backend,
             metrics.clone(),
             events_tx.clone(),
-            services.clone(),
+            tracked.clone(),
         );
         let reconcile_every = if gate.is_none() {
             runtime::RECONCILE_PROCESSES
@@ -249,7 +250,7 @@ impl Core {
         let scraping = config.scrape.clone().map(|s| {
             tokio::spawn(ingest::scrape::run(
                 s,
-                services.clone(),
+                tracked.clone(),
                 events_tx.clone(),
                 metrics.clone(),
                 stopped(),
@@ -282,7 +283,7 @@ impl Core {
             limits.max_message_bytes,
         );
         let sink = ingest::MetricsServer::new(
-            ingest::MetricsSink::new(services, events_tx, metrics)
+            ingest::MetricsSink::new(tracked, events_tx, metrics)
                 .with_shutdown(streams_end)
                 .with_admission(admission),
             limits.max_message_bytes,
@@ -307,7 +308,7 @@ impl Core {
         // Healthy while the runtime, the scraper and every task handed in (Kubernetes:
         // watchers, the election) still run; ready while this replica also serves.
         let health = admin::Health {
-            core: std::iter::once(runtime.abort_handle())
+            vital: std::iter::once(runtime.abort_handle())
                 .chain(scraping.iter().map(tokio::task::JoinHandle::abort_handle))
                 .chain(tasks.iter().map(tokio::task::JoinHandle::abort_handle))
                 .collect(),

@@ -1,10 +1,21 @@
 //! `zenvoy-controller --config zenvoy.yaml`: parse config, start tracing, bind, run, drain.
+//! With `--kubernetes`, the same around the Kubernetes mode, whose wiring is here: its
+//! parts are adapters under `backend::kubernetes`, below the `Controller` that serves them.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use kube::Client;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use zenvoy_base::shutdown_signal;
+use zenvoy_controller::backend::kubernetes::{
+    backend, configmap, discovery, endpoints, events, leader, port_store, ports, slices,
+};
+use zenvoy_controller::{Controller, RunError};
 use zenvoy_core::config::Config;
 
 #[derive(Debug, Parser)]
@@ -142,7 +153,6 @@ fn object_ref(flag: &str, v: &str) -> anyhow::Result<(String, String)> {
 }
 
 async fn kubernetes(args: &Args, cm: &str) -> anyhow::Result<()> {
-    use zenvoy_controller::kubernetes::{configmap, leader, Options};
     let (namespace, name) = object_ref("--kubernetes", cm)?;
     let (lease_ns, lease_name) = match &args.lease {
         Some(l) => object_ref("--lease", l)?,
@@ -183,7 +193,7 @@ async fn kubernetes(args: &Args, cm: &str) -> anyhow::Result<()> {
             duration: args.lease_duration,
         },
     };
-    zenvoy_controller::kubernetes::run(
+    run_kubernetes(
         client,
         options,
         text,
@@ -194,6 +204,133 @@ async fn kubernetes(args: &Args, cm: &str) -> anyhow::Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// What `--kubernetes` and the flags beside it say.
+#[derive(Debug, Clone)]
+struct Options {
+    config_map: configmap::Source,
+    /// Namespaces whose Services may opt in; all when empty.
+    namespaces: Vec<String>,
+    lease: leader::LeaseConfig,
+}
+
+/// Run the controller in Kubernetes mode with the config `text` read from the ConfigMap
+/// (see [`configmap::load`]) until `shutdown`. The wiring of the mode is the binary's: the
+/// parts it starts are backend adapters, below the [`Controller`] it builds.
+async fn run_kubernetes(
+    client: Client,
+    options: Options,
+    text: String,
+    config: Config,
+    grpc: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let (leader_tx, leader_rx) = watch::channel(false);
+    // Only the leader serves streams: its state is the one driven by the stats, so
+    // every Envoy and holder must push to it (followers refuse; clients retry). The
+    // gate opens once a new leader's runtime knows what runs (discovery opens it).
+    let (serving_tx, serving_rx) = watch::channel(false);
+    let controller = Controller::new().with_gate(serving_rx.clone());
+    let targets = endpoints::Targets::default();
+    let (events, events_task) =
+        events::Events::start(client.clone(), &options.lease.identity, leader_rx.clone());
+    let (endpoints, mut tasks) = endpoints::start(
+        &client,
+        &options.namespaces,
+        targets.clone(),
+        controller.events.clone(),
+        || controller.stopped(),
+    );
+    tasks.push(tokio::spawn(leader::run(
+        client.clone(),
+        options.lease.clone(),
+        leader_tx,
+        controller.metrics.clone(),
+        controller.stopped(),
+    )));
+    let (config_tx, config_rx) = watch::channel(Arc::new(config.clone()));
+    tasks.push(tokio::spawn(configmap::watch(
+        client.clone(),
+        options.config_map.clone(),
+        text,
+        config_tx,
+        events.clone(),
+        controller.metrics.clone(),
+        controller.stopped(),
+    )));
+    // inCluster: every Service port keeps the proxy port it had (read back from the
+    // zenvoy-ports ConfigMap, or from the slices an older controller kept) before any is
+    // allocated; the ConfigMap and the slices are written by the leader.
+    let in_cluster = match &config.in_cluster {
+        Some(ic) => {
+            let mut ports = ports::Ports::new(ic.ports);
+            let stored = port_store::load(&client, &options.config_map.namespace).await;
+            let known: std::collections::HashSet<String> =
+                stored.iter().map(|(s, _)| s.clone()).collect();
+            let mut loaded = stored;
+            let older = slices::load(&client, &options.namespaces).await;
+            loaded.extend(older.into_iter().filter(|(s, _)| !known.contains(s)));
+            for service in ports.load(loaded) {
+                tracing::warn!(%service, "inCluster: its stored port is outside inCluster.ports or taken; it gets a new one");
+            }
+            let (store, store_task) = port_store::PortStore::start(
+                client.clone(),
+                options.config_map.namespace.clone(),
+                ports.all(),
+                serving_rx.clone(),
+                controller.stopped(),
+            );
+            tasks.push(store_task);
+            let (slices, slice_tasks) = slices::Slices::start(
+                client.clone(),
+                (ic.proxy_namespace.clone(), ic.proxy_service.clone()),
+                targets.clone(),
+                controller.events.clone(),
+                serving_rx.clone(),
+                || controller.stopped(),
+            );
+            tasks.extend(slice_tasks);
+            Some((ports, store, slices))
+        }
+        None => None,
+    };
+    let (ports, port_store, slices) = match in_cluster {
+        Some((p, st, s)) => (Some(p), Some(st), Some(s)),
+        None => (None, None, None),
+    };
+    let discovery = discovery::Discovery {
+        client: client.clone(),
+        namespaces: options.namespaces.clone(),
+        targets: targets.clone(),
+        runtime: controller.events.clone(),
+        events: events.clone(),
+        config: config_rx,
+        leader: leader_rx.clone(),
+        serving: serving_tx,
+        ports,
+        port_store,
+    };
+    tasks.push(tokio::spawn(discovery.run(controller.stopped())));
+    tasks.push(events_task);
+    // The backend scales only while serving, not merely leading: a replica just promoted
+    // must first learn what runs (a park its follower runtime decided must not go out).
+    let mut backend = backend::KubeBackend::new(
+        client,
+        targets,
+        endpoints,
+        serving_rx,
+        events,
+        controller.metrics.clone(),
+    );
+    if let Some(slices) = slices {
+        backend = backend.with_slices(slices);
+    }
+    let backend = Arc::new(backend);
+    controller
+        .serve(config, backend, grpc, admin, shutdown, tasks)
+        .await
 }
 
 async fn bind(config: &Config, args: &Args) -> anyhow::Result<(TcpListener, TcpListener)> {
@@ -210,16 +347,10 @@ async fn bind(config: &Config, args: &Args) -> anyhow::Result<(TcpListener, TcpL
             "grpc": grpc.local_addr()?.to_string(),
             "admin": admin.local_addr()?.to_string(),
         });
-        write_atomically(path, &json.to_string())?;
+        zenvoy_base::write_atomically(path, json.to_string().as_bytes())
+            .with_context(|| format!("writing the address file {}", path.display()))?;
     }
     Ok((grpc, admin))
-}
-
-fn write_atomically(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
 }
 
 fn init_tracing(json: bool) {
@@ -230,17 +361,5 @@ fn init_tracing(json: bool) {
         builder.json().init();
     } else {
         builder.init();
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }

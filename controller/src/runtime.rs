@@ -2,13 +2,13 @@
 //! and carries out what it returns. It decides nothing: publications go to the xDS cache
 //! (and each published assignment's version back to the planner), wakes and parks to the
 //! backend on tasks of their own that report back as events, records to the metrics,
-//! tracked services to the stats readers' directory, notices to the backend.
+//! tracked services to the stats readers (`tracked`), notices to the backend.
 //!
 //! ```text
 //!  events (mpsc) --+
 //!  tick (100 ms) --+--> Planner --> Effects --> Cache.set/remove --version--> Planner
 //!  leader gate ----+                        \-> backend.wake/park (spawned) --events-->
-//!                                            \-> metrics, directory, backend.notify
+//!                                            \-> metrics, tracked, backend.notify
 //! ```
 
 use std::net::SocketAddr;
@@ -22,8 +22,8 @@ use zenvoy_core::config::Config;
 use zenvoy_core::planner::{Effect, Planner, Record, Settings, Status};
 
 use crate::backend::Backend;
-use crate::directory::Directory;
 use crate::telemetry::{Metrics, ServiceLabel};
+use crate::tracked::Tracked;
 use crate::xds::resources::{
     self, CLUSTER_TYPE, ENDPOINT_TYPE, HTTP_LISTENER, LISTENER_TYPE, ROUTE_TYPE,
 };
@@ -55,7 +55,7 @@ pub struct Runtime<B> {
     backend: Arc<B>,
     metrics: Arc<Metrics>,
     events: mpsc::Sender<Event>,
-    directory: Arc<Directory>,
+    tracked: Arc<Tracked>,
     status_tx: mpsc::Sender<StatusQuery>,
     status_rx: Option<mpsc::Receiver<StatusQuery>>,
 }
@@ -71,7 +71,7 @@ impl<B: Backend> Runtime<B> {
         backend: Arc<B>,
         metrics: Arc<Metrics>,
         events: mpsc::Sender<Event>,
-        directory: Arc<Directory>,
+        tracked: Arc<Tracked>,
     ) -> Self {
         let settings = Settings {
             holder: config.holder.address,
@@ -91,7 +91,7 @@ impl<B: Backend> Runtime<B> {
             backend,
             metrics,
             events,
-            directory,
+            tracked,
             status_tx,
             status_rx: Some(status_rx),
         };
@@ -228,8 +228,8 @@ impl<B: Backend> Runtime<B> {
                     self.cache
                         .set(LISTENER_TYPE, HTTP_LISTENER, resources::any(listener));
                 }
-                Effect::Track { service, protocol } => self.directory.insert(&service, protocol),
-                Effect::Untrack { service } => self.directory.remove(&service),
+                Effect::Track { service, protocol } => self.tracked.insert(&service, protocol),
+                Effect::Untrack { service } => self.tracked.remove(&service),
                 Effect::Wake {
                     service,
                     wake,

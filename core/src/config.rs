@@ -278,7 +278,7 @@ pub enum ReadyCheck {
     /// `database` is not "cannot connect now" (what `pg_isready` asks, without a process).
     Postgres { user: String, database: String },
     /// A Postgres server takes sessions: its data directory's `postmaster.pid` says so
-    /// (what `pg_ctl start --wait` reads; no connection, see [`crate::postmaster`]).
+    /// (what `pg_ctl start --wait` reads; no connection, see [`crate::ready::postmaster`]).
     PostgresDataDir(PathBuf),
 }
 

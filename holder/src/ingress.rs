@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::proxy::check_service_name;
+use crate::proxy_header::check_service_name;
 
 /// `NAME=ADDR`, as `--service-port` and `--transparent-service` take it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,16 +11,32 @@
 //!   upstream <--splice(2) relay-- relay <------+-- xds (ADS client, EDS) <-- controller
 //! ```
 //!
-//! Pure cores: [`proxy`] (PROXY v2 parser), [`ingress`] (which service a connection is
-//! for) and [`hold`]'s admission policy. The rest are adapters: sockets, the tonic
-//! clients, the admin HTTP server.
+//! Pure cores: [`proxy_header`] (PROXY v2 parser), [`ingress`] (which service a connection
+//! is for) and [`hold`]'s admission policy. The rest are adapters: sockets, the tonic
+//! clients (both kept open by [`controllers`]), the admin HTTP server.
+//!
+//! Modules import one way, each only from those after it here (`lib.rs` itself wires
+//! them together):
+//!
+//! ```text
+//!  server -> hold, ingress, relay, telemetry
+//!  xds    -> hold, controllers
+//!  push   -> hold, controllers, telemetry
+//!  hold   -> probe, queue        (the registry of every service's hold queue)
+//!  probe  -> queue               (watches one queue's dial address)
+//!  ingress -> proxy_header
+//!  relay  -> sys
+//!  admin, controllers, telemetry, queue, proxy_header, sys: nothing of the crate
+//! ```
 
 pub mod admin;
+pub mod controllers;
 pub mod hold;
 pub mod ingress;
 pub mod probe;
-pub mod proxy;
+pub mod proxy_header;
 pub mod push;
+mod queue;
 pub mod relay;
 pub mod server;
 pub mod sys;
@@ -37,6 +53,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use controllers::Controllers;
 pub use hold::Limits;
 pub use ingress::Ingress;
 pub use server::Timeouts;
@@ -106,52 +123,6 @@ pub async fn run(
         Ok(r) => r,
         Err(e) => Err(std::io::Error::other(e)),
     }
-}
-
-/// How often the holder pings its controller connections (HTTP/2 and TCP keepalive): a
-/// controller that vanished without closing is noticed within this and [`PING_TIMEOUT`],
-/// and the streams reconnect to another replica.
-pub const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-pub const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// The controller replicas the holder's streams connect to, and how.
-#[derive(Debug)]
-pub struct Controllers {
-    pub urls: Vec<String>,
-    /// Client certificate and the CA the controller's certificate must chain to.
-    pub tls: Option<tonic::transport::ClientTlsConfig>,
-}
-
-impl Controllers {
-    /// A gRPC channel to `url`, with keepalives (see [`PING_EVERY`]) and TLS when set.
-    pub(crate) async fn connect(
-        &self,
-        url: &str,
-    ) -> Result<tonic::transport::Channel, tonic::Status> {
-        let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-        if let Some(tls) = &self.tls {
-            endpoint = endpoint
-                .tls_config(tls.clone())
-                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
-        }
-        connect(endpoint).await
-    }
-}
-
-async fn connect(
-    endpoint: tonic::transport::Endpoint,
-) -> Result<tonic::transport::Channel, tonic::Status> {
-    endpoint
-        .connect_timeout(std::time::Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .tcp_keepalive(Some(PING_EVERY))
-        .http2_keep_alive_interval(PING_EVERY)
-        .keep_alive_timeout(PING_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .connect()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))
 }
 
 /// Pending connections the kernel queues per listener before the holder accepts them.

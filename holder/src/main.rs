@@ -133,7 +133,7 @@ async fn main() -> anyhow::Result<()> {
             drain: args.drain_timeout,
         },
     };
-    zenvoy_holder::run(settings, listeners, admin, shutdown_signal()).await?;
+    zenvoy_holder::run(settings, listeners, admin, zenvoy_base::shutdown_signal()).await?;
     Ok(())
 }
 
@@ -147,9 +147,9 @@ fn bind(args: &Args) -> anyhow::Result<Vec<(TcpListener, Ingress)>> {
         _ => {}
     }
     let mut listeners = Vec::new();
-    let proxy = zenvoy_holder::bind(args.listen, false)
+    let listen = zenvoy_holder::bind(args.listen, false)
         .with_context(|| format!("binding --listen {}", args.listen))?;
-    listeners.push((proxy, Ingress::Proxy));
+    listeners.push((listen, Ingress::Proxy));
     for p in &args.service_ports {
         let l = zenvoy_holder::bind(p.addr, false)
             .with_context(|| format!("binding --service-port {}={}", p.service, p.addr))?;
@@ -181,21 +181,9 @@ fn write_addresses(
             Ingress::Transparent(_) => json["transparent"] = addr.into(),
         }
     }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, json.to_string()).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    zenvoy_base::write_atomically(path, json.to_string().as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }
 
 /// The client side of mTLS from the `--tls-*` flags, every file read now (an unreadable

@@ -15,16 +15,22 @@
 //! A thread, not a task: tokio's timers tick in milliseconds, which alone would cost more
 //! than the round trip saved. Bounded: one thread per service at most, [`MAX_PROBES`] in
 //! all, each ending with the hold timeout, the last held connection, or any endpoint.
+//!
+//! The registry (`hold`) starts a probe with the service's hold queue (`queue`) as
+//! connections arrive and policies change; the probe reads and sets that queue only.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tracing::debug;
+use zenvoy_base::{Backoff, Knock, PortProbe};
 
-use crate::hold::{Hold, Slot};
+use crate::queue::Queue;
 
 /// How often a waking upstream's port is tried at first.
 pub const PROBE_INTERVAL: Duration = Duration::from_micros(100);
@@ -39,64 +45,107 @@ pub const MAX_PROBES: usize = 4;
 /// One try's bound (a loopback or LAN connect answers in microseconds).
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(100);
 
+/// The holder's probes, all services together: how many threads run, and what they
+/// count. The registry owns one and starts each probe with it.
+#[derive(Debug, Default)]
+pub(crate) struct Probes {
+    /// Probe threads running now (at most [`MAX_PROBES`]).
+    threads: AtomicUsize,
+    /// Of them, those watching a port they saw closed (`zenvoy_holder_probes`).
+    pub(crate) watching: Gauge,
+    /// The times a probe released a service's held connections
+    /// (`zenvoy_holder_self_dials_total`).
+    pub(crate) self_dials: Counter,
+}
+
+impl Probes {
+    /// Register the gauge and the counter (`zenvoy_holder_probes`,
+    /// `zenvoy_holder_self_dials_total`).
+    pub(crate) fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("zenvoy_holder");
+        r.register(
+            "probes",
+            "Services whose upstream port the holder watches itself, seen closed, waiting for it to accept (a tcp-ready service with a fixed address)",
+            self.watching.clone(),
+        );
+        r.register(
+            "self_dials",
+            "Times the holder saw a waking upstream start accepting and released its held connections before the controller's assignment",
+            self.self_dials.clone(),
+        );
+    }
+}
+
 /// Start a probe of `service` if it waits (connections held, no endpoint), its policy
 /// names a dial address, and none runs yet.
-pub(crate) fn start_if_waiting(hold: &Arc<Hold>, service: &str, slot: &Arc<Slot>) {
+pub(crate) fn start_if_waiting(probes: &Arc<Probes>, service: &str, queue: &Arc<Queue>) {
     let (dial, hold_timeout) = {
-        let s = slot.state.borrow();
+        let s = queue.state.borrow();
         match s.policy.and_then(|p| p.dial.map(|d| (d, p.hold_timeout))) {
             Some(x) if s.endpoints.is_empty() => x,
             _ => return,
         }
     };
-    if slot.pending.load(Ordering::Acquire) == 0 || slot.probing.swap(true, Ordering::AcqRel) {
+    if queue.pending.load(Ordering::Acquire) == 0 || queue.probing.swap(true, Ordering::AcqRel) {
         return;
     }
-    if hold.probe_threads.fetch_add(1, Ordering::AcqRel) >= MAX_PROBES {
-        done(hold, slot);
+    if probes.threads.fetch_add(1, Ordering::AcqRel) >= MAX_PROBES {
+        done(probes, queue);
         return;
     }
-    let (thread_hold, thread_slot, service) = (hold.clone(), slot.clone(), service.to_string());
+    let (thread_probes, thread_queue, service) =
+        (probes.clone(), queue.clone(), service.to_string());
     let spawned = std::thread::Builder::new()
         .name("zenvoy-probe".into())
         .spawn(move || {
             let until = Instant::now() + hold_timeout;
-            if watch(&service, &thread_slot, dial, until, &thread_hold.probes) {
-                thread_hold.self_dials.inc();
+            if watch(
+                &service,
+                &thread_queue,
+                dial,
+                until,
+                &thread_probes.watching,
+            ) {
+                thread_probes.self_dials.inc();
             }
-            done(&thread_hold, &thread_slot);
+            done(&thread_probes, &thread_queue);
         });
     if spawned.is_err() {
-        done(hold, slot);
+        done(probes, queue);
     }
 }
 
-/// A probe of `slot` ends (or never started): another may start.
-fn done(hold: &Hold, slot: &Slot) {
-    slot.probing.store(false, Ordering::Release);
-    hold.probe_threads.fetch_sub(1, Ordering::AcqRel);
+/// A probe of `queue` ends (or never started): another may start.
+fn done(probes: &Probes, queue: &Queue) {
+    queue.probing.store(false, Ordering::Release);
+    probes.threads.fetch_sub(1, Ordering::AcqRel);
 }
 
 /// Try `dial` until it accepts after refusing (then it is the endpoint: true), or accepts
 /// at once, or the service stops waiting, or `until`. Counted in `watching` from the
 /// first refusal to the end.
-fn watch(service: &str, slot: &Slot, dial: SocketAddr, until: Instant, watching: &Gauge) -> bool {
+fn watch(service: &str, queue: &Queue, dial: SocketAddr, until: Instant, watching: &Gauge) -> bool {
     let waiting = || {
-        let s = slot.state.borrow();
-        slot.pending.load(Ordering::Acquire) > 0
+        let s = queue.state.borrow();
+        queue.pending.load(Ordering::Acquire) > 0
             && s.endpoints.is_empty()
             && s.policy.and_then(|p| p.dial) == Some(dial)
     };
+    let port = PortProbe::new(dial, CONNECT_TIMEOUT);
     let mut closed = false;
     let started = Instant::now();
-    let mut pause = PROBE_INTERVAL;
+    // Every PROBE_INTERVAL for FAST_FOR; after that each pause doubles, up to
+    // SLOW_INTERVAL. The first pause counts as the backoff's first step, so the first
+    // one after the fast phase is twice PROBE_INTERVAL.
+    let mut slowing = Backoff::new(PROBE_INTERVAL, SLOW_INTERVAL);
+    let mut pause = slowing.failed();
     let released = loop {
         if !waiting() || Instant::now() >= until {
             break false;
         }
-        match std::net::TcpStream::connect_timeout(&dial, CONNECT_TIMEOUT) {
-            Ok(_) if closed => {
-                let set = slot.state.send_if_modified(|s| {
+        match port.knock() {
+            Knock::Accepted if closed => {
+                let set = queue.state.send_if_modified(|s| {
                     let empty = s.endpoints.is_empty();
                     if empty {
                         s.endpoints = vec![dial];
@@ -106,115 +155,24 @@ fn watch(service: &str, slot: &Slot, dial: SocketAddr, until: Instant, watching:
                 debug!(service, %dial, set, "upstream started accepting; relaying held connections");
                 break set;
             }
-            Ok(_) => {
+            Knock::Accepted => {
                 debug!(service, %dial, "upstream accepts already; left to the controller");
                 break false;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && !closed => {
+            Knock::Refused if !closed => {
                 closed = true;
                 watching.inc();
-                slot.seen_closed.store(true, Ordering::Release);
+                queue.seen_closed.store(true, Ordering::Release);
             }
-            Err(_) => {}
+            Knock::Refused | Knock::NoAnswer => {}
         }
         std::thread::sleep(pause);
         if started.elapsed() >= FAST_FOR {
-            pause = (pause * 2).min(SLOW_INTERVAL);
+            pause = slowing.failed();
         }
     };
     if closed {
         watching.dec();
     }
     released
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::hold::{Limits, ServicePolicy};
-
-    fn policy(dial: SocketAddr) -> ServicePolicy {
-        ServicePolicy {
-            hold_timeout: Duration::from_secs(30),
-            max_pending: 10,
-            dial: Some(dial),
-        }
-    }
-
-    /// A port nothing listens on now.
-    fn closed_port() -> SocketAddr {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr")
-    }
-
-    /// Poll `f` every millisecond for at most 10 s.
-    fn wait(what: &str, f: impl Fn() -> bool) {
-        let until = Instant::now() + Duration::from_secs(10);
-        while !f() {
-            assert!(Instant::now() < until, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    #[test]
-    fn a_port_that_starts_accepting_becomes_the_endpoint_of_the_held() {
-        let h = Hold::new(Limits::default());
-        let dial = closed_port();
-        let ticket = h.admit("svc").expect("admit");
-        let state = ticket.state();
-        h.set_state("svc", Vec::new(), Some(policy(dial)));
-        wait("the probe to see the port closed", || {
-            h.probe_saw_closed("svc")
-        });
-        let _listener = std::net::TcpListener::bind(dial).expect("the upstream listens");
-        wait("the dial address as the endpoint", || {
-            state.borrow().endpoints == [dial]
-        });
-        wait("the probe to end", || !h.probing("svc"));
-        assert_eq!(h.self_dials.get(), 1);
-        assert_eq!(h.probes.get(), 0, "no longer watching");
-    }
-
-    #[test]
-    fn a_port_that_accepts_at_once_is_left_to_the_controller() {
-        let h = Hold::new(Limits::default());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let dial = listener.local_addr().expect("addr");
-        let ticket = h.admit("svc").expect("admit");
-        h.set_state("svc", Vec::new(), Some(policy(dial)));
-        wait("the probe to end", || !h.probing("svc"));
-        assert!(
-            ticket.state().borrow().endpoints.is_empty(),
-            "an instance that already listened is not taken for a fresh start"
-        );
-        assert_eq!(h.self_dials.get(), 0);
-    }
-
-    #[test]
-    fn no_dial_address_or_nothing_held_starts_no_probe() {
-        let h = Hold::new(Limits::default());
-        let dial = closed_port();
-        // A policy before any connection: nothing to probe for.
-        h.set_state("idle", Vec::new(), Some(policy(dial)));
-        assert!(!h.probing("idle"));
-        // Held, without a dial address.
-        let _t = h.admit("plain").expect("admit");
-        h.set_state(
-            "plain",
-            Vec::new(),
-            Some(ServicePolicy {
-                dial: None,
-                ..policy(dial)
-            }),
-        );
-        assert!(!h.probing("plain"));
-        // Held with one: probing until the connection goes.
-        let t = h.admit("svc").expect("admit");
-        h.set_state("svc", Vec::new(), Some(policy(dial)));
-        assert!(h.probing("svc"));
-        drop(t);
-        wait("the probe to end with the last held connection", || {
-            !h.probing("svc")
-        });
-    }
 }

@@ -17,17 +17,16 @@ use envoy_types::pb::envoy::service::metrics::v3::{stream_metrics_message, Strea
 use envoy_types::pb::io::prometheus::client::{Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tracing::{info, warn};
+use tracing::info;
 
+use crate::controllers::Controllers;
 use crate::hold::Hold;
 use crate::telemetry::Metrics;
 
 pub const PENDING_FAMILY: &str = zenvoy_contract::HOLDER_PENDING;
-const RETRY_MIN: Duration = Duration::from_millis(100);
 /// Between changes, the held counts are pushed again this often: a third of the
 /// controller's default stats expiry (30 s).
 const HEARTBEAT: Duration = Duration::from_secs(10);
-const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// The gauge family of one push: each service whose count changed, with its count.
 pub fn family(changes: &[(String, usize)]) -> MetricFamily {
@@ -54,7 +53,7 @@ pub fn family(changes: &[(String, usize)]) -> MetricFamily {
 }
 
 /// The counts to push: each service whose count differs from the one last sent, and 0
-/// for each service last sent non-zero that the holder no longer lists (its slot was
+/// for each service last sent non-zero that the holder no longer lists (its queue was
 /// freed once nothing was held: without this its last count would stand for ever).
 fn changes(now: Vec<(String, usize)>, sent: &HashMap<String, usize>) -> Vec<(String, usize)> {
     let mut out: Vec<(String, usize)> = now
@@ -71,28 +70,23 @@ fn changes(now: Vec<(String, usize)>, sent: &HashMap<String, usize>) -> Vec<(Str
 }
 
 /// Keep one metrics stream to a controller open, reconnecting with backoff to the next
-/// of `controllers` each time.
+/// of `controllers` each time (see `Controllers::keep_open`).
 pub async fn run(
-    controllers: Arc<crate::Controllers>,
+    controllers: Arc<Controllers>,
     node: Node,
     hold: Arc<Hold>,
     metrics: Arc<Metrics>,
 ) {
-    let mut backoff = RETRY_MIN;
-    for controller in controllers.urls.iter().cycle() {
-        match stream_once(&controllers, controller, &node, &hold, &metrics).await {
-            Ok(()) => backoff = RETRY_MIN,
-            Err(e) => {
-                warn!(%controller, error = %e, retry_in = ?backoff, "metrics stream to controller failed")
-            }
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(RETRY_MAX);
-    }
+    let (controllers, node, hold, metrics) = (&*controllers, &node, &*hold, &*metrics);
+    controllers
+        .keep_open("metrics", move |controller| async move {
+            stream_once(controllers, controller, node, hold, metrics).await
+        })
+        .await;
 }
 
 async fn stream_once(
-    controllers: &crate::Controllers,
+    controllers: &Controllers,
     controller: &str,
     node: &Node,
     hold: &Hold,
@@ -120,7 +114,7 @@ async fn stream_once(
                 }
                 metrics.pushes.inc();
                 sent.extend(changes);
-                // A service back at zero needs no entry: its slot may be gone already.
+                // A service back at zero needs no entry: its queue may be gone already.
                 sent.retain(|_, n| *n > 0);
                 first = false;
             }

@@ -149,7 +149,7 @@ static RESERVING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Reserve a relay's descriptors for a first dial to `addr`, or fail (EMFILE/ENFILE when
 /// the process is out of them; nothing stays taken then).
 pub fn reserve(addr: SocketAddr) -> std::io::Result<Reserved> {
-    let _one_at_a_time = RESERVING.lock().unwrap_or_else(|e| e.into_inner());
+    let _one_at_a_time = zenvoy_base::lock(&RESERVING);
     let pipes = [Pipe::new()?, Pipe::new()?];
     let socket = socket_for(addr)?;
     Ok(Reserved {

@@ -19,10 +19,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
+use zenvoy_base::Backoff;
 
-use crate::hold::{Hold, SlotState};
+use crate::hold::{Hold, QueueState};
 use crate::ingress::Ingress;
-use crate::proxy::{self, ProxyError, ProxyHeader, PREFIX_LEN};
+use crate::proxy_header::{self, ProxyError, ProxyHeader, PREFIX_LEN};
 use crate::relay::{self, DialError};
 use crate::telemetry::{outcome, DirectionLabel, Metrics, ServiceLabel};
 
@@ -88,10 +89,10 @@ impl Refusal {
 async fn read_header(stream: &mut TcpStream) -> Result<ProxyHeader, Refusal> {
     let mut prefix = [0u8; PREFIX_LEN];
     stream.read_exact(&mut prefix).await?;
-    let len = proxy::parse_prefix(&prefix)?;
+    let len = proxy_header::parse_prefix(&prefix)?;
     let mut payload = vec![0u8; len];
     stream.read_exact(&mut payload).await?;
-    Ok(proxy::parse_payload(&prefix, &payload)?)
+    Ok(proxy_header::parse_payload(&prefix, &payload)?)
 }
 
 /// Resolves when the client closes (or errors) without having sent data. Once the client
@@ -260,8 +261,8 @@ impl Server {
         self.metrics.pending.get_or_create(&label).inc();
         debug!(%service, "held");
         let mut state = ticket.state();
-        let mut backoff = FD_BACKOFF_MIN;
-        let mut redial = REDIAL_MIN;
+        let mut fd_backoff = Backoff::new(FD_BACKOFF_MIN, FD_BACKOFF_MAX);
+        let mut redials = Backoff::new(REDIAL_MIN, REDIAL_MAX);
         let dialed = loop {
             let (endpoints, deadline) = match self.endpoints(&mut state, started, &client).await {
                 Ok(x) => x,
@@ -290,9 +291,10 @@ impl Server {
                     // clients wait in the kernel's accept queue instead of taking the
                     // descriptors a relay needs.
                     self.fd_wait(&service, &e);
+                    let pause = fd_backoff.failed();
                     self.fd_waiting.fetch_add(1, Ordering::AcqRel);
                     let gone = tokio::select! {
-                        () = tokio::time::sleep(backoff) => false,
+                        () = tokio::time::sleep(pause) => false,
                         () = tokio::time::sleep_until(deadline) => false,
                         () = client_gone(&client) => true,
                     };
@@ -301,14 +303,17 @@ impl Server {
                         self.metrics.pending.get_or_create(&label).dec();
                         return held(outcome::CLIENT_CLOSED);
                     }
-                    backoff = (backoff * 2).min(FD_BACKOFF_MAX);
                 }
-                // Every endpoint refused or timed out, and the hold has time left: the
-                // upstream may be restarting, or the endpoints about to change. Try
-                // again (with the endpoints then current) until the deadline.
+                // Every endpoint refused or timed out, and the hold has time left for
+                // the next pause: the upstream may be restarting, or the endpoints about
+                // to change. Try again (with the endpoints then current) until the
+                // deadline.
                 Err(e @ DialError::AllFailed { .. })
-                    if tokio::time::Instant::now() + redial < deadline =>
+                    if tokio::time::Instant::now()
+                        + redials.after(redials.failures().saturating_add(1))
+                        < deadline =>
                 {
+                    let redial = redials.failed();
                     debug!(%service, error = %e, retry_in = ?redial, "dial failed; retrying while held");
                     self.metrics.redials.inc();
                     let gone = tokio::select! {
@@ -319,7 +324,6 @@ impl Server {
                         self.metrics.pending.get_or_create(&label).dec();
                         return held(outcome::CLIENT_CLOSED);
                     }
-                    redial = (redial * 2).min(REDIAL_MAX);
                 }
                 other => break other,
             }
@@ -363,7 +367,7 @@ impl Server {
     /// until then the flag.
     async fn endpoints(
         &self,
-        state: &mut watch::Receiver<SlotState>,
+        state: &mut watch::Receiver<QueueState>,
         started: Instant,
         client: &TcpStream,
     ) -> Result<(Vec<SocketAddr>, tokio::time::Instant), &'static str> {

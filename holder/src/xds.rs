@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::{address, socket_address, Node};
 use envoy_types::pb::envoy::config::endpoint::v3::{
@@ -22,13 +21,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
 
+use crate::controllers::Controllers;
 use crate::hold::{Hold, ServicePolicy};
 
 pub use zenvoy_contract::ENDPOINT_TYPE;
 use zenvoy_contract::{Field, HoldPolicy, HOLDER_MARK, HOLD_POLICY, TRANSPORT_SOCKET_MATCH};
-
-const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(5);
 
 fn is_holder(e: &LbEndpoint) -> bool {
     e.metadata
@@ -87,20 +84,15 @@ pub fn upstreams(cla: &ClusterLoadAssignment) -> Vec<SocketAddr> {
 }
 
 /// Keep one ADS stream to a controller open for the life of the process, reconnecting
-/// with backoff, to the next of `controllers` each time. Endpoints already known are
-/// kept while disconnected.
-pub async fn run(controllers: Arc<crate::Controllers>, node: Node, hold: Arc<Hold>) {
-    let mut backoff = RETRY_MIN;
-    for controller in controllers.urls.iter().cycle() {
-        match stream_once(&controllers, controller, &node, &hold).await {
-            Ok(()) => backoff = RETRY_MIN,
-            Err(e) => {
-                warn!(%controller, error = %e, retry_in = ?backoff, "ADS stream to controller failed")
-            }
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(RETRY_MAX);
-    }
+/// with backoff, to the next of `controllers` each time (see `Controllers::keep_open`).
+/// Endpoints already known are kept while disconnected.
+pub async fn run(controllers: Arc<Controllers>, node: Node, hold: Arc<Hold>) {
+    let (controllers, node, hold) = (&*controllers, &node, &hold);
+    controllers
+        .keep_open("ADS", move |controller| async move {
+            stream_once(controllers, controller, node, hold).await
+        })
+        .await;
 }
 
 fn request(node: &Node, names: Vec<String>, last: Option<&DiscoveryResponse>) -> DiscoveryRequest {
@@ -115,7 +107,7 @@ fn request(node: &Node, names: Vec<String>, last: Option<&DiscoveryResponse>) ->
 }
 
 async fn stream_once(
-    controllers: &crate::Controllers,
+    controllers: &Controllers,
     controller: &str,
     node: &Node,
     hold: &Arc<Hold>,

@@ -18,8 +18,8 @@ use zenvoy_core::config::{ScrapeConfig, ScrapeTarget};
 use zenvoy_core::model::Event;
 use zenvoy_core::stats::families;
 
-use crate::directory::Directory;
 use crate::telemetry::{Metrics, SourceLabel};
+use crate::tracked::Tracked;
 
 const SOURCE: SourceLabel = SourceLabel { source: "scrape" };
 
@@ -88,7 +88,7 @@ pub const MAX_PAGE_BYTES: usize = 64 << 20;
 /// Scrape every target until `shutdown`.
 pub async fn run(
     config: ScrapeConfig,
-    services: Arc<Directory>,
+    tracked: Arc<Tracked>,
     events: mpsc::Sender<Event>,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
@@ -113,7 +113,7 @@ pub async fn run(
                     t,
                     config.interval,
                     client.clone(),
-                    services.clone(),
+                    tracked.clone(),
                     events.clone(),
                     metrics.clone(),
                 )
@@ -131,7 +131,7 @@ async fn target_loop(
     target: ScrapeTarget,
     interval: Duration,
     client: reqwest::Client,
-    services: Arc<Directory>,
+    tracked: Arc<Tracked>,
     events: mpsc::Sender<Event>,
     metrics: Arc<Metrics>,
 ) {
@@ -142,7 +142,7 @@ async fn target_loop(
     loop {
         tick.tick().await;
         let result = fetch(&client, &target.url).await.and_then(|text| {
-            services
+            tracked
                 .read(|m| families::scraped(&text, |s| m.get(s).copied()))
                 .map_err(|source| ScrapeError::Text {
                     url: target.url.clone(),

@@ -1,81 +1,59 @@
 //! One delta (incremental) ADS stream's protocol state. The client says what it
 //! subscribes to and unsubscribes from; the server sends only resources that changed
-//! (and the names of removed ones). A wake or park is one resource on the wire.
-
-use std::collections::HashMap;
+//! (and the names of removed ones). A wake or park is one resource on the wire. The
+//! bookkeeping of what is subscribed, sent and ACKed is [`super::subscriptions`].
 
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-use tracing::{debug, info, warn};
+use tracing::debug;
 
-use super::stream::{known_type, type_label, wildcard, Sub};
+use super::cache::Cache;
+use super::server::VariantStream;
+use super::subscriptions::{wildcard, Changes, Settled, Subscriptions};
 use super::wire::{self, Encoded};
-use super::{Cache, Entry, Flavor, Name, Since};
+use super::Variant;
 use crate::telemetry::Metrics;
 
 #[derive(Debug)]
-pub struct DeltaStream {
-    id: u64,
-    node: String,
-    nonce: u64,
-    subs: HashMap<&'static str, Sub>,
+pub(super) struct DeltaStream {
+    /// A delta stream keeps nothing of a type beyond the shared bookkeeping.
+    subs: Subscriptions<()>,
 }
 
-impl DeltaStream {
-    pub fn new(id: u64) -> Self {
+impl VariantStream for DeltaStream {
+    const VARIANT: Variant = Variant::Delta;
+    type Req = DeltaDiscoveryRequest;
+    type Own = ();
+    #[cfg(test)]
+    type Response = envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse;
+
+    fn new(id: u64) -> Self {
         DeltaStream {
-            id,
-            node: String::new(),
-            nonce: 0,
-            subs: HashMap::new(),
+            subs: Subscriptions::new(Variant::Delta, id),
         }
     }
 
-    pub fn node(&self) -> &str {
-        &self.node
+    fn subscriptions(&self) -> &Subscriptions<()> {
+        &self.subs
     }
 
-    /// Resource names subscribed to, all types together.
-    pub fn subscribed(&self) -> usize {
-        self.subs.values().map(|s| s.names.len()).sum()
-    }
-
-    pub fn dropped_inflight(&self) -> u64 {
-        self.subs.values().map(Sub::dropped_inflight).sum()
-    }
-
-    pub fn on_request(
+    fn on_request(
         &mut self,
         req: DeltaDiscoveryRequest,
         cache: &Cache,
         metrics: &Metrics,
     ) -> Vec<Encoded> {
-        if self.node.is_empty() {
-            if let Some(n) = &req.node {
-                self.node = n.id.clone();
-                info!(node = %self.node, cluster = %n.cluster, "delta ADS stream opened");
-            }
-        }
-        let Some(type_url) = known_type(&req.type_url) else {
-            warn!(node = %self.node, type_url = %req.type_url, "request for a type zenvoy does not serve");
+        let Some(Settled { at, first, acked }) = self.subs.request(
+            req.node.as_ref(),
+            &req.type_url,
+            &req.response_nonce,
+            req.error_detail.as_ref(),
+            cache,
+            metrics,
+        ) else {
             return Vec::new();
         };
-        let label = type_label(type_url);
-        let first = !self.subs.contains_key(type_url);
-        let sub = self
-            .subs
-            .entry(type_url)
-            .or_insert_with(|| Sub::for_type(type_url));
-        let acked = if req.response_nonce.is_empty() {
-            Vec::new()
-        } else {
-            sub.settle(
-                &req.response_nonce,
-                req.error_detail.as_ref(),
-                &self.node,
-                label,
-                metrics,
-            )
-        };
+        let type_url = at.type_url;
+        let sub = &mut *at.sub;
         let names_before = sub.names.len();
         let changes_subscription =
             !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty();
@@ -123,100 +101,48 @@ impl DeltaStream {
         if first || changes_subscription {
             sub.seen = None;
         }
-        if type_url == crate::xds::resources::CLUSTER_TYPE {
-            cache.note_clusters(self.id);
-        }
-        if !wildcard(type_url) {
-            // Rebuilt when the subscription changes; else only the ACKed resources move.
-            if changes_subscription
-                || names_before != sub.names.len()
-                || !cache.has_ack_view(self.id, type_url)
-            {
-                cache.record_acks(self.id, type_url, &sub.names);
-            }
-            if !acked.is_empty() {
-                cache.ack(self.id, type_url, &acked);
-            }
-        }
+        // Rebuilt when the subscription changes; else only the ACKed resources move.
+        let resubscribed = changes_subscription || names_before != sub.names.len();
+        at.update_acks(cache, resubscribed, &acked);
         self.push(type_url, cache)
     }
 
-    pub fn on_change(&mut self, cache: &Cache) -> Vec<Encoded> {
-        let types: Vec<&'static str> = self.subs.keys().copied().collect();
-        types
+    fn on_change(&mut self, cache: &Cache) -> Vec<Encoded> {
+        self.subs
+            .types()
             .into_iter()
             .flat_map(|t| self.push(t, cache))
             .collect()
     }
+}
 
+impl DeltaStream {
     fn push(&mut self, type_url: &'static str, cache: &Cache) -> Vec<Encoded> {
-        let Some(sub) = self.subs.get_mut(type_url) else {
+        let Some(mut at) = self.subs.at(type_url) else {
             return Vec::new();
         };
-        let unsent = |n: &str, version: u64| sub.sent(n) != Some(version);
-        let since = sub
-            .seen
-            .map_or(Since::TooOld, |seen| cache.since(type_url, seen));
-        let (type_version, changed, total, removed) = match since {
-            Since::Current => return Vec::new(),
-            // What changed since the last look, of what this stream subscribes to; what it
-            // was sent and is removed now.
-            Since::Changes {
-                version,
-                set,
-                removed,
-            } => {
-                let changed: Vec<(Name, Entry)> = set
-                    .into_iter()
-                    .filter(|(n, e)| {
-                        (sub.wildcard || sub.names.contains(n)) && unsent(n, e.version)
-                    })
-                    .collect();
-                let removed: Vec<Name> = removed
-                    .into_iter()
-                    .filter(|n| sub.sent(n).is_some())
-                    .collect();
-                (version, changed, usize::MAX, removed)
-            }
-            // Everything this stream subscribes to, against what it was sent.
-            Since::TooOld => {
-                let (v, changed, total) = if sub.wildcard {
-                    cache.read(type_url, None, unsent)
-                } else {
-                    let names: Vec<Name> = sub.names.iter().cloned().collect();
-                    cache.read(type_url, Some(&names), unsent)
-                };
-                // Sent before, gone now: removed from the cache, or (named) unsubscribed.
-                let sent = sub.sent_names();
-                let gone = cache.missing(type_url, sent.iter());
-                let removed: Vec<Name> = sent
-                    .into_iter()
-                    .filter(|n| gone.contains(n) || (!sub.wildcard && !sub.names.contains(n)))
-                    .collect();
-                (v, changed, total, removed)
-            }
-        };
-        sub.seen = Some(type_version);
-        if changed.is_empty() && removed.is_empty() {
+        // What changed of what this stream subscribes to; what it was sent and is gone.
+        let Some(Changes {
+            version: type_version,
+            set: changed,
+            total,
+            removed,
+        }) = at.changes(cache, true)
+        else {
             return Vec::new();
-        }
-        for n in &removed {
-            sub.unmark_sent(n);
-        }
-        self.nonce += 1;
-        let nonce = self.nonce.to_string();
+        };
         let versions = changed
             .iter()
             .map(|(n, e)| (n.clone(), e.version))
             .collect();
-        sub.record_sent(nonce.clone(), versions);
-        debug!(node = %self.node, r#type = type_label(type_url), count = changed.len(), removed = removed.len(), "delta push");
+        let nonce = at.record_sent(versions);
+        debug!(node = %at.node, r#type = at.label(), count = changed.len(), removed = removed.len(), "delta push");
         let mut m = Encoded::default();
         m.string(1, type_version.to_string().as_bytes());
         // Every resource of the type (a first wildcard or all-names subscription): the
         // encoding every such stream shares. Else this stream's own.
         let whole = (changed.len() == total && total > 0)
-            .then(|| cache.whole(type_url, type_version, Flavor::Delta))
+            .then(|| cache.whole(type_url, type_version, Variant::Delta))
             .flatten();
         match whole {
             Some(run) => m.raw(run.bytes()),
@@ -233,26 +159,6 @@ impl DeltaStream {
         }
         m.string(5, nonce.as_bytes());
         vec![m]
-    }
-}
-
-/// Tests read a stream's responses as Envoy does: decoded from the bytes it sends.
-#[cfg(test)]
-impl DeltaStream {
-    pub(super) fn on_request_decoded(
-        &mut self,
-        req: DeltaDiscoveryRequest,
-        cache: &Cache,
-        metrics: &Metrics,
-    ) -> Vec<envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse> {
-        super::stream::decoded(self.on_request(req, cache, metrics))
-    }
-
-    pub(super) fn on_change_decoded(
-        &mut self,
-        cache: &Cache,
-    ) -> Vec<envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse> {
-        super::stream::decoded(self.on_change(cache))
     }
 }
 

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use zenvoy_core::pgwire::{answer, Answer};
+use zenvoy_core::ready::pgwire::{answer, Answer};
 
 fuzz_target!(|data: &[u8]| {
     let whole = answer(data);

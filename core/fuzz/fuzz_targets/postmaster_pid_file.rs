@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use zenvoy_core::postmaster::{parse, ready, Status, START_SLACK_SECS};
+use zenvoy_core::ready::postmaster::{parse, ready, Status, START_SLACK_SECS};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

@@ -26,7 +26,7 @@ fn run(start: State, base: Instant, inputs: &[(u64, Input)]) -> (State, Vec<Acti
 
 #[test]
 fn demand_wakes_a_parked_service() {
-    let b = Instant::now();
+    let b = crate::test_clock::origin();
     let (s, step) = step(State::Parked, Input::Demand, b, &T);
     assert_eq!(s, State::Waking { since: b });
     assert_eq!(step.actions, vec![ScaleUp]);
@@ -34,7 +34,7 @@ fn demand_wakes_a_parked_service() {
 
 #[test]
 fn parked_ignores_samples_ticks_and_acks() {
-    let b = Instant::now();
+    let b = crate::test_clock::origin();
     for input in [
         Input::Sample { active: true },
         Input::Tick,
@@ -48,7 +48,7 @@ fn parked_ignores_samples_ticks_and_acks() {
 
 #[test]
 fn ready_publishes_upstream_and_reports_wake_duration() {
-    let b = Instant::now();
+    let b = crate::test_clock::origin();
     let (s, step) = step(State::Waking { since: b }, Input::Ready, secs(b, 2), &T);
     assert_eq!(
         s,
@@ -66,7 +66,7 @@ fn ready_publishes_upstream_and_reports_wake_duration() {
 
 #[test]
 fn waking_times_out_or_fails_back_to_parked() {
-    let b = Instant::now();
+    let b = crate::test_clock::origin();
     let waking = State::Waking { since: b };
     let (s, step1) = step(waking, Input::Tick, secs(b, 59), &T);
     assert_eq!((s, step1.actions), (waking, vec![]));
@@ -82,7 +82,7 @@ fn waking_times_out_or_fails_back_to_parked() {
 
 #[test]
 fn awake_parks_only_after_idle_timeout_and_min_warm() {
-    let b = Instant::now();
+    let b = crate::test_clock::origin();
     let awake = State::Awake {
         since: b,
         last_active: b,
@@ -104,7 +104,7 @@ fn awake_parks_only_after_idle_timeout_and_min_warm() {
 
 #[test]
 fn activity_keeps_a_service_awake() {
-    let b = Instant::now();
+    let b = crate::test_clock::origin();
     let awake = State::Awake {
         since: b,
         last_active: b,
@@ -126,7 +126,7 @@ fn activity_keeps_a_service_awake() {
 
 #[test]
 fn park_completes_after_ack_and_every_envoys_idle_sample() {
-    let b = Instant::now();
+    let b = crate::test_clock::origin();
     let parking = State::Parking {
         since: b,
         woke: b,
@@ -157,7 +157,7 @@ fn park_completes_after_ack_and_every_envoys_idle_sample() {
 
 #[test]
 fn a_connection_during_parking_cancels_the_park() {
-    let b = Instant::now();
+    let b = crate::test_clock::origin();
     let parking = State::Parking {
         since: secs(b, 40),
         woke: b,
@@ -178,7 +178,7 @@ fn a_connection_during_parking_cancels_the_park() {
 
 #[test]
 fn parking_is_bounded_when_acks_never_come() {
-    let b = Instant::now();
+    let b = crate::test_clock::origin();
     let parking = State::Parking {
         since: b,
         woke: b,
@@ -192,7 +192,7 @@ fn parking_is_bounded_when_acks_never_come() {
 
 #[test]
 fn two_full_cycles() {
-    let b = Instant::now();
+    let b = crate::test_clock::origin();
     let t = Timing {
         min_warm: Duration::ZERO,
         ..T
@@ -233,7 +233,7 @@ fn two_full_cycles() {
 
 #[test]
 fn scaled_to_zero_elsewhere_puts_the_holder_back_without_a_scale_call() {
-    let b = Instant::now();
+    let b = crate::test_clock::origin();
     let awake = State::Awake {
         since: b,
         last_active: b,
@@ -263,7 +263,7 @@ fn scaled_to_zero_elsewhere_puts_the_holder_back_without_a_scale_call() {
 /// a service only from then (and at every tick while it is watched).
 #[test]
 fn due_is_the_first_instant_a_tick_moves_the_state() {
-    let b = Instant::now();
+    let b = crate::test_clock::origin();
     let at = |ms: u64| b + Duration::from_millis(ms);
     let states = [
         State::Parked,
@@ -312,7 +312,7 @@ fn due_is_the_first_instant_a_tick_moves_the_state() {
 
 #[test]
 fn a_sample_moves_only_an_awake_or_parking_service() {
-    let b = Instant::now();
+    let b = crate::test_clock::origin();
     let states = [
         State::Parked,
         State::Waking { since: b },

@@ -211,7 +211,7 @@ mod tests {
     }
 
     fn one(w: &mut Windows, node: &str, svc: &str, o: Observation) -> Verdicts {
-        w.observe(node, [(svc.to_string(), o)], Instant::now())
+        w.observe(node, [(svc.to_string(), o)], crate::test_clock::origin())
     }
 
     #[test]
@@ -279,7 +279,7 @@ mod tests {
     #[test]
     fn values_that_cannot_be_counts_are_refused_and_change_nothing() {
         let mut w = Windows::default();
-        let t = Instant::now();
+        let t = crate::test_clock::origin();
         at(&mut w, "a", "s", envoy(1.0, 1.0), t);
         for bad in [-1.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
             // An open count of -1 from node b would cancel a's open connection.
@@ -300,7 +300,7 @@ mod tests {
     #[test]
     fn a_silent_node_expires_and_its_numbers_stop_counting() {
         let mut w = Windows::default();
-        let t0 = Instant::now();
+        let t0 = crate::test_clock::origin();
         at(&mut w, "a", "s", envoy(1.0, 1.0), t0);
         at(&mut w, "h", "s", Observation::HolderPending(2.0), t0);
         at(
@@ -333,7 +333,7 @@ mod tests {
     #[test]
     fn settled_needs_an_idle_sample_from_every_node_after_the_instant() {
         let mut w = Windows::default();
-        let t0 = Instant::now();
+        let t0 = crate::test_clock::origin();
         let s = |x: u64| t0 + Duration::from_secs(x);
         assert!(!w.settled("s", t0), "nobody reported it");
         at(&mut w, "a", "s", envoy(0.0, 5.0), s(1));

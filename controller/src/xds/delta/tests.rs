@@ -1,6 +1,7 @@
 use super::*;
 use crate::xds::resources::{self, Endpoints, CLUSTER_TYPE, ENDPOINT_TYPE, ROUTE_TYPE};
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
 use zenvoy_core::model::Protocol;
 
 fn cache() -> Cache {
