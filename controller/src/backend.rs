@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
-use zenvoy_core::model::Route;
+use zenvoy_core::model::Steer;
 use zenvoy_core::planner::Notice;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -95,8 +95,8 @@ pub trait Backend: Send + Sync + 'static {
     /// Tell the operator (Kubernetes: an Event on the Service). The log already has it;
     /// by default nothing more.
     fn notify(&self, _notice: &Notice) {}
-    /// `inCluster`: make the Service's own name lead where `route` says (Kubernetes: the
-    /// controller's EndpointSlice for it), and report [`zenvoy_core::model::Event::Routed`] once it does.
+    /// `inCluster`: steer the Service's own name where `steer` says (Kubernetes: the
+    /// controller's EndpointSlice for it), and report [`zenvoy_core::model::Event::Steered`] once it does.
     /// Only backends that front Services by name have it; by default nothing.
-    fn route(&self, _service: &str, _route: Route) {}
+    fn steer(&self, _service: &str, _steer: Steer) {}
 }

@@ -156,6 +156,10 @@ impl<B: Backend> Runtime<B> {
         self.backend.shutdown().await;
     }
 
+    /// Carry out the planner's effects, in order, and owe it what its contract says
+    /// (`zenvoy_core::planner::effect`): each published assignment's version at once
+    /// (`Planner::published`, below); a wake's, a park's failure, a check's and a steer's
+    /// answers as events, from the tasks and the backend they are handed to.
     fn execute(&mut self, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
@@ -171,6 +175,7 @@ impl<B: Backend> Runtime<B> {
                 Effect::PublishEndpoints { service, endpoints } => {
                     let cla = resources::load_assignment(&service, &endpoints);
                     let version = self.cache.set(ENDPOINT_TYPE, &service, resources::any(cla));
+                    // Owed at once: a park's second phase and a new front door wait on it.
                     self.planner.published(&service, &endpoints, version);
                 }
                 Effect::PublishListener {
@@ -205,7 +210,7 @@ impl<B: Backend> Runtime<B> {
                     let name = resources::in_cluster_listener_name(&service, listen);
                     self.cache.remove(LISTENER_TYPE, &name);
                 }
-                Effect::Route { service, route } => self.backend.route(&service, route),
+                Effect::Steer { service, steer } => self.backend.steer(&service, steer),
                 Effect::RemoveService {
                     service,
                     in_cluster,

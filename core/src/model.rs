@@ -165,9 +165,10 @@ pub struct ServiceDef {
     pub dial: Option<SocketAddr>,
 }
 
-/// Where a Service's own name (its virtual IP) leads, for `inCluster`.
+/// Where a Service's own name (its virtual IP) is steered, for `inCluster`. (A "route"
+/// is always an HTTP route on Envoy's shared listener; this is not one.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+pub enum Steer {
     /// To the proxies (the controller's EndpointSlice lists them): parked, waking,
     /// parking. A connection is held and wakes it.
     Proxy,
@@ -261,6 +262,6 @@ pub enum Event {
         wake: u64,
         running: bool,
     },
-    /// The backend has written `route` for the service (its EndpointSlice is in the API).
-    Routed { service: String, route: Route },
+    /// The backend has written `steer` for the service (its EndpointSlice is in the API).
+    Steered { service: String, steer: Steer },
 }

@@ -22,7 +22,7 @@
 //!        |                          |
 //!        +------------+-------------+
 //!                     v
-//!     Effects (effect.rs): publish/remove, wake, park, check, route, record, notify
+//!     Effects (effect.rs): publish/remove, wake, park, check, steer, record, notify
 //!                     |
 //!     runtime executes them; for each published assignment it reports the version
 //!     back (Planner::published), which later ACKs are compared with
@@ -49,10 +49,10 @@ use zenvoy_base::Backoff;
 
 pub use effect::{Effect, Notice, Record};
 pub use front_door::{route_timeout, ROUTE_TIMEOUT_AFTER_WAKE};
-pub use lifecycle::{route_for, wake_retry_delay, WAKE_RETRY_FIRST, WAKE_RETRY_MAX};
+pub use lifecycle::{steer_for, wake_retry_delay, WAKE_RETRY_FIRST, WAKE_RETRY_MAX};
 
 use crate::activity::{self, Input, Phase, State, Timing, WakeOutcome};
-use crate::model::{Endpoints, Event, HoldPolicy, Policy, Route, ServiceDef};
+use crate::model::{Endpoints, Event, HoldPolicy, Policy, ServiceDef, Steer};
 use crate::stats::window::Windows;
 use front_door::Warming;
 use schedule::Schedule;
@@ -87,7 +87,7 @@ pub struct Settings {
     /// A new service's front door waits at most this long for every Envoy to warm its
     /// cluster (an Envoy that never ACKs must not keep it closed).
     pub warm_timeout: Duration,
-    /// `inCluster`: how long after the backend wrote a parking Service's route to the
+    /// `inCluster`: how long after the backend wrote a parking Service's steer to the
     /// proxies its workload may go to zero (kube-proxy on every node follows in that
     /// time; it cannot be asked).
     pub in_cluster_settle: Duration,
@@ -124,8 +124,8 @@ struct Service {
     last_wake: Option<(WakeOutcome, Duration)>,
     /// `inCluster`: where the Service's own name is to lead, and since when the backend
     /// has written that (None: not yet).
-    route: Option<Route>,
-    routed_at: Option<Instant>,
+    steer: Option<Steer>,
+    steered_at: Option<Instant>,
     /// Wakes that failed or timed out in a row, and when the next may start (see
     /// [`wake_retry_delay`]).
     retry: Backoff,
@@ -281,11 +281,11 @@ impl Planner {
                 wake,
                 running,
             } => self.checked(&service, wake, running, now),
-            Event::Routed { service, route } => {
-                // Only the route still wanted counts, from the first report of it.
+            Event::Steered { service, steer } => {
+                // Only the steer still wanted counts, from the first report of it.
                 if let Some(s) = self.services.get_mut(&service) {
-                    if s.route == Some(route) && s.routed_at.is_none() {
-                        s.routed_at = Some(now);
+                    if s.steer == Some(steer) && s.steered_at.is_none() {
+                        s.steered_at = Some(now);
                     }
                 }
             }

@@ -8,10 +8,10 @@ use std::time::Instant;
 use tracing::info;
 
 use super::front_door::{FrontDoor, Warming};
-use super::lifecycle::{route_for, WAKE_RETRY};
+use super::lifecycle::{steer_for, WAKE_RETRY};
 use super::{timing, Acks, Effect, Planner, Record, Service};
 use crate::activity::{Phase, State};
-use crate::model::{Endpoints, Policy, Route, ServiceDef};
+use crate::model::{Endpoints, Policy, ServiceDef, Steer};
 
 impl Planner {
     /// Add a service (published parked; one whose workload runs follows as
@@ -32,16 +32,16 @@ impl Planner {
         let old = std::mem::replace(&mut s.def, def);
         let new_door = FrontDoor::of(&s.def, open);
         if old.in_cluster.is_some() != s.def.in_cluster.is_some() {
-            // Turned on: the route its phase calls for; off: the slice goes.
-            let route = match s.def.in_cluster {
-                Some(_) => route_for(s.state.phase()),
-                None => Route::Gone,
+            // Turned on: the steer its phase calls for; off: the slice goes.
+            let steer = match s.def.in_cluster {
+                Some(_) => steer_for(s.state.phase()),
+                None => Steer::Gone,
             };
-            s.route = s.def.in_cluster.map(|_| route);
-            s.routed_at = None;
-            self.out.push(Effect::Route {
+            s.steer = s.def.in_cluster.map(|_| steer);
+            s.steered_at = None;
+            self.out.push(Effect::Steer {
                 service: name.clone(),
-                route,
+                steer,
             });
         }
         let (protocol, group, policy, dial) = (
@@ -83,11 +83,11 @@ impl Planner {
             endpoints: Endpoints::Holder(self.settings.holder, hold),
         });
         self.out.append(&mut doors);
-        let route = def.in_cluster.map(|_| Route::Proxy);
-        if let Some(route) = route {
-            self.out.push(Effect::Route {
+        let steer = def.in_cluster.map(|_| Steer::Proxy);
+        if let Some(steer) = steer {
+            self.out.push(Effect::Steer {
                 service: name.clone(),
-                route,
+                steer,
             });
         }
         self.record(Record::State {
@@ -122,8 +122,8 @@ impl Planner {
                 warming,
                 phase_since: None,
                 last_wake: None,
-                route,
-                routed_at: None,
+                steer,
+                steered_at: None,
                 retry: WAKE_RETRY,
                 retry_at: None,
             },
@@ -144,9 +144,9 @@ impl Planner {
         self.leave_group(name, s.def.group.as_deref());
         self.sampled.remove(name);
         if s.def.in_cluster.is_some() {
-            self.out.push(Effect::Route {
+            self.out.push(Effect::Steer {
                 service: name.to_string(),
-                route: Route::Gone,
+                steer: Steer::Gone,
             });
         }
         self.out.push(Effect::Untrack {

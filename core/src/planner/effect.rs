@@ -12,7 +12,7 @@
 //! | [`Effect::Wake`] | [`Event::WakeDone`](crate::model::Event::WakeDone) with the wake's number, once the backend answered or the timeout passed |
 //! | [`Effect::Park`] | [`Event::ParkFailed`](crate::model::Event::ParkFailed) if the backend could not go to zero (nothing on success) |
 //! | [`Effect::Check`] | [`Event::Checked`](crate::model::Event::Checked) with the wake number it was asked with |
-//! | [`Effect::Route`] | [`Event::Routed`](crate::model::Event::Routed) once the route is in the API (a park's scale to zero waits for it) |
+//! | [`Effect::Steer`] | [`Event::Steered`](crate::model::Event::Steered) once the steer is written (a park's scale to zero waits for it) |
 //!
 //! Every other effect is carried out and forgotten.
 
@@ -22,7 +22,7 @@ use std::time::Duration;
 use crate::activity::{Phase, WakeOutcome};
 #[cfg(doc)]
 use crate::model::Event;
-use crate::model::{Endpoints, EnvoyLimits, Protocol, Route, VirtualHost};
+use crate::model::{Endpoints, EnvoyLimits, Protocol, Steer, VirtualHost};
 
 /// Something to carry out. Publications go to the xDS cache in order; wakes and parks go
 /// to the backend; records to the metrics; notices to the operator (Kubernetes Events).
@@ -69,10 +69,10 @@ pub enum Effect {
         listen: SocketAddr,
     },
     /// `inCluster`: where the Service's own name is to lead. The backend writes it (the
-    /// controller's EndpointSlice) and reports [`Event::Routed`] once it is in the API.
-    Route {
+    /// controller's EndpointSlice) and reports [`Event::Steered`] once it is in the API.
+    Steer {
         service: String,
-        route: Route,
+        steer: Steer,
     },
     /// The service's listener, cluster and assignment, and its `inCluster` listener on
     /// `in_cluster` when it has one.

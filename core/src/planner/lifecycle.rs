@@ -34,14 +34,14 @@ use super::{Effect, Notice, Planner, Record};
 use crate::activity::{self, Action, Input, Phase, State, WakeOutcome};
 #[cfg(doc)]
 use crate::model::ServiceDef;
-use crate::model::{Endpoints, Route};
+use crate::model::{Endpoints, Steer};
 
 /// `inCluster`: where a Service's own name leads in each phase: to the pods once it is
 /// awake, to the proxies otherwise (a connection is then held, and wakes it).
-pub fn route_for(phase: Phase) -> Route {
+pub fn steer_for(phase: Phase) -> Steer {
     match phase {
-        Phase::Awake => Route::Direct,
-        Phase::Parked | Phase::Waking | Phase::Parking => Route::Proxy,
+        Phase::Awake => Steer::Direct,
+        Phase::Parked | Phase::Waking | Phase::Parking => Steer::Proxy,
     }
 }
 
@@ -158,7 +158,7 @@ impl Planner {
         if let Some(s) = self.services.get_mut(service) {
             s.phase_since = Some(now);
             if s.def.in_cluster.is_some() {
-                self.set_route(service, route_for(to));
+                self.set_steer(service, steer_for(to));
             }
         }
         info!(service, ?from, ?to, ?input, "state");
@@ -250,27 +250,27 @@ impl Planner {
 
     /// `inCluster`: where the Service's own name is to lead from now; told to the backend
     /// when it changes, and not yet written (a park waits for the write).
-    pub(super) fn set_route(&mut self, service: &str, route: Route) {
+    pub(super) fn set_steer(&mut self, service: &str, steer: Steer) {
         let Some(s) = self.services.get_mut(service) else {
             return;
         };
-        if s.route != Some(route) {
-            s.route = Some(route);
-            s.routed_at = None;
-            self.out.push(Effect::Route {
+        if s.steer != Some(steer) {
+            s.steer = Some(steer);
+            s.steered_at = None;
+            self.out.push(Effect::Steer {
                 service: service.to_string(),
-                route,
+                steer,
             });
         }
     }
 
     /// Whether `service`'s workload may go to zero now: always, unless it keeps its name
-    /// (`inCluster`), in which case its route to the proxies must have been written for
+    /// (`inCluster`), in which case its steer to the proxies must have been written for
     /// the settle time.
     pub(super) fn may_scale_down(&self, service: &str, now: Instant) -> bool {
         self.services.get(service).is_none_or(|s| {
             s.def.in_cluster.is_none()
-                || s.routed_at.is_some_and(|t| {
+                || s.steered_at.is_some_and(|t| {
                     now.saturating_duration_since(t) >= self.settings.in_cluster_settle
                 })
         })

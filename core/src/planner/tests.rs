@@ -281,11 +281,11 @@ fn drift(effects: &[Effect]) -> bool {
         .any(|e| matches!(e, Effect::Record(Record::Drift { .. })))
 }
 
-fn route_effects(effects: &[Effect], service: &str) -> Vec<Route> {
+fn steer_effects(effects: &[Effect], service: &str) -> Vec<Steer> {
     effects
         .iter()
         .filter_map(|e| match e {
-            Effect::Route { service: s, route } if s == service => Some(*route),
+            Effect::Steer { service: s, steer } if s == service => Some(*steer),
             _ => None,
         })
         .collect()

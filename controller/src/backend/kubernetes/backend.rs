@@ -450,9 +450,9 @@ impl Backend for KubeBackend {
     }
 
     /// An Event on the Service the notice is about.
-    fn route(&self, service: &str, route: zenvoy_core::model::Route) {
+    fn steer(&self, service: &str, steer: zenvoy_core::model::Steer) {
         if let Some(slices) = &self.slices {
-            slices.set(service, route);
+            slices.set(service, steer);
         }
     }
 

@@ -8,9 +8,9 @@
 //! controller, which kept its slice to store the port, is still read back ([`load`]).
 //!
 //! ```text
-//!  runtime --Route{service, Proxy|Direct|Gone}--> Slices::set --> writer task
+//!  runtime --Steer{service, Proxy|Direct|Gone}--> Slices::set --> writer task
 //!     ^                                                           | (leader only)
-//!     +------------ Event::Routed once it is in the API ---------+--> EndpointSlice
+//!     +------------ Event::Steered once it is in the API ---------+--> EndpointSlice
 //!  proxy Service's EndpointSlices --watch--> proxy addresses ----^   (rewritten when
 //!                                                                     they move)
 //! ```
@@ -32,7 +32,7 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, info, warn};
 use zenvoy_base::Backoff;
-use zenvoy_core::model::{Event, Route};
+use zenvoy_core::model::{Event, Steer};
 
 use super::api::{bounded, sleep_or_never, ApiError};
 use super::endpoints::{self, Targets, ENDPOINTSLICE_CONTROLLER, MANAGED_BY, SERVICE_LABEL};
@@ -68,14 +68,14 @@ fn slice_owner(slice_name: &str, service: &str, namespace: &str) -> Option<Strin
     }
 }
 
-/// The slice that makes `target`'s name lead where `route` says, with the proxies at
-/// `proxies`; None for [`Route::Direct`] and [`Route::Gone`] (delete it: the pods' own
+/// The slice that makes `target`'s name lead where `steer` says, with the proxies at
+/// `proxies`; None for [`Steer::Direct`] and [`Steer::Gone`] (delete it: the pods' own
 /// slices are then the Service's only ones). Pure.
-pub fn desired(target: &Target, route: Route, proxies: &[IpAddr]) -> Option<EndpointSlice> {
+pub fn desired(target: &Target, steer: Steer, proxies: &[IpAddr]) -> Option<EndpointSlice> {
     let port = target.proxy_port?;
-    let endpoints = match route {
-        Route::Gone | Route::Direct => return None,
-        Route::Proxy => proxies
+    let endpoints = match steer {
+        Steer::Gone | Steer::Direct => return None,
+        Steer::Proxy => proxies
             .iter()
             .map(|ip| Endpoint {
                 addresses: vec![ip.to_string()],
@@ -192,12 +192,12 @@ pub async fn load(client: &Client, namespaces: &[String]) -> Vec<(String, u16)> 
 /// forgotten it).
 #[derive(Default)]
 struct Wanted {
-    routes: HashMap<String, (Route, Target)>,
+    steers: HashMap<String, (Steer, Target)>,
     /// Services whose slice must be (re)written.
     dirty: HashSet<String>,
 }
 
-/// The controller's slices: [`Slices::set`] records a route, a task writes it.
+/// The controller's slices: [`Slices::set`] records a steer, a task writes it.
 #[derive(Clone)]
 pub struct Slices {
     wanted: Arc<Mutex<Wanted>>,
@@ -235,20 +235,20 @@ impl Slices {
         (slices, vec![watching, writing])
     }
 
-    /// `service`'s slice is to say `route`.
-    pub fn set(&self, service: &str, route: Route) {
+    /// `service`'s slice is to say `steer`.
+    pub fn set(&self, service: &str, steer: Steer) {
         let known = endpoints::target(&self.targets, service);
         let mut w = self.wanted.lock().unwrap_or_else(PoisonError::into_inner);
-        let target = known.or_else(|| w.routes.get(service).map(|(_, t)| t.clone()));
+        let target = known.or_else(|| w.steers.get(service).map(|(_, t)| t.clone()));
         let Some(target) = target else {
             debug!(
                 service,
-                ?route,
+                ?steer,
                 "inCluster: no Service to write a slice for"
             );
             return;
         };
-        w.routes.insert(service.to_string(), (route, target));
+        w.steers.insert(service.to_string(), (steer, target));
         w.dirty.insert(service.to_string());
         drop(w);
         self.wake.notify_one();
@@ -259,9 +259,9 @@ impl Slices {
     fn mark_all(&self, proxied_only: bool) {
         let mut w = self.wanted.lock().unwrap_or_else(PoisonError::into_inner);
         let all: Vec<String> = w
-            .routes
+            .steers
             .iter()
-            .filter(|(_, (route, _))| !proxied_only || *route == Route::Proxy)
+            .filter(|(_, (steer, _))| !proxied_only || *steer == Steer::Proxy)
             .map(|(k, _)| k.clone())
             .collect();
         w.dirty.extend(all);
@@ -281,14 +281,14 @@ impl Slices {
         let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MAX);
         loop {
             let leading = *leader.borrow();
-            let batch: Vec<(String, Route, Target)> = if leading {
+            let batch: Vec<(String, Steer, Target)> = if leading {
                 let mut w = self.wanted.lock().unwrap_or_else(PoisonError::into_inner);
                 let dirty: Vec<String> = w.dirty.drain().collect();
                 dirty
                     .into_iter()
                     .filter_map(|s| {
-                        let (route, target) = w.routes.get(&s)?.clone();
-                        Some((s, route, target))
+                        let (steer, target) = w.steers.get(&s)?.clone();
+                        Some((s, steer, target))
                     })
                     .collect()
             } else {
@@ -296,15 +296,15 @@ impl Slices {
             };
             let addresses = proxies.borrow().clone();
             let mut failed = false;
-            for (service, route, target) in batch {
-                match write(&client, &target, route, &addresses).await {
+            for (service, steer, target) in batch {
+                match write(&client, &target, steer, &addresses).await {
                     Ok(()) => {
-                        debug!(%service, ?route, "inCluster: slice written");
-                        if route == Route::Gone {
-                            self.forget(&service, route);
+                        debug!(%service, ?steer, "inCluster: slice written");
+                        if steer == Steer::Gone {
+                            self.forget(&service, steer);
                         }
                         if runtime
-                            .send(Event::Routed { service, route })
+                            .send(Event::Steered { service, steer })
                             .await
                             .is_err()
                         {
@@ -312,7 +312,7 @@ impl Slices {
                         }
                     }
                     Err(e) => {
-                        warn!(%service, ?route, error = %e, "inCluster: cannot write the Service's EndpointSlice; trying again");
+                        warn!(%service, ?steer, error = %e, "inCluster: cannot write the Service's EndpointSlice; trying again");
                         let mut w = self.wanted.lock().unwrap_or_else(PoisonError::into_inner);
                         w.dirty.insert(service);
                         failed = true;
@@ -350,26 +350,26 @@ impl Slices {
         }
     }
 
-    /// Drop `service` once its slice is gone (unless another route came meanwhile).
-    fn forget(&self, service: &str, route: Route) {
+    /// Drop `service` once its slice is gone (unless another steer came meanwhile).
+    fn forget(&self, service: &str, steer: Steer) {
         let mut w = self.wanted.lock().unwrap_or_else(PoisonError::into_inner);
-        if route == Route::Gone && w.routes.get(service).is_some_and(|(r, _)| *r == route) {
-            w.routes.remove(service);
+        if steer == Steer::Gone && w.steers.get(service).is_some_and(|(r, _)| *r == steer) {
+            w.steers.remove(service);
         }
     }
 }
 
-/// Write (or delete) `target`'s slice for `route`: a merge patch of what zenvoy owns in
+/// Write (or delete) `target`'s slice for `steer`: a merge patch of what zenvoy owns in
 /// it, or a create when there is none yet.
 async fn write(
     client: &Client,
     target: &Target,
-    route: Route,
+    steer: Steer,
     proxies: &[IpAddr],
 ) -> Result<(), ApiError> {
     let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &target.namespace);
     let name = slice_name(target);
-    let Some(slice) = desired(target, route, proxies) else {
+    let Some(slice) = desired(target, steer, proxies) else {
         return match bounded(api.delete(&name, &DeleteParams::default())).await {
             Ok(_) => Ok(()),
             Err(ApiError::Kube(kube::Error::Api(e))) if e.code == 404 => Ok(()),
@@ -473,7 +473,7 @@ mod tests {
     #[test]
     fn parked_lists_the_proxies_awake_lists_nothing_gone_deletes() {
         let proxies = [ip("10.0.0.7"), ip("10.0.0.8")];
-        let s = desired(&target(), Route::Proxy, &proxies).expect("a slice");
+        let s = desired(&target(), Steer::Proxy, &proxies).expect("a slice");
         assert_eq!(s.metadata.name.as_deref(), Some("zenvoy-postgres"));
         assert_eq!(s.metadata.namespace.as_deref(), Some("db"));
         let labels = s.metadata.labels.clone().unwrap_or_default();
@@ -497,20 +497,20 @@ mod tests {
         assert_eq!(addrs, ["10.0.0.7", "10.0.0.8"]);
 
         assert!(
-            desired(&target(), Route::Direct, &proxies).is_none(),
+            desired(&target(), Steer::Direct, &proxies).is_none(),
             "awake: no slice of zenvoy's"
         );
-        assert!(desired(&target(), Route::Gone, &proxies).is_none());
+        assert!(desired(&target(), Steer::Gone, &proxies).is_none());
         let no_port = Target {
             proxy_port: None,
             ..target()
         };
-        assert!(desired(&no_port, Route::Proxy, &proxies).is_none());
+        assert!(desired(&no_port, Steer::Proxy, &proxies).is_none());
     }
 
     #[test]
     fn ports_are_read_back_from_zenvoys_slices_only() {
-        let ours = desired(&target(), Route::Proxy, &[]).expect("slice");
+        let ours = desired(&target(), Steer::Proxy, &[]).expect("slice");
         let mut theirs = ours.clone();
         if let Some(l) = theirs.metadata.labels.as_mut() {
             l.insert(MANAGED_BY.into(), ENDPOINTSLICE_CONTROLLER.into());
@@ -521,7 +521,7 @@ mod tests {
             proxy_port: Some(20004),
             ..target()
         };
-        let second = desired(&other_port, Route::Proxy, &[ip("10.0.0.7")]).expect("slice");
+        let second = desired(&other_port, Steer::Proxy, &[ip("10.0.0.7")]).expect("slice");
         assert_eq!(
             second.metadata.name.as_deref(),
             Some("zenvoy-postgres.metrics")

@@ -1,4 +1,4 @@
-//! Wakes, parks, the assignment, leadership, drift, groups and `inCluster` routes.
+//! Wakes, parks, the assignment, leadership, drift, groups and `inCluster` steers.
 
 use super::*;
 
@@ -750,8 +750,8 @@ fn a_service_that_keeps_its_name_parks_only_once_its_name_leads_to_the_proxies()
     };
     let mut w = World::new(true, false, vec![pg]);
     assert_eq!(
-        route_effects(&w.effects, "pg"),
-        [Route::Proxy],
+        steer_effects(&w.effects, "pg"),
+        [Steer::Proxy],
         "parked: to the proxies"
     );
     assert!(w.effects.iter().any(|e| matches!(
@@ -761,9 +761,9 @@ fn a_service_that_keeps_its_name_parks_only_once_its_name_leads_to_the_proxies()
     )));
     w.event(
         0.1,
-        Event::Routed {
+        Event::Steered {
             service: "pg".into(),
-            route: Route::Proxy,
+            steer: Steer::Proxy,
         },
     );
 
@@ -772,30 +772,30 @@ fn a_service_that_keeps_its_name_parks_only_once_its_name_leads_to_the_proxies()
     w.envoys.acked_by_all.insert("pg".into(), 0);
     w.wake(1.0, "pg", &["10.1.0.5:5432"]);
     assert_eq!(
-        route_effects(&w.effects, "pg"),
-        [Route::Proxy, Route::Direct]
+        steer_effects(&w.effects, "pg"),
+        [Steer::Proxy, Steer::Direct]
     );
     w.event(
         1.7,
-        Event::Routed {
+        Event::Steered {
             service: "pg".into(),
-            route: Route::Direct,
+            steer: Steer::Direct,
         },
     );
 
-    // Idle: the park routes the name to the proxies again in its first phase ...
+    // Idle: the park steers the name to the proxies again in its first phase ...
     let e = w.tick(20.0);
     assert_eq!(w.phase("pg"), Phase::Parking);
-    assert_eq!(route_effects(&e, "pg"), [Route::Proxy]);
+    assert_eq!(steer_effects(&e, "pg"), [Steer::Proxy]);
     w.ack("pg");
     w.tick(20.1);
-    // ... and an idle sample after the ACK does not scale down before that route is
-    // written (a stale report of the old route does not count) ...
+    // ... and an idle sample after the ACK does not scale down before that steer is
+    // written (a stale report of the old steer does not count) ...
     w.event(
         20.15,
-        Event::Routed {
+        Event::Steered {
             service: "pg".into(),
-            route: Route::Direct,
+            steer: Steer::Direct,
         },
     );
     let e = w.sample(20.2, "pg", 0.0, 5.0);
@@ -810,9 +810,9 @@ fn a_service_that_keeps_its_name_parks_only_once_its_name_leads_to_the_proxies()
     // ... nor before the settle time (2 s) has passed since it was written.
     w.event(
         25.6,
-        Event::Routed {
+        Event::Steered {
             service: "pg".into(),
-            route: Route::Proxy,
+            steer: Steer::Proxy,
         },
     );
     assert_eq!(parks(&w.tick(26.0)), 0);
@@ -829,7 +829,7 @@ fn a_service_that_keeps_its_name_parks_only_once_its_name_leads_to_the_proxies()
             service: "pg".into(),
         },
     );
-    assert_eq!(route_effects(&e, "pg"), [Route::Gone]);
+    assert_eq!(steer_effects(&e, "pg"), [Steer::Gone]);
 }
 
 #[test]
@@ -837,7 +837,7 @@ fn without_in_cluster_nothing_is_routed() {
     let mut w = World::new(true, false, vec![tcp("pg", 5432)]);
     w.wake(0.0, "pg", &["10.0.0.1:5432"]);
     w.tick(20.0);
-    assert!(route_effects(&w.effects, "pg").is_empty());
+    assert!(steer_effects(&w.effects, "pg").is_empty());
     assert!(!w
         .effects
         .iter()
