@@ -163,7 +163,7 @@ impl Default for Controller {
     }
 }
 
-/// How long a task the core was handed may take to end after the stop signal (e.g. a
+/// How long a task the controller was handed may take to end after the stop signal (e.g. a
 /// leader giving up its Lease) before it is aborted.
 const TASK_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 

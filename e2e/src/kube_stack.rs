@@ -557,7 +557,7 @@ pub fn access(method: &str, path: &str, query: &str) -> Option<Access> {
     })
 }
 
-/// The rules of `deploy/rbac.yaml`: (rule, namespaced to the controller's namespace).
+/// The rules of `deploy/base/rbac.yaml`: (rule, namespaced to the controller's namespace).
 pub fn rbac_rules(path: &Path) -> anyhow::Result<Vec<(Value, bool)>> {
     use serde::Deserialize;
     let text = std::fs::read_to_string(path)?;

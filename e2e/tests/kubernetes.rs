@@ -441,7 +441,7 @@ async fn rbac_covers_exactly_what_the_controller_does() -> anyhow::Result<()> {
             let verb = verb.as_str().unwrap_or_default();
             // kube's Recorder patches an Event only when it repeats (a series).
             let series_only = rule["resources"] == serde_json::json!(["events"]) && verb == "patch";
-            // Slice and port-store writes are inCluster's, checked by tests/in_cluster.rs.
+            // Slice and port-store writes are inCluster's, checked by e2e/tests/in_cluster.rs.
             let in_cluster = kube_stack::in_cluster_only(rule, verb);
             assert!(
                 series_only || in_cluster || used.contains(&(i, verb.to_string())),

@@ -1,4 +1,4 @@
-//! The shape the code keeps (docs/design.md): the controller's core depends on nothing
+//! The shape the code keeps (docs/design.md): `zenvoy-core` depends on nothing
 //! that does I/O, inside the controller no module imports one above it, and in no crate do
 //! two modules import each other, directly or around a circle.
 

@@ -10,7 +10,7 @@
 //! stored: a sender cannot make open connections cancel out or vanish. A node that sends
 //! nothing for a while is forgotten ([`Windows::expire`]), as one whose stream ended is.
 
-// FxHash: every key is a node the streams admitted or a service the directory knows (the
+// FxHash: every key is a node the streams admitted or a tracked service (the
 // collector drops the rest), so no input can choose keys to collide, and a push looks up
 // 10,000 of them.
 use rustc_hash::FxHashMap as HashMap;

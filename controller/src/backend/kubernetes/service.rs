@@ -139,7 +139,7 @@ pub fn other_ports(svc: &Service, d: &Discovered) -> Vec<OtherPort> {
 
 /// `inCluster`: the service for `port`, another port of the Service `d` was read from:
 /// the same workload and policy, relayed as TCP, reached only by the Service's name (no
-/// front door), at `proxy_port` on the proxies.
+/// listener of its own for clients outside the cluster), at `proxy_port` on the proxies.
 pub fn other_port(d: &Discovered, port: &OtherPort, proxy_port: u16) -> Option<Discovered> {
     let listen = d.def.in_cluster?;
     Some(Discovered {

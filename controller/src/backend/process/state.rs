@@ -63,7 +63,7 @@ impl ProcessBackend {
                         *child = Some(Running::Adopted(id));
                         adopted.push(service);
                     }
-                    Err(_) => warn!(%service, "cannot adopt: slot busy"),
+                    Err(_) => warn!(%service, "cannot adopt: instance busy"),
                 },
                 None => {
                     warn!(%service, pid = id.pid, "stopping a process of a service no longer configured");
