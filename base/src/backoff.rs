@@ -10,22 +10,36 @@ use std::time::Duration;
 /// Pure: it reads no clock and no entropy. The caller sleeps the pause (an adapter) or
 /// adds it to the `now` it was given (the core), and a seed makes the jitter reproducible
 /// in tests.
+///
+/// Small (20 bytes), since a loop keeps one across its awaits: the holder's wait for an
+/// upstream lives in each held connection's future, 10,000 of them at once. Pauses are
+/// kept in whole microseconds, up to 71 minutes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
-    first: Duration,
-    max: Duration,
+    first_us: u32,
+    max_us: u32,
     failures: u32,
     /// Pauses are shortened by up to this many thousandths (0: no jitter).
     jitter_permille: u16,
-    seed: u64,
+    seed: u32,
+}
+
+/// `d` in whole microseconds, at most `u32::MAX` (71 minutes).
+const fn micros(d: Duration) -> u32 {
+    let us = d.as_micros();
+    if us > u32::MAX as u128 {
+        u32::MAX
+    } else {
+        us as u32
+    }
 }
 
 impl Backoff {
     /// `first` after one failure, doubled per further failure, never above `max`.
     pub const fn new(first: Duration, max: Duration) -> Self {
         Backoff {
-            first,
-            max,
+            first_us: micros(first),
+            max_us: micros(max),
             failures: 0,
             jitter_permille: 0,
             seed: 0,
@@ -38,7 +52,7 @@ impl Backoff {
     pub const fn with_jitter(mut self, percent: u8, seed: u64) -> Self {
         let p = if percent > 100 { 100 } else { percent };
         self.jitter_permille = p as u16 * 10;
-        self.seed = seed;
+        self.seed = (seed ^ (seed >> 32)) as u32;
         self
     }
 
@@ -64,22 +78,27 @@ impl Backoff {
         self.after(self.failures)
     }
 
+    /// The pause the next failure will give, without counting one: for a loop that
+    /// must know it before it decides to fail (a deadline that the pause would pass).
+    pub fn next(&self) -> Duration {
+        self.after(self.failures.saturating_add(1))
+    }
+
     /// The pause after `failures` failures in a row (zero for none).
     pub fn after(&self, failures: u32) -> Duration {
         if failures == 0 {
             return Duration::ZERO;
         }
-        // 2^31 of any pause is past every cap that makes sense; min() keeps the shift in range.
-        let doubled = self
-            .first
-            .saturating_mul(1u32 << (failures - 1).min(31))
-            .min(self.max);
+        // 2^31 of any pause is past every cap; min() keeps the shift in range.
+        let doubled = u64::from(self.first_us)
+            .saturating_mul(1u64 << (failures - 1).min(31))
+            .min(u64::from(self.max_us));
         if self.jitter_permille == 0 {
-            return doubled;
+            return Duration::from_micros(doubled);
         }
-        let draw = splitmix64(self.seed ^ u64::from(failures)) % 1000;
+        let draw = splitmix64(u64::from(self.seed) ^ u64::from(failures)) % 1000;
         let cut = u64::from(self.jitter_permille) * draw / 1000;
-        doubled.saturating_sub(doubled.saturating_mul(cut as u32) / 1000)
+        Duration::from_micros(doubled - doubled * cut / 1000)
     }
 }
 
@@ -108,6 +127,16 @@ mod tests {
             [100 * MS, 200 * MS, 400 * MS, 800 * MS, 1000 * MS, 1000 * MS]
         );
         assert_eq!(b.failures(), 6);
+    }
+
+    #[test]
+    fn next_tells_the_coming_pause_without_counting_a_failure() {
+        let mut b = Backoff::new(100 * MS, 1000 * MS);
+        assert_eq!(b.next(), 100 * MS);
+        assert_eq!(b.next(), 100 * MS, "asking counts nothing");
+        assert_eq!(b.failed(), 100 * MS);
+        assert_eq!(b.next(), 200 * MS);
+        assert_eq!(b.failed(), 200 * MS);
     }
 
     #[test]
@@ -149,6 +178,17 @@ mod tests {
         assert!(differ > 10, "jitter moved only {differ} of 20 pauses");
         let other = plain.with_jitter(20, 8);
         assert!((1..=20).any(|n| other.after(n) != jittered.after(n)));
+    }
+
+    #[test]
+    fn it_is_small_and_keeps_pauses_to_the_microsecond() {
+        assert!(std::mem::size_of::<Backoff>() <= 20);
+        let mut b = Backoff::new(Duration::from_micros(100), Duration::from_millis(10));
+        assert_eq!(b.failed(), Duration::from_micros(100));
+        assert_eq!(b.failed(), Duration::from_micros(200));
+        let long = Backoff::new(Duration::from_secs(30), Duration::from_secs(3 * 3600));
+        assert_eq!(long.after(1), Duration::from_secs(30));
+        assert_eq!(long.after(40), Duration::from_micros(u64::from(u32::MAX)));
     }
 
     #[test]

@@ -18,7 +18,9 @@
 //! |---|---|
 //! | `cache` | the resources, versioned, encoded once; what changed since a version |
 //! | `acks` | what each stream ACKed of the endpoints, which streams are Envoys |
+//! | `names` | a stream's names of one type, sorted and shared |
 //! | `subscriptions` | one stream's subscriptions, sent versions, unsettled responses |
+//! | `variant` | what the serve loop asks of a stream in either variant |
 //! | `sotw`, `delta` | one stream's protocol state in each variant |
 //! | `server` | the gRPC service: admission, one task per stream, shutdown |
 //! | [`wire`] | responses encoded by hand from shared bytes |
@@ -27,10 +29,12 @@
 mod acks;
 mod cache;
 mod delta;
+mod names;
 pub mod resources;
 mod server;
 mod sotw;
 mod subscriptions;
+mod variant;
 pub mod wire;
 
 use std::sync::Arc;

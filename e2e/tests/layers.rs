@@ -262,6 +262,71 @@ fn no_crate_has_an_import_circle_between_its_modules() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// For every folder module of the library in `crate_dir/src` (`xds/`, `backend/process/`,
+/// ...), its child modules and the siblings each imports (`super::x`, `crate::path::x`),
+/// read from the child's own file (`x.rs`; its folder's files see it as `super`).
+fn sibling_imports(
+    crate_dir: &str,
+) -> anyhow::Result<Vec<(String, BTreeMap<String, BTreeSet<String>>)>> {
+    let src = workspace_root().join(crate_dir).join("src");
+    let mut dirs = vec![src.clone()];
+    let mut out = Vec::new();
+    while let Some(dir) = dirs.pop() {
+        let path: Vec<String> = dir
+            .strip_prefix(&src)?
+            .components()
+            .filter_map(|c| c.as_os_str().to_str().map(str::to_string))
+            .collect();
+        let mut children = BTreeMap::new();
+        for e in std::fs::read_dir(&dir)? {
+            let p = e?.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if let Some(name) = p.file_name().and_then(|n| n.to_str()) {
+                if let Some(m) = name.strip_suffix(".rs") {
+                    children.insert(m.to_string(), std::fs::read_to_string(&p)?);
+                }
+            }
+        }
+        if path.is_empty() {
+            continue; // the crate's top level: see `module_imports`
+        }
+        let absolute = format!("crate::{}::", path.join("::"));
+        let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (m, text) in &children {
+            let edges = graph.entry(m.clone()).or_default();
+            for t in imports(text, "super::")
+                .into_iter()
+                .chain(imports(text, &absolute))
+            {
+                if &t != m && children.contains_key(&t) {
+                    edges.insert(t);
+                }
+            }
+        }
+        out.push((path.join("/"), graph));
+    }
+    Ok(out)
+}
+
+#[test]
+fn no_folder_module_has_an_import_circle_between_its_files() -> anyhow::Result<()> {
+    let mut folders = 0;
+    for krate in ["core", "controller", "holder", "cli"] {
+        for (folder, graph) in sibling_imports(krate)? {
+            folders += 1;
+            if let Some(c) = circle(&graph) {
+                panic!(
+                    "{krate}/src/{folder}: files import each other: {}",
+                    c.join(" -> ")
+                );
+            }
+        }
+    }
+    assert!(folders > 5, "only {folders} folder modules read");
+    Ok(())
+}
+
 #[test]
 fn a_circle_is_found() {
     let graph: BTreeMap<String, BTreeSet<String>> = [

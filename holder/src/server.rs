@@ -309,9 +309,7 @@ impl Server {
                 // to change. Try again (with the endpoints then current) until the
                 // deadline.
                 Err(e @ DialError::AllFailed { .. })
-                    if tokio::time::Instant::now()
-                        + redials.after(redials.failures().saturating_add(1))
-                        < deadline =>
+                    if tokio::time::Instant::now() + redials.next() < deadline =>
                 {
                     let redial = redials.failed();
                     debug!(%service, error = %e, retry_in = ?redial, "dial failed; retrying while held");

@@ -9,9 +9,8 @@ use std::sync::Mutex;
 
 use zenvoy_base::lock;
 
-use super::cache::Cache;
+use super::names::Names;
 use super::resources;
-use super::subscriptions::Names;
 use super::Name;
 
 /// What every stream has ACKed, for the two-phase park (stream id -> CLA name ->
@@ -138,119 +137,5 @@ impl AckRegistry {
     pub(super) fn forget(&self, stream: u64) {
         lock(&self.cluster_streams).remove(&stream);
         lock(&self.views).remove(&stream);
-    }
-}
-
-/// What the runtime and the benchmarks ask of the connected streams.
-impl Cache {
-    /// True when every stream subscribed to ClusterLoadAssignment `name` has ACKed
-    /// `version` or later. Streams not subscribed to it do not count.
-    pub fn all_acked(&self, name: &str, version: u64) -> bool {
-        self.acks.all_acked(name, version)
-    }
-
-    /// True when some connected stream subscribes to ClusterLoadAssignment `name` (it
-    /// has asked for it, ACKed or not). Lets a caller publish an update only once a
-    /// client will receive it as an update, e.g. to time EDS update -> effect.
-    pub fn subscribed(&self, name: &str) -> bool {
-        self.acks.subscribed(name)
-    }
-
-    /// Number of connected streams that subscribe to Clusters (Envoys).
-    pub fn cluster_streams(&self) -> usize {
-        self.acks.cluster_streams()
-    }
-
-    /// True when every stream that subscribes to Clusters (every Envoy) has ACKed
-    /// ClusterLoadAssignment `name` at `version` or later: the cluster is warm in every
-    /// Envoy. An Envoy that has not asked for it yet counts as not warm.
-    pub fn warm_everywhere(&self, name: &str, version: u64) -> bool {
-        self.acks.warm_everywhere(name, version)
-    }
-
-    /// Number of connected ADS streams that have sent an endpoint (EDS) request.
-    pub fn streams(&self) -> usize {
-        self.acks.streams()
-    }
-}
-
-/// The planner asks the cache what the connected streams have ACKed.
-impl zenvoy_core::planner::Acks for Cache {
-    fn envoys(&self) -> usize {
-        self.acks.cluster_streams()
-    }
-
-    fn warm_everywhere(&self, service: &str, version: u64) -> bool {
-        self.acks.warm_everywhere(service, version)
-    }
-
-    fn all_acked(&self, service: &str, version: u64) -> bool {
-        self.acks.all_acked(service, version)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn subscribed_while_a_connected_stream_asks_for_the_name() {
-        let cache = Cache::default();
-        assert!(!cache.subscribed("a"), "no stream yet");
-        let eds = resources::ENDPOINT_TYPE;
-        cache.acks.record(1, eds, &Names::new([Name::from("a")]));
-        assert!(cache.subscribed("a"), "subscribed, nothing ACKed yet");
-        assert!(!cache.subscribed("b"));
-        cache.acks.record(2, eds, &Names::new([Name::from("b")]));
-        cache.acks.ack(2, eds, &[(Name::from("b"), 3)]);
-        assert!(cache.subscribed("b"));
-        assert!(cache.all_acked("b", 3));
-        // A new subscription keeps what was ACKed of the names that stay.
-        cache
-            .acks
-            .record(2, eds, &Names::new([Name::from("b"), Name::from("c")]));
-        assert!(cache.all_acked("b", 3));
-        assert!(!cache.all_acked("c", 1));
-        // Another type's names leave the endpoint view alone.
-        cache
-            .acks
-            .record(1, resources::ROUTE_TYPE, &Names::default());
-        assert!(cache.subscribed("a"));
-        // Stream 1 narrows its subscription, then stream 2 disconnects.
-        cache.acks.record(1, eds, &Names::default());
-        assert!(!cache.subscribed("a"));
-        cache.acks.forget(2);
-        assert!(!cache.subscribed("b"));
-    }
-
-    #[test]
-    fn names_are_sorted_without_repeats_and_change_by_adding_and_removing() {
-        let n = |s: &str| Name::from(s);
-        let names = Names::new([n("c"), n("a"), n("b"), n("a")]);
-        assert_eq!(
-            names.iter().map(|n| &**n).collect::<Vec<_>>(),
-            ["a", "b", "c"]
-        );
-        assert_eq!(names.index_of("b"), Some(1));
-        assert!(!names.contains("d"));
-        let next = names.changed(vec![n("d"), n("a")], &["b", "x"]);
-        assert_eq!(
-            next.iter().map(|n| &**n).collect::<Vec<_>>(),
-            ["a", "c", "d"]
-        );
-        assert_eq!(names.len(), 3, "the old list is unchanged");
-        // An ACK of a name its stream does not subscribe to counts nowhere; the versions
-        // stay with their names as the list around them changes.
-        let cache = Cache::default();
-        let eds = resources::ENDPOINT_TYPE;
-        cache.acks.record(1, eds, &names);
-        cache.acks.ack(1, eds, &[(n("c"), 4), (n("z"), 9)]);
-        cache.acks.record(1, eds, &next);
-        assert!(cache.all_acked("c", 4));
-        assert!(!cache.all_acked("a", 1));
-        assert!(
-            cache.all_acked("z", 9),
-            "no stream subscribes to z: nothing to wait for"
-        );
     }
 }

@@ -7,8 +7,8 @@ use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tracing::debug;
 
 use super::cache::Cache;
-use super::server::VariantStream;
 use super::subscriptions::{wildcard, Changes, Settled, Subscriptions};
+use super::variant::VariantStream;
 use super::wire::{self, Encoded};
 use super::Variant;
 use crate::telemetry::Metrics;

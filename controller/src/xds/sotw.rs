@@ -11,9 +11,10 @@ use envoy_types::pb::google::rpc::Status;
 use tracing::{debug, warn};
 
 use super::cache::Cache;
+use super::names::Names;
 use super::resources::{CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE};
-use super::server::VariantStream;
-use super::subscriptions::{type_label, wildcard, Names, Settled, Subscriptions};
+use super::subscriptions::{type_label, wildcard, Settled, Subscriptions};
+use super::variant::VariantStream;
 use super::wire::Encoded;
 use super::Variant;
 use crate::telemetry::Metrics;

@@ -281,7 +281,7 @@ impl KubeBackend {
                             );
                         }
                         // What `backoff.failed()` below pauses (unless endpoints are ready first).
-                        let retry_in = backoff.after(backoff.failures().saturating_add(1));
+                        let retry_in = backoff.next();
                         warn!(%service, workload = %t, error = %e, ?retry_in, "scale up failed; retrying");
                         last_error = Some(e);
                     }
