@@ -186,13 +186,16 @@ fn the_core_never_names_the_controller() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Modules and, for each, the modules it imports.
+type Graph = BTreeMap<String, BTreeSet<String>>;
+
 /// The top-level modules of the library in `crate_dir/src` and, for each, the others it
 /// imports (`crate::x`), tests included: a module's files are `x.rs` and `x/`.
-fn module_imports(crate_dir: &str) -> anyhow::Result<BTreeMap<String, BTreeSet<String>>> {
+fn module_imports(crate_dir: &str) -> anyhow::Result<Graph> {
     let src = workspace_root().join(crate_dir).join("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files)?;
-    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut graph: Graph = BTreeMap::new();
     for f in &files {
         let rel = f.strip_prefix(&src)?;
         let first = rel
@@ -216,9 +219,9 @@ fn module_imports(crate_dir: &str) -> anyhow::Result<BTreeMap<String, BTreeSet<S
 }
 
 /// A circle in `graph`, as the modules along it, if there is one.
-fn circle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+fn circle(graph: &Graph) -> Option<Vec<String>> {
     fn visit(
-        graph: &BTreeMap<String, BTreeSet<String>>,
+        graph: &Graph,
         node: &str,
         path: &mut Vec<String>,
         done: &mut BTreeSet<String>,
@@ -265,9 +268,7 @@ fn no_crate_has_an_import_circle_between_its_modules() -> anyhow::Result<()> {
 /// For every folder module of the library in `crate_dir/src` (`xds/`, `backend/process/`,
 /// ...), its child modules and the siblings each imports (`super::x`, `crate::path::x`),
 /// read from the child's own file (`x.rs`; its folder's files see it as `super`).
-fn sibling_imports(
-    crate_dir: &str,
-) -> anyhow::Result<Vec<(String, BTreeMap<String, BTreeSet<String>>)>> {
+fn sibling_imports(crate_dir: &str) -> anyhow::Result<Vec<(String, Graph)>> {
     let src = workspace_root().join(crate_dir).join("src");
     let mut dirs = vec![src.clone()];
     let mut out = Vec::new();
@@ -292,7 +293,7 @@ fn sibling_imports(
             continue; // the crate's top level: see `module_imports`
         }
         let absolute = format!("crate::{}::", path.join("::"));
-        let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut graph: Graph = BTreeMap::new();
         for (m, text) in &children {
             let edges = graph.entry(m.clone()).or_default();
             for t in imports(text, "super::")
@@ -329,7 +330,7 @@ fn no_folder_module_has_an_import_circle_between_its_files() -> anyhow::Result<(
 
 #[test]
 fn a_circle_is_found() {
-    let graph: BTreeMap<String, BTreeSet<String>> = [
+    let graph: Graph = [
         ("hold", &["probe"][..]),
         ("probe", &["queue", "hold"][..]),
         ("queue", &[][..]),
